@@ -1,0 +1,145 @@
+"""Shared test fixtures: a real PostgreSQL cluster (wal_level=logical), users, API clients.
+
+The whole suite runs against one throwaway cluster started here: it holds the
+metadata database (Django's test database) and, as separate databases, the
+sources and destinations that the tests replicate between.
+"""
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import psycopg
+import pytest
+from cryptography.fernet import Fernet
+from django.conf import settings
+
+from rosetta.pgcluster import Cluster
+
+TEST_ENCRYPTION_KEY = Fernet.generate_key().decode()
+TEST_BROKER_URL = os.environ.get("ROSETTA_TEST_BROKER_URL", "redis://127.0.0.1:6379/15")
+
+
+def pytest_configure(config):
+    settings.ROSETTA_ENCRYPTION_KEYS = [TEST_ENCRYPTION_KEY]
+    settings.CELERY_BROKER_URL = TEST_BROKER_URL
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture(scope="session")
+def pg_cluster():
+    cluster = Cluster().start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(pg_cluster):
+    db = settings.DATABASES["default"]
+    db.update(HOST="127.0.0.1", PORT=str(pg_cluster.port), NAME="rosetta", USER="postgres", PASSWORD="")
+    db["CONN_MAX_AGE"] = 0
+
+
+@pytest.fixture
+def make_database(pg_cluster):
+    """Create fresh databases on the test cluster; drop them (and their slots) afterwards."""
+    created = []
+
+    def make(prefix: str = "db") -> str:
+        name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+        with psycopg.connect(pg_cluster.dsn(), autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        created.append(name)
+        return name
+
+    yield make
+    with psycopg.connect(pg_cluster.dsn(), autocommit=True) as conn:
+        for name in created:
+            conn.execute(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+                "WHERE database = %s AND NOT active",
+                [name],
+            )
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def source_database(make_database, pg_cluster):
+    """A fresh source database; yields psycopg connect kwargs for it."""
+    name = make_database("src")
+    return {"host": "127.0.0.1", "port": pg_cluster.port, "dbname": name, "user": "postgres"}
+
+
+@pytest.fixture
+def admin_user(db, django_user_model):
+    return django_user_model.objects.create_superuser("admin", "admin@example.com", "admin-pass")
+
+
+@pytest.fixture
+def admin_api(admin_user):
+    from rest_framework.test import APIClient
+
+    client = APIClient()
+    client.force_authenticate(admin_user)
+    return client
+
+
+@pytest.fixture
+def admin_browser(client, admin_user):
+    client.force_login(admin_user)
+    return client
+
+
+@pytest.fixture
+def celery_worker(transactional_db, pg_cluster):
+    """A real Celery worker process on the local Redis, using the test database."""
+    import redis
+
+    redis.Redis.from_url(TEST_BROKER_URL).flushdb()
+    db = settings.DATABASES["default"]
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"postgresql://postgres@127.0.0.1:{pg_cluster.port}/{db['NAME']}",
+        "CELERY_BROKER_URL": TEST_BROKER_URL,
+        "ROSETTA_ENCRYPTION_KEYS": TEST_ENCRYPTION_KEY,
+        "EMAIL_BACKEND": "django.core.mail.backends.locmem.EmailBackend",
+        "CONN_MAX_AGE": "0",
+    }
+    log_path = Path(f"/tmp/rosetta-test-worker-{uuid.uuid4().hex[:8]}.log")
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "rosetta",
+                "worker",
+                "--pool=solo",
+                "--loglevel=INFO",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+            ],
+            cwd=Path(__file__).parent,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    deadline = time.monotonic() + 30
+    while "ready." not in log_path.read_text():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError(f"Celery worker did not start:\n{log_path.read_text()[-3000:]}")
+        time.sleep(0.2)
+    process.log_path = log_path
+    yield process
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()

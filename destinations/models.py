@@ -1,0 +1,95 @@
+from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models
+
+from rosetta.secrets import EncryptedTextField
+
+
+class Destination(models.Model):
+    """A warehouse Rosetta writes to. Which settings apply depends on `kind`."""
+
+    class Kind(models.TextChoices):
+        SNOWFLAKE = "snowflake", "Snowflake"
+        POSTGRES = "postgres", "PostgreSQL"
+        DUCKDB = "duckdb", "DuckDB"
+
+    # The settings each kind cannot work without. Snowflake also needs a key:
+    # either the PEM itself or a path to it on the workers (checked in clean()).
+    REQUIRED_FIELDS = {
+        Kind.SNOWFLAKE: [
+            "snowflake_account",
+            "snowflake_user",
+            "snowflake_warehouse",
+            "snowflake_database",
+            "snowflake_schema",
+        ],
+        Kind.POSTGRES: ["pg_host", "pg_port", "pg_database", "pg_username", "pg_schema"],
+        Kind.DUCKDB: ["duckdb_path"],
+    }
+    SECRET_FIELDS = ["pg_password", "snowflake_private_key", "snowflake_private_key_passphrase"]
+
+    name = models.CharField(max_length=100, unique=True)
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+
+    snowflake_account = models.CharField("account", max_length=255, blank=True, default="")
+    snowflake_user = models.CharField("user", max_length=255, blank=True, default="")
+    snowflake_role = models.CharField("role", max_length=255, blank=True, default="")
+    snowflake_warehouse = models.CharField("warehouse", max_length=255, blank=True, default="")
+    snowflake_database = models.CharField("database", max_length=255, blank=True, default="")
+    snowflake_schema = models.CharField("schema", max_length=255, blank=True, default="")
+    snowflake_private_key = EncryptedTextField("private key (PEM)", blank=True, default="")
+    snowflake_private_key_path = models.CharField(
+        "private key file on the workers", max_length=1024, blank=True, default=""
+    )
+    snowflake_private_key_passphrase = EncryptedTextField("private key passphrase", blank=True, default="")
+
+    pg_host = models.CharField("host", max_length=255, blank=True, default="")
+    pg_port = models.PositiveIntegerField(
+        "port",
+        null=True,
+        blank=True,
+        default=5432,
+        validators=[MinValueValidator(1), MaxValueValidator(65535)],
+    )
+    pg_database = models.CharField("database", max_length=63, blank=True, default="")
+    pg_username = models.CharField("user", max_length=63, blank=True, default="")
+    pg_password = EncryptedTextField("password", blank=True, default="")
+    pg_schema = models.CharField("schema", max_length=63, blank=True, default="public")
+
+    duckdb_path = models.CharField("DuckDB file", max_length=1024, blank=True, default="")
+
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        indexes = [models.Index(fields=["kind"])]
+
+    def __str__(self):
+        return f"{self.name} ({self.get_kind_display()})"
+
+    def clean(self):
+        errors = {}
+        for field in self.REQUIRED_FIELDS.get(self.kind, []):
+            if getattr(self, field) in ("", None):
+                label = self._meta.get_field(field).verbose_name
+                errors[field] = f"A {self.get_kind_display()} destination needs its {label}."
+        if self.kind == self.Kind.SNOWFLAKE:
+            if not self.snowflake_private_key and not self.snowflake_private_key_path:
+                errors["snowflake_private_key"] = (
+                    "A Snowflake destination needs a private key: paste the PEM here "
+                    "or give snowflake_private_key_path."
+                )
+            elif self.snowflake_private_key and self.snowflake_private_key_path:
+                errors["snowflake_private_key_path"] = "Give either the private key or its path, not both."
+        if errors:
+            raise ValidationError(errors)
+
+    def writer_settings(self) -> dict:
+        """This kind's settings as plain values, for the writer modules (which know no Django)."""
+        prefix = {"snowflake": "snowflake_", "postgres": "pg_", "duckdb": "duckdb_"}[self.kind]
+        return {
+            field.name.removeprefix(prefix): getattr(self, field.name)
+            for field in self._meta.concrete_fields
+            if field.name.startswith(prefix)
+        }

@@ -1,0 +1,1 @@
+# The WAL monitoring models arrive with the WAL monitoring issue.

@@ -1,0 +1,170 @@
+from django.contrib import admin, messages
+from django.db.models import OuterRef, Subquery
+from django.template.defaultfilters import truncatechars
+from django.urls import reverse
+from django.utils.html import format_html, format_html_join
+
+from rosetta.admin_utils import badge, report_per_object
+
+from . import services
+from .models import IllegalTransition, Pipeline, PipelineRun, PipelineTable
+
+
+class PipelineTableInline(admin.TabularInline):
+    model = PipelineTable
+    extra = 0
+    fields = [
+        "schema_name",
+        "table_name",
+        "target_table",
+        "snapshot_state",
+        "snapshot_rows",
+        "rows_inserted",
+        "rows_updated",
+        "rows_deleted",
+    ]
+    readonly_fields = ["snapshot_state", "snapshot_rows", "rows_inserted", "rows_updated", "rows_deleted"]
+
+
+@admin.register(Pipeline)
+class PipelineAdmin(admin.ModelAdmin):
+    list_display = ["name", "status_badge", "source", "destination", "last_run", "short_error"]
+    list_filter = ["status", "source", "destination"]
+    search_fields = ["name", "source__name", "destination__name", "last_error"]
+    list_select_related = ["source", "destination"]
+    inlines = [PipelineTableInline]
+    readonly_fields = ["status_badge", "last_error", "recent_runs", "created_at", "updated_at"]
+    fields = [
+        "name",
+        "source",
+        "destination",
+        "batch_size",
+        "soft_delete",
+        "status_badge",
+        "last_error",
+        "recent_runs",
+        "created_at",
+        "updated_at",
+    ]
+    actions = ["start", "pause", "refresh"]
+
+    def get_queryset(self, request):
+        last_run = PipelineRun.objects.filter(pipeline=OuterRef("pk")).order_by("-started_at")
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(
+                last_run_at=Subquery(last_run.values("started_at")[:1]),
+                last_run_outcome=Subquery(last_run.values("outcome")[:1]),
+            )
+        )
+
+    @admin.display(description="status", ordering="status")
+    def status_badge(self, pipeline):
+        return badge(pipeline.get_status_display(), pipeline.status)
+
+    @admin.display(description="last run", ordering="last_run_at")
+    def last_run(self, pipeline):
+        if not pipeline.last_run_at:
+            return "never"
+        return format_html(
+            "{} {}", pipeline.last_run_at.strftime("%Y-%m-%d %H:%M:%S"), badge(pipeline.last_run_outcome)
+        )
+
+    @admin.display(description="last error")
+    def short_error(self, pipeline):
+        return truncatechars(pipeline.last_error, 80)
+
+    @admin.display(description="recent runs")
+    def recent_runs(self, pipeline):
+        runs = pipeline.runs.all()[:10]
+        if not runs:
+            return "No runs yet."
+        rows = format_html_join(
+            "",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{} / {} / {}</td><td>{}</td></tr>",
+            (
+                (
+                    run.started_at.strftime("%Y-%m-%d %H:%M:%S"),
+                    badge(run.outcome),
+                    run.end_lsn or "-",
+                    run.rows_inserted,
+                    run.rows_updated,
+                    run.rows_deleted,
+                    truncatechars(run.error, 100),
+                )
+                for run in runs
+            ),
+        )
+        history = reverse("admin:pipelines_pipelinerun_changelist") + f"?pipeline__id__exact={pipeline.pk}"
+        return format_html(
+            "<table><tr><th>started</th><th>outcome</th><th>LSN</th><th>ins / upd / del</th><th>error</th></tr>"
+            '{}</table><a href="{}">All runs</a>',
+            rows,
+            history,
+        )
+
+    def _apply(self, request, queryset, operation, done_label):
+        outcomes = {done_label: []}
+        for pipeline in queryset:
+            try:
+                operation(pipeline)
+                outcomes[done_label].append(pipeline.name)
+            except IllegalTransition as refusal:
+                outcomes.setdefault(f"refused: {refusal}", []).append(pipeline.name)
+        refused = any(names for label, names in outcomes.items() if label != done_label)
+        self.message_user(
+            request, report_per_object(outcomes), messages.WARNING if refused else messages.SUCCESS
+        )
+
+    @admin.action(description="Start selected pipelines", permissions=["change"])
+    def start(self, request, queryset):
+        self._apply(request, queryset, services.start_pipeline, "started")
+
+    @admin.action(description="Pause selected pipelines", permissions=["change"])
+    def pause(self, request, queryset):
+        self._apply(request, queryset, services.pause_pipeline, "paused")
+
+    @admin.action(description="Refresh (re-snapshot) selected pipelines", permissions=["change"])
+    def refresh(self, request, queryset):
+        self._apply(request, queryset, services.refresh_pipeline, "refreshing")
+
+
+@admin.register(PipelineRun)
+class PipelineRunAdmin(admin.ModelAdmin):
+    list_display = [
+        "pipeline",
+        "started_at",
+        "outcome_badge",
+        "duration",
+        "end_lsn",
+        "changes_read",
+        "rows_inserted",
+        "rows_updated",
+        "rows_deleted",
+        "short_error",
+    ]
+    list_filter = ["outcome", "pipeline"]
+    search_fields = ["pipeline__name", "error"]
+    list_select_related = ["pipeline"]
+    date_hierarchy = "started_at"
+    show_full_result_count = False
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    @admin.display(description="outcome", ordering="outcome")
+    def outcome_badge(self, run):
+        return badge(run.outcome)
+
+    @admin.display(description="duration")
+    def duration(self, run):
+        seconds = run.duration_seconds
+        return "-" if seconds is None else f"{seconds:.1f} s"
+
+    @admin.display(description="error")
+    def short_error(self, run):
+        return truncatechars(run.error, 80)

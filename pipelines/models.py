@@ -1,0 +1,190 @@
+from django.core.validators import MinValueValidator, RegexValidator
+from django.db import models
+from django.utils import timezone
+
+from destinations.models import Destination
+from sources.models import Source
+
+
+class IllegalTransition(Exception):
+    """A start / pause / refresh that the pipeline's current status does not allow."""
+
+
+class Pipeline(models.Model):
+    """Copies a set of tables from one source to one destination: snapshot, then CDC."""
+
+    class Status(models.TextChoices):
+        CREATED = "created"
+        RUNNING = "running"
+        PAUSED = "paused"
+        REFRESHING = "refreshing"
+        FAILED = "failed"
+
+    # action -> (statuses it may start from, status it leads to). Everything
+    # else is refused with a reason: see refusal_reason().
+    TRANSITIONS = {
+        "start": ({Status.CREATED, Status.PAUSED, Status.FAILED}, Status.RUNNING),
+        "pause": ({Status.RUNNING, Status.REFRESHING}, Status.PAUSED),
+        "refresh": ({Status.RUNNING, Status.PAUSED}, Status.REFRESHING),
+    }
+
+    name = models.SlugField(max_length=100, unique=True)
+    source = models.ForeignKey(Source, on_delete=models.PROTECT, related_name="pipelines")
+    destination = models.ForeignKey(Destination, on_delete=models.PROTECT, related_name="pipelines")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.CREATED, editable=False)
+    batch_size = models.PositiveIntegerField(
+        default=100_000,
+        validators=[MinValueValidator(1)],
+        help_text="The most changes one run reads from the replication slot.",
+    )
+    soft_delete = models.BooleanField(
+        default=False,
+        help_text="Keep deleted rows in the destination with _rosetta_deleted_at set.",
+    )
+    last_error = models.TextField(blank=True, default="", editable=False)
+    consecutive_failures = models.PositiveIntegerField(default=0, editable=False)
+    next_run_at = models.DateTimeField(null=True, blank=True, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        indexes = [models.Index(fields=["status"])]
+
+    def __str__(self):
+        return self.name
+
+    def refusal_reason(self, action: str) -> str | None:
+        """Why `action` is not allowed now, in the operator's words; None if it is."""
+        allowed_from, _ = self.TRANSITIONS[action]
+        if self.status in allowed_from:
+            return None
+        reasons = {
+            ("start", self.Status.RUNNING): "already running",
+            ("start", self.Status.REFRESHING): "a refresh is in progress",
+            ("pause", self.Status.PAUSED): "already paused",
+            ("pause", self.Status.CREATED): "never started",
+            ("pause", self.Status.FAILED): "failed; start it again or leave it",
+            ("refresh", self.Status.REFRESHING): "a refresh is already in progress",
+            ("refresh", self.Status.CREATED): "never started; start it first",
+            ("refresh", self.Status.FAILED): "failed; start it first",
+        }
+        return reasons.get((action, self.status), f"not allowed while {self.status}")
+
+    def transition(self, action: str) -> None:
+        """Apply a start / pause / refresh, or raise IllegalTransition.
+
+        The conditional UPDATE makes two racing requests agree: only one of
+        them finds the row still in an allowed status.
+        """
+        allowed_from, target = self.TRANSITIONS[action]
+        fields = {"status": target, "updated_at": timezone.now()}
+        if action == "start":
+            fields.update(last_error="", consecutive_failures=0, next_run_at=None)
+        updated = Pipeline.objects.filter(pk=self.pk, status__in=allowed_from).update(**fields)
+        if not updated:
+            self.refresh_from_db(fields=["status"])
+            raise IllegalTransition(self.refusal_reason(action) or "status changed meanwhile")
+        for name, value in fields.items():
+            setattr(self, name, value)
+
+    def mark_failed(self, error: str) -> None:
+        self.status = self.Status.FAILED
+        self.last_error = error
+        self.save(update_fields=["status", "last_error", "updated_at"])
+
+
+table_name_validator = RegexValidator(
+    r"^[^.\s\"]+$", "A table or schema name without dots, quotes or spaces."
+)
+
+
+class PipelineTable(models.Model):
+    """One source table that a pipeline copies, with its snapshot progress."""
+
+    class SnapshotState(models.TextChoices):
+        PENDING = "pending"
+        IN_PROGRESS = "in_progress"
+        DONE = "done"
+        FAILED = "failed"
+
+    pipeline = models.ForeignKey(Pipeline, on_delete=models.CASCADE, related_name="tables")
+    schema_name = models.CharField(max_length=63, default="public", validators=[table_name_validator])
+    table_name = models.CharField(max_length=63, validators=[table_name_validator])
+    target_table = models.CharField(
+        max_length=63,
+        blank=True,
+        validators=[table_name_validator],
+        help_text="Table name in the destination; defaults to the source table's name.",
+    )
+    snapshot_state = models.CharField(
+        max_length=16, choices=SnapshotState.choices, default=SnapshotState.PENDING
+    )
+    snapshot_rows = models.BigIntegerField(default=0)
+    snapshot_finished_at = models.DateTimeField(null=True, blank=True)
+    rows_inserted = models.BigIntegerField(default=0)
+    rows_updated = models.BigIntegerField(default=0)
+    rows_deleted = models.BigIntegerField(default=0)
+
+    class Meta:
+        ordering = ["pipeline", "schema_name", "table_name"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["pipeline", "schema_name", "table_name"],
+                name="pipeline_table_unique",
+                violation_error_message="This pipeline already copies that table.",
+            )
+        ]
+
+    def __str__(self):
+        return self.qualified_name
+
+    def save(self, *args, **kwargs):
+        if not self.target_table:
+            self.target_table = self.table_name
+        super().save(*args, **kwargs)
+
+    @property
+    def qualified_name(self) -> str:
+        return f"{self.schema_name}.{self.table_name}"
+
+
+class PipelineRun(models.Model):
+    """One batch run of a pipeline: what it read, what it applied, how it ended."""
+
+    class Outcome(models.TextChoices):
+        RUNNING = "running"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+        SKIPPED = "skipped"  # another run held the pipeline's lock
+
+    pipeline = models.ForeignKey(Pipeline, on_delete=models.CASCADE, related_name="runs")
+    started_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    outcome = models.CharField(max_length=16, choices=Outcome.choices, default=Outcome.RUNNING)
+    start_lsn = models.CharField(max_length=32, blank=True, default="")
+    end_lsn = models.CharField(max_length=32, blank=True, default="")
+    snapshot_rows = models.BigIntegerField(default=0)
+    changes_read = models.BigIntegerField(default=0)
+    rows_inserted = models.BigIntegerField(default=0)
+    rows_updated = models.BigIntegerField(default=0)
+    rows_deleted = models.BigIntegerField(default=0)
+    bytes_read = models.BigIntegerField(default=0)
+    notes = models.TextField(blank=True, default="")
+    error = models.TextField(blank=True, default="")
+
+    class Meta:
+        ordering = ["-started_at"]
+        indexes = [
+            models.Index(fields=["pipeline", "-started_at"]),
+            models.Index(fields=["outcome", "-started_at"]),
+        ]
+
+    def __str__(self):
+        return f"{self.pipeline} run at {self.started_at:%Y-%m-%d %H:%M:%S}"
+
+    @property
+    def duration_seconds(self) -> float | None:
+        if self.finished_at is None:
+            return None
+        return (self.finished_at - self.started_at).total_seconds()

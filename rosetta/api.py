@@ -1,0 +1,93 @@
+"""Pieces every app's API shares: permissions, strict serializers, the health check."""
+
+from django.db import connection
+from drf_spectacular.utils import extend_schema, inline_serializer
+from rest_framework import permissions, serializers
+from rest_framework.decorators import api_view, permission_classes
+from rest_framework.response import Response
+
+from .permissions import CanChangeObject, ModelPermissions  # noqa: F401 - re-exported for the apps
+
+
+class StrictModelSerializer(serializers.ModelSerializer):
+    """Rejects keys that are not fields, so a typo never silently drops a setting."""
+
+    def to_internal_value(self, data):
+        if hasattr(data, "keys"):
+            writable = {name for name, field in self.fields.items() if not field.read_only}
+            unknown = sorted(set(data.keys()) - writable)
+            if unknown:
+                raise serializers.ValidationError(dict.fromkeys(unknown, "Unknown field."))
+        return super().to_internal_value(data)
+
+    def validate(self, attrs):
+        """Run the model's clean() so the API and the admin apply the same rules."""
+        from django.core.exceptions import ValidationError as DjangoValidationError
+
+        instance = self.instance or self.Meta.model()
+        model_fields = {field.name for field in instance._meta.concrete_fields}
+        for name, value in attrs.items():
+            if name in model_fields:
+                setattr(instance, name, value)
+        try:
+            instance.clean()
+        except DjangoValidationError as error:
+            raise serializers.ValidationError(serializers.as_serializer_error(error)) from None
+        return attrs
+
+
+def broker_status() -> str:
+    from rosetta.celery import app
+
+    try:
+        with app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=2)
+        return "ok"
+    except Exception as error:  # noqa: BLE001 - any failure means "down", reported by type only
+        return f"unavailable ({type(error).__name__})"
+
+
+def database_status() -> str:
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+        return "ok"
+    except Exception as error:  # noqa: BLE001
+        return f"unavailable ({type(error).__name__})"
+
+
+@extend_schema(
+    responses=inline_serializer(
+        "Health",
+        {
+            "status": serializers.CharField(),
+            "database": serializers.CharField(),
+            "broker": serializers.CharField(),
+        },
+    )
+)
+@api_view(["GET"])
+@permission_classes([permissions.AllowAny])
+def health(request):
+    """Database and broker status, for load balancers and uptime checks."""
+    checks = {"database": database_status(), "broker": broker_status()}
+    healthy = all(value == "ok" for value in checks.values())
+    return Response({"status": "ok" if healthy else "degraded", **checks}, status=200 if healthy else 503)
+
+
+class ProtectedDeleteMixin:
+    """Deleting a source or destination that pipelines use is refused with their names."""
+
+    def perform_destroy(self, instance):
+        from django.db.models import ProtectedError
+        from rest_framework.exceptions import APIException
+
+        try:
+            instance.delete()
+        except ProtectedError as error:
+            users = sorted(str(obj) for obj in error.protected_objects)
+            conflict = APIException(
+                f"{instance} is used by pipeline(s) {', '.join(users)}: delete or change those first."
+            )
+            conflict.status_code = 409
+            raise conflict from None

@@ -1,0 +1,25 @@
+from django.contrib import admin
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from rest_framework.routers import DefaultRouter
+
+from destinations.api import DestinationViewSet
+from pipelines.api import PipelineRunViewSet, PipelineViewSet
+from sources.api import SourceViewSet
+
+from .api import health
+
+router = DefaultRouter()
+router.register("sources", SourceViewSet)
+router.register("destinations", DestinationViewSet)
+router.register("pipelines", PipelineViewSet, basename="pipeline")
+router.register("pipeline-runs", PipelineRunViewSet)
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("api/health/", health, name="health"),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
+    path("api/auth/", include("rest_framework.urls")),
+    path("api/", include(router.urls)),
+]

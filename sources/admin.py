@@ -1,0 +1,53 @@
+from django.contrib import admin, messages
+
+from rosetta.admin_utils import SecretFieldsForm
+
+from .models import Source
+from .services import test_source_connection
+
+
+class SourceForm(SecretFieldsForm):
+    secret_fields = ("pg_password",)
+
+    class Meta:
+        model = Source
+        fields = "__all__"
+
+
+@admin.register(Source)
+class SourceAdmin(admin.ModelAdmin):
+    form = SourceForm
+    list_display = [
+        "name",
+        "pg_host",
+        "pg_port",
+        "pg_database",
+        "slot_name",
+        "publication_name",
+        "updated_at",
+    ]
+    list_filter = ["sslmode", "pg_host"]
+    search_fields = ["name", "pg_host", "pg_database", "slot_name"]
+    readonly_fields = ["created_at", "updated_at"]
+    actions = ["test_connection"]
+    fieldsets = [
+        (None, {"fields": ["name"]}),
+        (
+            "Connection",
+            {"fields": ["pg_host", "pg_port", "pg_database", "pg_username", "pg_password", "sslmode"]},
+        ),
+        ("Replication", {"fields": ["publication_name", "slot_name"]}),
+        ("WAL thresholds", {"fields": ["wal_warn_bytes", "wal_critical_bytes"]}),
+        ("History", {"fields": ["created_at", "updated_at"]}),
+    ]
+
+    @admin.action(description="Test connection and preflight checks", permissions=["change"])
+    def test_connection(self, request, queryset):
+        for source in queryset:
+            checks = test_source_connection(source)
+            failed = [check for check in checks if not check["ok"]]
+            summary = " ".join(check["message"] for check in (failed or checks))
+            if failed:
+                self.message_user(request, f"{source}: {summary}", messages.ERROR)
+            else:
+                self.message_user(request, f"{source}: all checks passed. {summary}", messages.SUCCESS)

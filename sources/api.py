@@ -1,0 +1,76 @@
+from django_filters import rest_framework as filters
+from drf_spectacular.utils import extend_schema, inline_serializer
+from rest_framework import serializers, viewsets
+from rest_framework.decorators import action
+from rest_framework.response import Response
+
+from rosetta.api import CanChangeObject, ProtectedDeleteMixin, StrictModelSerializer
+
+from .models import Source
+from .services import test_source_connection
+
+
+class SourceSerializer(StrictModelSerializer):
+    pg_password = serializers.CharField(
+        write_only=True,
+        required=False,
+        allow_blank=True,
+        style={"input_type": "password"},
+        help_text="Write-only. Leave out to keep the stored password.",
+    )
+    pg_password_set = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Source
+        fields = [
+            "id",
+            "name",
+            "pg_host",
+            "pg_port",
+            "pg_database",
+            "pg_username",
+            "pg_password",
+            "pg_password_set",
+            "sslmode",
+            "publication_name",
+            "slot_name",
+            "wal_warn_bytes",
+            "wal_critical_bytes",
+            "created_at",
+            "updated_at",
+        ]
+
+    def get_pg_password_set(self, source) -> bool:
+        return bool(source.pg_password)
+
+
+class SourceFilter(filters.FilterSet):
+    class Meta:
+        model = Source
+        fields = {"name": ["exact", "icontains"], "pg_host": ["exact"], "pg_database": ["exact"]}
+
+
+class PreflightCheckSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    ok = serializers.BooleanField()
+    message = serializers.CharField()
+
+
+class SourceViewSet(ProtectedDeleteMixin, viewsets.ModelViewSet):
+    queryset = Source.objects.all()
+    serializer_class = SourceSerializer
+    filterset_class = SourceFilter
+    search_fields = ["name", "pg_host", "pg_database"]
+    ordering_fields = ["name", "created_at", "updated_at"]
+
+    @extend_schema(
+        request=None,
+        responses=inline_serializer(
+            "SourceConnectionTest",
+            {"ok": serializers.BooleanField(), "checks": PreflightCheckSerializer(many=True)},
+        ),
+    )
+    @action(detail=True, methods=["post"], url_path="test-connection", permission_classes=[CanChangeObject])
+    def test_connection(self, request, pk=None):
+        checks = test_source_connection(self.get_object())
+        return Response({"ok": all(check["ok"] for check in checks), "checks": checks})

@@ -1,0 +1,80 @@
+from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models
+
+from rosetta.secrets import EncryptedTextField
+from rosetta.validators import postgres_identifier
+
+GIB = 1024**3
+
+
+class Source(models.Model):
+    """A PostgreSQL database that Rosetta reads changes from."""
+
+    class SSLMode(models.TextChoices):
+        DISABLE = "disable"
+        ALLOW = "allow"
+        PREFER = "prefer"
+        REQUIRE = "require"
+        VERIFY_CA = "verify-ca"
+        VERIFY_FULL = "verify-full"
+
+    name = models.SlugField(max_length=100, unique=True)
+    pg_host = models.CharField("host", max_length=255)
+    pg_port = models.PositiveIntegerField(
+        "port", default=5432, validators=[MinValueValidator(1), MaxValueValidator(65535)]
+    )
+    pg_database = models.CharField("database", max_length=63)
+    pg_username = models.CharField("user", max_length=63)
+    pg_password = EncryptedTextField("password", blank=True, default="")
+    sslmode = models.CharField(max_length=11, choices=SSLMode.choices, default=SSLMode.PREFER)
+    publication_name = models.CharField(
+        max_length=63, default="rosetta_pub", validators=[postgres_identifier]
+    )
+    slot_name = models.CharField(max_length=63, default="rosetta_slot", validators=[postgres_identifier])
+    wal_warn_bytes = models.BigIntegerField(
+        "retained WAL warning threshold (bytes)", default=1 * GIB, validators=[MinValueValidator(1)]
+    )
+    wal_critical_bytes = models.BigIntegerField(
+        "retained WAL critical threshold (bytes)", default=5 * GIB, validators=[MinValueValidator(1)]
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["pg_host", "pg_port", "pg_database", "slot_name"],
+                name="source_unique_slot_per_database",
+                violation_error_message="Another source already uses this replication slot on this database.",
+            ),
+        ]
+
+    def __str__(self):
+        return self.name
+
+    def clean(self):
+        if (
+            self.wal_warn_bytes is not None
+            and self.wal_critical_bytes is not None
+            and self.wal_warn_bytes >= self.wal_critical_bytes
+        ):
+            raise ValidationError(
+                {"wal_warn_bytes": "The warning threshold must be below the critical threshold."}
+            )
+
+    def connection_kwargs(self, connect_timeout: int | None = None) -> dict:
+        """Keyword arguments for psycopg.connect(); the password stays out of any DSN string."""
+        kwargs = {
+            "host": self.pg_host,
+            "port": self.pg_port,
+            "dbname": self.pg_database,
+            "user": self.pg_username,
+            "password": self.pg_password or None,
+            "sslmode": self.sslmode,
+            "application_name": "rosetta",
+        }
+        if connect_timeout is not None:
+            kwargs["connect_timeout"] = connect_timeout
+        return kwargs
