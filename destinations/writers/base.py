@@ -20,3 +20,28 @@ class Writer:
         """Connect, check that Rosetta can write, and say what was found.
         Raises ConnectionProblem otherwise."""
         raise NotImplementedError
+
+    # The CDC contract (see pipelines/engine/batch.py). `pipeline_key` names the
+    # pipeline's row in the destination's _rosetta_checkpoints table.
+
+    # "csv" or "binary": the COPY format the writer wants snapshot chunks in.
+    snapshot_format = "csv"
+
+    def read_checkpoint(self, pipeline_key: str) -> int:
+        """End LSN of the last batch this destination committed for the pipeline; 0 if none."""
+        raise NotImplementedError
+
+    def apply_batch(self, pipeline_key: str, batch, soft_delete: bool = False):
+        """Apply a Batch in ONE transaction: create or widen target tables, truncate,
+        upsert, delete (or soft-delete), write batch.end_lsn as the checkpoint.
+        Returns an ApplyResult. Replaying a batch at or below the checkpoint changes nothing."""
+        raise NotImplementedError
+
+    def load_snapshot(self, relation, target_table: str, chunks, snapshot_lsn: int) -> int:
+        """Replace the target table's contents with a COPY stream (`chunks`: bytes in
+        `snapshot_format`, columns in relation order). The old contents stay visible
+        until the new copy is complete. Returns the number of rows loaded."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass

@@ -2,8 +2,6 @@ import pytest
 
 from sources.models import Source
 
-from .factories import SourceFactory
-
 pytestmark = pytest.mark.django_db
 
 PAYLOAD = {

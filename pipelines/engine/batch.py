@@ -1,0 +1,114 @@
+"""What the source side hands to the destination writers: plain values, no Django.
+
+The reader decodes pgoutput, skips transactions at or below the destination's
+checkpoint, and folds the rest per table and primary key in commit order (the
+last change of a key wins). A writer applies one Batch in one destination
+transaction, together with the new checkpoint.
+"""
+
+from dataclasses import dataclass, field
+
+
+class _Unchanged:
+    """An unchanged TOASTed value (pgoutput 'u'): the destination keeps what it has."""
+
+    _instance = None
+
+    def __new__(cls):
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self):
+        return "UNCHANGED"
+
+    def __reduce__(self):
+        return (_Unchanged, ())
+
+
+UNCHANGED = _Unchanged()
+
+
+def lsn_to_int(text: str) -> int:
+    """'16/B374D848' -> integer, so LSNs compare and subtract as numbers."""
+    high, low = text.split("/")
+    return (int(high, 16) << 32) | int(low, 16)
+
+
+def lsn_to_str(value: int) -> str:
+    return f"{value >> 32:X}/{value & 0xFFFFFFFF:X}"
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type_oid: int
+    type_modifier: int = -1
+    is_key: bool = False
+
+
+@dataclass
+class Relation:
+    """A source table's shape, from a pgoutput Relation message or the catalog."""
+
+    oid: int
+    schema: str
+    name: str
+    columns: list[Column]
+    replica_identity: str = "d"  # d(efault), n(othing), f(ull), i(ndex)
+
+    @property
+    def key_columns(self) -> list[str]:
+        return [column.name for column in self.columns if column.is_key]
+
+    @property
+    def column_names(self) -> list[str]:
+        return [column.name for column in self.columns]
+
+
+@dataclass
+class TableChanges:
+    """One table's changes in a batch, folded per primary key.
+
+    If `truncated`, the destination table is emptied first; `upserts` and
+    `deletes` then hold only what happened after the last TRUNCATE.
+    A key is in at most one of `upserts` and `deletes`.
+    """
+
+    relation: Relation  # the newest shape seen in the batch
+    target_table: str
+    truncated: bool = False
+    # key tuple (values of relation.key_columns) -> (row as {column: value}, commit LSN).
+    # A value may be UNCHANGED; a column missing from the dict did not exist yet
+    # when the change was made (a column added mid-batch): write NULL.
+    upserts: dict[tuple, tuple[dict, int]] = field(default_factory=dict)
+    # key tuple -> commit LSN of the delete
+    deletes: dict[tuple, int] = field(default_factory=dict)
+    inserted: int = 0  # counts of source changes, before folding
+    updated: int = 0
+    deleted: int = 0
+
+
+@dataclass
+class Batch:
+    """Everything one run applies, in one destination transaction."""
+
+    tables: dict[tuple[str, str], TableChanges] = field(default_factory=dict)
+    start_lsn: int = 0  # first commit applied
+    end_lsn: int = 0  # the new checkpoint: end LSN of the last commit applied
+    transactions: int = 0
+    changes: int = 0
+    bytes_read: int = 0
+    notes: list[str] = field(default_factory=list)  # e.g. "column public.t.c dropped on the source"
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.tables and self.end_lsn == 0
+
+
+@dataclass
+class ApplyResult:
+    inserted: int = 0  # rows the destination inserted / updated / deleted after folding
+    updated: int = 0
+    deleted: int = 0
+    notes: list[str] = field(default_factory=list)
