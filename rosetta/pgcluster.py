@@ -38,7 +38,14 @@ def free_port() -> int:
 class Cluster:
     """initdb + pg_ctl start on a free loopback port; stop() removes everything."""
 
-    def __init__(self, data_dir: str | None = None, port: int | None = None, settings: dict | None = None):
+    def __init__(
+        self,
+        data_dir: str | None = None,
+        port: int | None = None,
+        settings: dict | None = None,
+        host_auth: str = "trust",
+    ):
+        self.host_auth = host_auth
         self.bin_dir = find_bin_dir()
         self.port = port or free_port()
         self.base_dir = Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix="rosetta-pg-"))
@@ -69,7 +76,9 @@ class Cluster:
         return "127.0.0.1"
 
     def dsn(self, dbname: str = "postgres", user: str = "postgres") -> str:
-        return f"host=127.0.0.1 port={self.port} dbname={dbname} user={user}"
+        """Over TCP when host auth is trust, else over the Unix socket (always trust)."""
+        host = "127.0.0.1" if self.host_auth == "trust" else self.socket_dir
+        return f"host={host} port={self.port} dbname={dbname} user={user}"
 
     def url(self, dbname: str = "postgres", user: str = "postgres") -> str:
         return f"postgresql://{user}@127.0.0.1:{self.port}/{dbname}"
@@ -88,7 +97,8 @@ class Cluster:
                 str(self.data_dir),
                 "-U",
                 "postgres",
-                "--auth=trust",
+                "--auth-local=trust",
+                f"--auth-host={self.host_auth}",
                 "--encoding=UTF8",
                 "--locale=C.UTF-8",
                 "--no-sync",
