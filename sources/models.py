@@ -38,6 +38,18 @@ class Source(models.Model):
     wal_critical_bytes = models.BigIntegerField(
         "retained WAL critical threshold (bytes)", default=5 * GIB, validators=[MinValueValidator(1)]
     )
+    slot_inactive_alert_minutes = models.PositiveIntegerField(
+        "inactive slot alert after (minutes)",
+        default=30,
+        validators=[MinValueValidator(1)],
+        help_text="Alert when a replication slot is neither active nor advancing for this long.",
+    )
+    heartbeat_enabled = models.BooleanField(
+        "emit WAL heartbeats",
+        default=False,
+        help_text="On every WAL probe, write a tiny logical message (pg_logical_emit_message) into this "
+        "database, so that its slot can advance while the database is idle and the server is busy.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
