@@ -25,7 +25,14 @@ class Writer:
     # pipeline's row in the destination's _rosetta_checkpoints table.
 
     # "csv" or "binary": the COPY format the writer wants snapshot chunks in.
+    # CSV chunks come from a session with TimeZone=UTC and DateStyle=ISO.
     snapshot_format = "csv"
+
+    # Fault injection for crash-safety tests (set by tests, None in production):
+    # apply_batch calls it inside its transaction, after all writes and the
+    # checkpoint and just before COMMIT. If it raises, nothing of the batch
+    # must be visible in the destination.
+    before_commit_hook = None
 
     def read_checkpoint(self, pipeline_key: str) -> int:
         """End LSN of the last batch this destination committed for the pipeline; 0 if none."""
@@ -40,7 +47,12 @@ class Writer:
     def load_snapshot(self, relation, target_table: str, chunks, snapshot_lsn: int) -> int:
         """Replace the target table's contents with a COPY stream (`chunks`: bytes in
         `snapshot_format`, columns in relation order). The old contents stay visible
-        until the new copy is complete. Returns the number of rows loaded."""
+        until the new copy is complete. Returns the number of rows loaded.
+
+        `snapshot_lsn` is a lower bound: every change that the snapshot does not
+        contain has a commit LSN above it (changes the snapshot already contains
+        may also be replayed later; the merge must converge). Store it as the
+        rows' _rosetta_lsn if you like; never use it to skip a later change."""
         raise NotImplementedError
 
     def close(self) -> None:

@@ -7,6 +7,7 @@ transaction, together with the new checkpoint.
 """
 
 from dataclasses import dataclass, field
+from datetime import datetime
 
 
 class _Unchanged:
@@ -73,6 +74,15 @@ class TableChanges:
     If `truncated`, the destination table is emptied first; `upserts` and
     `deletes` then hold only what happened after the last TRUNCATE.
     A key is in at most one of `upserts` and `deletes`.
+
+    Row values are Python values converted by the source column's type OID
+    (pipelines/engine/pgtypes.py): int (int2/4/8, oid), float (float4/8),
+    Decimal (numeric, exact; NaN/Infinity as Decimal too), bool, str (text,
+    varchar, bpchar, name), uuid.UUID, date, datetime (naive for timestamp,
+    aware in UTC for timestamptz), dict/list/str/int... (json/jsonb, parsed),
+    bytes (bytea), and lists (possibly nested, with None) for arrays of those.
+    Any other type (and a value these cannot hold, e.g. timestamp 'infinity')
+    stays as PostgreSQL's text form, a str.
     """
 
     relation: Relation  # the newest shape seen in the batch
@@ -100,6 +110,7 @@ class Batch:
     changes: int = 0
     bytes_read: int = 0
     notes: list[str] = field(default_factory=list)  # e.g. "column public.t.c dropped on the source"
+    last_commit_time: datetime | None = None  # source commit time of the last transaction applied
 
     @property
     def is_empty(self) -> bool:
