@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# The demo: installs what is missing, then runs Rosetta (web, Celery worker, Celery Beat)
+# against the local PostgreSQL and Redis, with a sample shop database as the source and a
+# DuckDB file as the destination. `bash scripts/demo.sh stop` stops it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DEMO=.demo
+mkdir -p "$DEMO"
+
+stop_demo() {
+  if [ -f "$DEMO/pids" ]; then
+    while read -r pid; do kill "$pid" 2>/dev/null || true; done < "$DEMO/pids"
+    rm -f "$DEMO/pids"
+  fi
+  if [ -f "$DEMO/pg/data/postmaster.pid" ]; then
+    runuser -u postgres -- /usr/lib/postgresql/*/bin/pg_ctl -D "$DEMO/pg/data" -m fast stop >/dev/null || true
+  fi
+}
+if [ "${1:-}" = "stop" ]; then stop_demo; echo "demo stopped"; exit 0; fi
+stop_demo
+
+bash scripts/setup.sh
+PY=.venv/bin/python
+
+# Settings for the demo live in .demo/env, made once, so the encryption key survives restarts.
+if [ ! -f "$DEMO/env" ]; then
+  cat > "$DEMO/env" <<ENV
+ROSETTA_ENCRYPTION_KEYS=$($PY -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())')
+SECRET_KEY=$($PY -c 'import secrets; print(secrets.token_urlsafe(40))')
+DATABASE_URL=postgresql://postgres@127.0.0.1:5432/rosetta_demo
+CELERY_BROKER_URL=redis://127.0.0.1:6379/1
+ENV
+fi
+set -a; . "$DEMO/env"; set +a
+
+# Metadata database on the local PostgreSQL server.
+if ! psql -h 127.0.0.1 -U postgres -Atc "SELECT 1" postgres >/dev/null 2>&1; then
+  echo "demo: no PostgreSQL answers on 127.0.0.1:5432 (start it: pg_ctlcluster 15 main start)" >&2
+  exit 1
+fi
+psql -h 127.0.0.1 -U postgres -Atc "SELECT 1 FROM pg_database WHERE datname='rosetta_demo'" postgres | grep -q 1 \
+  || psql -h 127.0.0.1 -U postgres -qc "CREATE DATABASE rosetta_demo" postgres
+
+# The sample source needs wal_level=logical. If the local server does not have it, the demo
+# starts its own cluster from the server binaries on port 55432 instead of reconfiguring it.
+SOURCE_PORT=5432
+if [ "$(psql -h 127.0.0.1 -U postgres -Atc 'SHOW wal_level' postgres)" != "logical" ]; then
+  SOURCE_PORT=55432
+  $PY - <<PYEOF
+from rosetta.pgcluster import Cluster
+Cluster(data_dir="$PWD/$DEMO/pg", port=$SOURCE_PORT).start()
+PYEOF
+  echo "demo: started a PostgreSQL cluster with wal_level=logical on port $SOURCE_PORT for the sample source"
+fi
+
+$PY manage.py migrate --noinput >/dev/null
+ADMIN_PASSWORD=$($PY manage.py demo --source-port "$SOURCE_PORT" --duckdb-path "$PWD/$DEMO/warehouse.duckdb" | sed -n 's/^admin password: //p')
+
+start() { # name, command...
+  local name=$1; shift
+  nohup "$@" > "$DEMO/$name.log" 2>&1 &
+  echo $! >> "$DEMO/pids"
+}
+start web $PY manage.py runserver 127.0.0.1:8000 --noreload
+start worker $PY -m celery -A rosetta worker --loglevel=INFO --concurrency=2
+start beat $PY -m celery -A rosetta beat --loglevel=INFO
+start generator $PY manage.py demo --generate --source-port "$SOURCE_PORT"
+
+for _ in $(seq 1 50); do
+  curl -fs http://127.0.0.1:8000/api/health/ >/dev/null 2>&1 && break
+  sleep 0.2
+done
+
+cat <<MSG
+
+Rosetta demo is running.
+  Admin:    http://127.0.0.1:8000/admin/     user: admin   password: $ADMIN_PASSWORD
+  API:      http://127.0.0.1:8000/api/       docs: http://127.0.0.1:8000/api/docs/
+  Source:   postgresql://postgres@127.0.0.1:$SOURCE_PORT/rosetta_demo_shop (a sample shop, changing every second)
+  DuckDB:   $PWD/$DEMO/warehouse.duckdb (the pipeline "shop-to-duckdb" replicates into it)
+  Logs:     $DEMO/web.log, worker.log, beat.log, generator.log
+  Stop:     bash scripts/demo.sh stop
+MSG

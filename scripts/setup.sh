@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs what Rosetta needs on a fresh Debian machine: the PostgreSQL server binaries,
+# Redis, docker-compose (only to validate docker-compose.yml), a virtualenv with
+# requirements.txt. Safe to run again: it skips what is there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
+command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+command -v docker-compose >/dev/null 2>&1 || need_apt+=(docker-compose)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "setup: installing ${need_apt[*]} with apt-get"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+# Redis: start one on 127.0.0.1:6379 if nothing answers there.
+if ! (exec 3<>/dev/tcp/127.0.0.1/6379) 2>/dev/null; then
+  echo "setup: starting redis-server on 127.0.0.1:6379"
+  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no \
+    --dir /tmp --logfile /tmp/rosetta-redis.log
+  sleep 0.5
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+if ! .venv/bin/pip install -q --disable-pip-version-check -r requirements.txt; then
+  echo "setup: pip install -r requirements.txt failed" >&2
+  exit 1
+fi
