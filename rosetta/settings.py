@@ -112,8 +112,9 @@ ROSETTA_STATEMENT_TIMEOUT_MS = env.int("ROSETTA_STATEMENT_TIMEOUT_MS", default=1
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.SessionAuthentication",
+        # Token first, so an unauthenticated request gets 401 with WWW-Authenticate.
         "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rosetta.permissions.ModelPermissions"],
     "DEFAULT_FILTER_BACKENDS": [

@@ -5,6 +5,7 @@ from django.urls import reverse
 from pipelines.models import Pipeline
 
 from .factories import PipelineFactory, PipelineRunFactory, PipelineTableFactory
+from .test_api import ILLEGAL, LEGAL
 
 pytestmark = pytest.mark.django_db
 
@@ -44,6 +45,24 @@ def test_pause_and_refresh_actions_use_the_state_machine(admin_browser, action, 
     allowed.refresh_from_db()
     refused.refresh_from_db()
     assert (allowed.status, refused.status) == (after, "created")
+
+
+@pytest.mark.parametrize("before, action, after", LEGAL)
+def test_every_legal_transition_from_the_admin_action(admin_browser, before, action, after):
+    pipeline = PipelineFactory(name="p", status=before)
+    messages = run_action(admin_browser, action, [pipeline])
+    assert messages[0].startswith("1 ") and "refused" not in messages[0]
+    pipeline.refresh_from_db()
+    assert pipeline.status == after
+
+
+@pytest.mark.parametrize("before, action, reason", ILLEGAL)
+def test_every_illegal_transition_from_the_admin_action_is_refused(admin_browser, before, action, reason):
+    pipeline = PipelineFactory(name="p", status=before)
+    messages = run_action(admin_browser, action, [pipeline])
+    assert "1 refused: " in messages[0] and reason in messages[0]
+    pipeline.refresh_from_db()
+    assert pipeline.status == before
 
 
 def test_changelist_shows_status_badge_last_run_and_error(admin_browser):

@@ -119,3 +119,15 @@ def test_reads_need_the_view_permission(django_user_model):
     client = APIClient()
     client.force_authenticate(user)
     assert client.get("/api/sources/").status_code == 403
+
+
+def test_token_authentication_works(django_user_model):
+    from rest_framework.authtoken.models import Token
+
+    user = django_user_model.objects.create_superuser("robot", "robot@example.com", "x")
+    token = Token.objects.create(user=user)
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
+    assert client.post("/api/sources/", PAYLOAD, format="json").status_code == 201
+    client.credentials(HTTP_AUTHORIZATION="Token not-a-valid-token")
+    assert client.get("/api/sources/").status_code == 401
