@@ -1,3 +1,8 @@
+from psycopg import sql
+
+from . import types
+
+
 class ConnectionProblem(Exception):
     """The destination cannot be reached or used; the message says why in plain words
     and never contains a secret."""
@@ -27,6 +32,18 @@ class Writer:
     # "csv" or "binary": the COPY format the writer wants snapshot chunks in.
     # CSV chunks come from a session with TimeZone=UTC and DateStyle=ISO.
     snapshot_format = "csv"
+
+    def snapshot_columns(self, relation) -> list[sql.Composable]:
+        """The select list for the source's `COPY (SELECT ...) TO STDOUT`: one SQL
+        expression per relation column, in relation order, giving what load_snapshot
+        reads. By default a column as is, and a user-defined type (enum, domain,
+        extension type) cast to text, because that is how writers store those."""
+        return [
+            sql.Identifier(column.name)
+            if types.is_builtin(column.type_oid)
+            else sql.SQL("{}::text").format(sql.Identifier(column.name))
+            for column in relation.columns
+        ]
 
     # Fault injection for crash-safety tests (set by tests, None in production):
     # apply_batch calls it inside its transaction, after all writes and the
