@@ -122,7 +122,7 @@ REST_FRAMEWORK = {
         "rest_framework.filters.OrderingFilter",
         "rest_framework.filters.SearchFilter",
     ],
-    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
+    "DEFAULT_PAGINATION_CLASS": "rosetta.pagination.PageSizePagination",
     "PAGE_SIZE": env.int("API_PAGE_SIZE", default=50),
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
 }
@@ -160,6 +160,26 @@ EMAIL_HOST_USER = env.str("EMAIL_HOST_USER", default="")
 EMAIL_HOST_PASSWORD = env.str("EMAIL_HOST_PASSWORD", default="")
 EMAIL_USE_TLS = env.bool("EMAIL_USE_TLS", default=False)
 DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="rosetta@localhost")
+
+# WAL monitoring: probes, alerts and metric history (the monitoring app).
+ROSETTA_PROBE_MAX_PARALLEL = env.int("ROSETTA_PROBE_MAX_PARALLEL", default=16)
+# Consecutive failed probes of a source that raise a critical alert.
+ROSETTA_PROBE_FAILURES_ALERT = env.int("ROSETTA_PROBE_FAILURES_ALERT", default=3)
+# A source whose last probe is older than this shows health "unknown".
+ROSETTA_PROBE_STALE_SECONDS = env.int("ROSETTA_PROBE_STALE_SECONDS", default=600)
+# Who is told about alert changes: emails (comma-separated) and a Slack-compatible webhook.
+ROSETTA_ALERT_EMAILS = env.list("ROSETTA_ALERT_EMAILS", default=[])
+ROSETTA_ALERT_WEBHOOK_URL = env.str("ROSETTA_ALERT_WEBHOOK_URL", default="")
+ROSETTA_ALERT_WEBHOOK_TIMEOUT = env.int("ROSETTA_ALERT_WEBHOOK_TIMEOUT", default=5)
+# Notify again while an alert stays bad, every this many minutes (0: never).
+ROSETTA_ALERT_REPEAT_MINUTES = env.int("ROSETTA_ALERT_REPEAT_MINUTES", default=60)
+# A failed notification is retried after this many seconds, doubling, up to the attempts.
+ROSETTA_ALERT_RETRY_SECONDS = env.int("ROSETTA_ALERT_RETRY_SECONDS", default=60)
+ROSETTA_ALERT_MAX_ATTEMPTS = env.int("ROSETTA_ALERT_MAX_ATTEMPTS", default=8)
+# Metrics are kept per probe for this many days, then as hourly maxima for the second
+# number of days (0: keep hourly rows forever).
+ROSETTA_METRICS_FULL_RESOLUTION_DAYS = env.int("ROSETTA_METRICS_FULL_RESOLUTION_DAYS", default=7)
+ROSETTA_METRICS_HOURLY_RETENTION_DAYS = env.int("ROSETTA_METRICS_HOURLY_RETENTION_DAYS", default=365)
 
 LOGGING = {
     "version": 1,
