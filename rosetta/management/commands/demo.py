@@ -6,10 +6,10 @@ import secrets
 import time
 
 import psycopg
-from psycopg import sql
-from psycopg.types.json import Jsonb
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
+from psycopg import sql
+from psycopg.types.json import Jsonb
 
 from destinations.models import Destination
 from pipelines import services
@@ -97,11 +97,7 @@ class Command(BaseCommand):
                     "SELECT 1 FROM pg_database WHERE datname = %s", [conninfo["dbname"]]
                 ).fetchone()
                 if not exists:
-                    conn.execute(
-                        sql.SQL("CREATE DATABASE {}").format(
-                            sql.Identifier(conninfo["dbname"])
-                        )
-                    )
+                    conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(conninfo["dbname"])))
             with psycopg.connect(**conninfo, autocommit=True) as conn:
                 conn.execute(SHOP_SCHEMA)
                 if conn.execute("SELECT count(*) FROM customers").fetchone()[0] == 0:
