@@ -1,0 +1,262 @@
+"""Folding decoded pgoutput into a Batch: per table and primary key, in commit order.
+
+Transactions whose commit LSN lies below the destination's checkpoint were
+applied by an earlier run (the slot was not advanced before a crash): they are
+skipped, which makes a replay a no-op.
+"""
+
+import json
+import logging
+from dataclasses import dataclass, field, replace
+
+from . import pgoutput
+from .batch import UNCHANGED, Batch, Relation, TableChanges
+from .pgtypes import converter
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TableSpec:
+    """A source table the pipeline copies, as the engine needs it."""
+
+    schema: str
+    table: str
+    target_table: str
+    # The source's primary key (from the catalog). None: use the replica
+    # identity columns that the Relation message flags.
+    primary_key: list[str] | None = None
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.schema, self.table)
+
+
+class _RelationState:
+    __slots__ = ("relation", "spec", "names", "converters", "key_names")
+
+    def __init__(self, relation: Relation, spec: TableSpec):
+        if spec.primary_key:
+            columns = [replace(c, is_key=c.name in spec.primary_key) for c in relation.columns]
+            relation = replace(relation, columns=columns)
+        self.relation = relation
+        self.spec = spec
+        self.names = relation.column_names
+        self.converters = [converter(c.type_oid) for c in relation.columns]
+        self.key_names = relation.key_columns
+
+
+def _hashable(value):
+    if isinstance(value, list):
+        return tuple(_hashable(v) for v in value)
+    if isinstance(value, dict):
+        return json.dumps(value, sort_keys=True)
+    return value
+
+
+@dataclass
+class BatchBuilder:
+    """Feed pgoutput messages (bytes) in the order the slot returned them; then finish()."""
+
+    checkpoint: int
+    tables: dict[tuple[str, str], TableSpec]
+    batch: Batch = field(default_factory=Batch)
+    messages: int = 0
+    skipped_transactions: int = 0
+    skipped_end_lsn: int = 0  # end LSN of the last transaction skipped as already applied
+    # The furthest WAL position the slot's decoder certainly read past: the end of
+    # the last commit or non-transactional logical message returned.
+    read_position: int = 0
+    # (schema, table) -> keys whose row still has UNCHANGED values after a primary
+    # key change: the old row is in the destination under another key, so the
+    # runner reads these values from the source (see Engine._fill_moved_rows).
+    moved_keys: dict[tuple[str, str], set] = field(default_factory=dict)
+
+    def __post_init__(self):
+        self._relations: dict[int, _RelationState | None] = {}
+        self._in_transaction = False
+        self._skip = False
+        self._lsn = 0
+        self._commit_time = None
+        self._unknown_kinds: set[str] = set()
+
+    # -- messages -------------------------------------------------------------
+
+    def feed(self, data) -> None:
+        self.messages += 1
+        self.batch.bytes_read += len(data)
+        message = pgoutput.decode(data)
+        kind = type(message)
+        if kind is pgoutput.Insert:
+            self._insert(message)
+        elif kind is pgoutput.Update:
+            self._update(message)
+        elif kind is pgoutput.Delete:
+            self._delete(message)
+        elif kind is pgoutput.Begin:
+            self._in_transaction = True
+            self._skip = message.final_lsn < self.checkpoint
+            self._lsn = message.final_lsn
+        elif kind is pgoutput.Commit:
+            self._commit(message)
+        elif kind is pgoutput.RelationMessage:
+            self._relation(message.relation)
+        elif kind is pgoutput.Truncate:
+            self._truncate(message)
+        elif kind is pgoutput.Message:
+            if not message.transactional:
+                self.read_position = max(self.read_position, message.lsn)
+        elif kind is pgoutput.Unknown and message.kind not in self._unknown_kinds:
+            self._unknown_kinds.add(message.kind)
+            log.warning("Skipping pgoutput message of unknown type %r (%d bytes)", message.kind, len(data))
+        # Origin, Type and logical messages carry nothing to apply.
+
+    def finish(self) -> Batch:
+        if self._in_transaction:
+            raise pgoutput.DecodeError("the slot's changes ended inside a transaction")
+        for key in list(self.moved_keys):
+            table = self.batch.tables.get(key)
+            still = {k for k in self.moved_keys[key] if table and k in table.upserts}
+            if still:
+                self.moved_keys[key] = still
+            else:
+                del self.moved_keys[key]
+        return self.batch
+
+    @property
+    def unknown_kinds(self) -> set[str]:
+        return set(self._unknown_kinds)
+
+    # -- helpers --------------------------------------------------------------
+
+    def _relation(self, relation: Relation) -> None:
+        spec = self.tables.get((relation.schema, relation.name))
+        state = _RelationState(relation, spec) if spec else None
+        self._relations[relation.oid] = state
+        if state and spec.key in self.batch.tables:
+            self.batch.tables[spec.key].relation = state.relation
+
+    def _state(self, oid: int) -> _RelationState | None:
+        if self._skip:
+            return None
+        if not self._in_transaction:
+            raise pgoutput.DecodeError("a change outside a transaction")
+        try:
+            return self._relations[oid]
+        except KeyError:
+            raise pgoutput.DecodeError(f"a change for relation {oid} before its Relation message") from None
+
+    def _changes(self, state: _RelationState) -> TableChanges:
+        tables = self.batch.tables
+        key = state.spec.key
+        changes = tables.get(key)
+        if changes is None:
+            changes = tables[key] = TableChanges(state.relation, state.spec.target_table)
+        self.batch.changes += 1
+        return changes
+
+    @staticmethod
+    def _row(state: _RelationState, values: list) -> dict:
+        row = {}
+        for name, convert, value in zip(state.names, state.converters, values, strict=False):
+            row[name] = value if value is None or value is UNCHANGED else convert(value)
+        return row
+
+    @staticmethod
+    def _key(state: _RelationState, row: dict) -> tuple:
+        try:
+            key = tuple(_hashable(row[name]) for name in state.key_names)
+        except KeyError:
+            key = ()
+        if not key or any(value is None or value is UNCHANGED for value in key):
+            relation = state.relation
+            raise pgoutput.DecodeError(
+                f"A change to {relation.schema}.{relation.name} does not carry its primary key "
+                f"({', '.join(state.key_names) or 'none'}): give the table a primary key, or set "
+                "REPLICA IDENTITY FULL (or USING INDEX on the key)."
+            )
+        return key
+
+    # -- changes --------------------------------------------------------------
+
+    def _insert(self, message: pgoutput.Insert) -> None:
+        state = self._state(message.relation_oid)
+        if state is None:
+            return
+        changes = self._changes(state)
+        row = self._row(state, message.new)
+        key = self._key(state, row)
+        changes.deletes.pop(key, None)
+        changes.upserts[key] = (row, self._lsn)
+        changes.inserted += 1
+
+    def _update(self, message: pgoutput.Update) -> None:
+        state = self._state(message.relation_oid)
+        if state is None:
+            return
+        changes = self._changes(state)
+        new = self._row(state, message.new)
+        new_key = self._key(state, new)
+        old_key = new_key
+        old = None
+        if message.old is not None:
+            old = self._row(state, message.old)
+            old_key = self._key(state, old)
+        if any(value is UNCHANGED for value in new.values()):
+            if message.old_kind == "O":
+                # REPLICA IDENTITY FULL: the old row holds the whole value.
+                for name, value in new.items():
+                    if value is UNCHANGED and old.get(name, UNCHANGED) is not UNCHANGED:
+                        new[name] = old[name]
+            previous = changes.upserts.get(old_key)
+            if previous is not None:
+                # Changed earlier in this batch: that row has the value the
+                # destination does not have yet.
+                previous_row = previous[0]
+                for name, value in new.items():
+                    if value is UNCHANGED and previous_row.get(name, UNCHANGED) is not UNCHANGED:
+                        new[name] = previous_row[name]
+        if old_key != new_key:
+            changes.upserts.pop(old_key, None)
+            changes.deletes[old_key] = self._lsn
+            if any(value is UNCHANGED for value in new.values()):
+                self.moved_keys.setdefault(state.spec.key, set()).add(new_key)
+        changes.deletes.pop(new_key, None)
+        changes.upserts[new_key] = (new, self._lsn)
+        changes.updated += 1
+
+    def _delete(self, message: pgoutput.Delete) -> None:
+        state = self._state(message.relation_oid)
+        if state is None:
+            return
+        changes = self._changes(state)
+        key = self._key(state, self._row(state, message.old))
+        changes.upserts.pop(key, None)
+        changes.deletes[key] = self._lsn
+        changes.deleted += 1
+
+    def _truncate(self, message: pgoutput.Truncate) -> None:
+        for oid in message.relation_oids:
+            state = self._state(oid)
+            if state is None:
+                continue
+            changes = self._changes(state)
+            changes.truncated = True
+            changes.upserts.clear()
+            changes.deletes.clear()
+            self.moved_keys.pop(state.spec.key, None)
+
+    def _commit(self, message: pgoutput.Commit) -> None:
+        self.read_position = max(self.read_position, message.end_lsn)
+        if self._skip:
+            self.skipped_transactions += 1
+            self.skipped_end_lsn = max(self.skipped_end_lsn, message.end_lsn)
+        else:
+            batch = self.batch
+            batch.transactions += 1
+            if not batch.start_lsn:
+                batch.start_lsn = message.commit_lsn
+            batch.end_lsn = message.end_lsn
+            batch.last_commit_time = message.commit_time
+        self._in_transaction = False
+        self._skip = False

@@ -1,0 +1,379 @@
+"""The source side: publication, slot, snapshot, peek and advance (psycopg 3, no Django).
+
+Identifiers always go through psycopg.sql; the slot and publication names are
+also passed as values where PostgreSQL takes them as text.
+"""
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import psycopg
+from psycopg import sql
+
+from sources.preflight import describe_connection_error
+
+from .batch import Column, Relation, lsn_to_int, lsn_to_str
+from .pgtypes import SESSION_SETTINGS, converter
+
+log = logging.getLogger(__name__)
+
+SNAPSHOT_CHUNK_BYTES = 4 * 1024 * 1024
+
+
+class SourceProblem(Exception):
+    """Something about the source database an operator must fix; the message says what."""
+
+
+@dataclass
+class SlotState:
+    confirmed_flush_lsn: int
+    restart_lsn: int
+    current_lsn: int
+    wal_status: str | None
+
+    @property
+    def lag_bytes(self) -> int:
+        return max(0, self.current_lsn - self.confirmed_flush_lsn)
+
+
+@dataclass
+class PeekResult:
+    messages: list  # raw pgoutput messages (bytes), in slot order
+    read_up_to: int  # the source's flush LSN before the peek: the peek decoded at least this far
+
+
+def _options(statement_timeout_ms: int) -> str:
+    settings = {**SESSION_SETTINGS, "statement_timeout": str(int(statement_timeout_ms))}
+    # Values are our own constants; spaces escaped as libpq requires.
+    return " ".join(f"-c {key}={value.replace(' ', chr(92) + ' ')}" for key, value in settings.items())
+
+
+class SourceDatabase:
+    """A connection to the source PostgreSQL, for one run."""
+
+    def __init__(self, connect_kwargs: dict, statement_timeout_ms: int = 30 * 60 * 1000):
+        self.connect_kwargs = dict(connect_kwargs)
+        self.statement_timeout_ms = statement_timeout_ms
+        self._conn: psycopg.Connection | None = None
+
+    # -- connections ----------------------------------------------------------
+
+    def connect(self, statement_timeout_ms: int | None = None, **extra) -> psycopg.Connection:
+        timeout = self.statement_timeout_ms if statement_timeout_ms is None else statement_timeout_ms
+        kwargs = {**self.connect_kwargs, **extra}
+        kwargs["options"] = _options(timeout)
+        try:
+            return psycopg.connect(**kwargs)
+        except psycopg.OperationalError as error:
+            raise SourceProblem(
+                "Source: " + describe_connection_error(error, kwargs.get("host"), kwargs.get("port"))
+            ) from None
+
+    @property
+    def conn(self) -> psycopg.Connection:
+        if self._conn is None or self._conn.closed:
+            self._conn = self.connect(autocommit=True)
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- catalog --------------------------------------------------------------
+
+    def describe_table(self, schema: str, table: str) -> Relation:
+        """The table's shape from the catalog, key columns = the primary key
+        (or the replica identity columns when there is none)."""
+        row = self.conn.execute(
+            """
+            SELECT c.oid, c.relreplident
+            FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+            WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p')
+            """,
+            [schema, table],
+        ).fetchone()
+        if row is None:
+            raise SourceProblem(
+                f"Table {schema}.{table} does not exist on the source (or the user cannot see it)."
+            )
+        oid, replica_identity = row
+        key_columns = set(self.primary_key(schema, table) or [])
+        if not key_columns:
+            key_columns = set(self._replica_identity_columns(oid, replica_identity))
+        columns = [
+            Column(name, type_oid, type_modifier, is_key=name in key_columns)
+            for name, type_oid, type_modifier in self.conn.execute(
+                """
+                SELECT attname, atttypid, atttypmod FROM pg_attribute
+                WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped
+                ORDER BY attnum
+                """,
+                [oid],
+            )
+        ]
+        return Relation(oid, schema, table, columns, replica_identity)
+
+    def primary_key(self, schema: str, table: str) -> list[str]:
+        rows = self.conn.execute(
+            """
+            SELECT a.attname
+            FROM pg_index i
+            JOIN pg_class c ON c.oid = i.indrelid
+            JOIN pg_namespace n ON n.oid = c.relnamespace
+            JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, position) ON true
+            JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum
+            WHERE n.nspname = %s AND c.relname = %s AND i.indisprimary
+            ORDER BY k.position
+            """,
+            [schema, table],
+        ).fetchall()
+        return [name for (name,) in rows]
+
+    def _replica_identity_columns(self, oid: int, replica_identity: str) -> list[str]:
+        if replica_identity == "f":
+            query = "SELECT attname FROM pg_attribute WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped"
+        else:
+            query = """
+                SELECT a.attname FROM pg_index i
+                JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
+                WHERE i.indrelid = %s AND i.indisreplident
+            """
+        return [name for (name,) in self.conn.execute(query, [oid])]
+
+    def columns_with_defaults(self, schema: str, table: str, names: list[str]) -> list[str]:
+        """Of these columns, those that have a default: when one is added, existing
+        rows got its value without any WAL change to replicate."""
+        rows = self.conn.execute(
+            """
+            SELECT a.attname FROM pg_attribute a
+            JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+            WHERE n.nspname = %s AND c.relname = %s AND a.attname = ANY(%s)
+              AND (a.atthasdef OR a.atthasmissing)
+            """,
+            [schema, table, names],
+        ).fetchall()
+        return [name for (name,) in rows]
+
+    # -- publication and slot -------------------------------------------------
+
+    def ensure_publication(self, name: str, tables: list[tuple[str, str]]) -> list[str]:
+        """Create the publication FOR TABLE these tables, or add/drop tables so it
+        holds exactly these. Returns what changed, in words."""
+        conn = self.conn
+        row = conn.execute("SELECT puballtables FROM pg_publication WHERE pubname = %s", [name]).fetchone()
+        wanted = {tuple(t) for t in tables}
+        identifiers = sorted(wanted)
+        if row is None:
+            if identifiers:
+                conn.execute(
+                    sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(
+                        sql.Identifier(name), sql.SQL(", ").join(sql.Identifier(*t) for t in identifiers)
+                    )
+                )
+            else:
+                conn.execute(sql.SQL("CREATE PUBLICATION {}").format(sql.Identifier(name)))
+            return [f"created publication {name}"]
+        if row[0]:
+            return []  # FOR ALL TABLES: publishes everything already
+        current = {
+            (schema, table)
+            for schema, table in conn.execute(
+                "SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = %s", [name]
+            )
+        }
+        changes = []
+        added, dropped = sorted(wanted - current), sorted(current - wanted)
+        if added:
+            conn.execute(
+                sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(
+                    sql.Identifier(name), sql.SQL(", ").join(sql.Identifier(*t) for t in added)
+                )
+            )
+            changes.append("added " + ", ".join(".".join(t) for t in added) + f" to publication {name}")
+        if dropped:
+            conn.execute(
+                sql.SQL("ALTER PUBLICATION {} DROP TABLE {}").format(
+                    sql.Identifier(name), sql.SQL(", ").join(sql.Identifier(*t) for t in dropped)
+                )
+            )
+            changes.append("dropped " + ", ".join(".".join(t) for t in dropped) + f" from publication {name}")
+        return changes
+
+    def slot_state(self, slot: str) -> SlotState | None:
+        row = self.conn.execute(
+            """
+            SELECT confirmed_flush_lsn::text, restart_lsn::text, wal_status, database, plugin,
+                   CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()
+                        ELSE pg_current_wal_lsn() END::text
+            FROM pg_replication_slots WHERE slot_name = %s
+            """,
+            [slot],
+        ).fetchone()
+        if row is None:
+            return None
+        confirmed, restart, wal_status, database, plugin, current = row
+        if database != self.conn.info.dbname or plugin != "pgoutput":
+            raise SourceProblem(
+                f"Replication slot {slot} already exists for database {database} with plugin {plugin}: "
+                "give the source another slot name."
+            )
+        return SlotState(
+            lsn_to_int(confirmed) if confirmed else 0,
+            lsn_to_int(restart) if restart else 0,
+            lsn_to_int(current),
+            wal_status,
+        )
+
+    def ensure_slot(self, slot: str) -> str | None:
+        """Create the logical slot (pgoutput) when missing, or re-create it when the
+        server invalidated it (wal_status 'lost'). Returns why it was (re)created,
+        or None when it existed: a new slot means every table needs a snapshot."""
+        state = self.slot_state(slot)
+        if state is not None and state.wal_status != "lost":
+            return None
+        reason = f"created replication slot {slot}"
+        if state is not None:
+            self.conn.execute("SELECT pg_drop_replication_slot(%s)", [slot])
+            reason = (
+                f"replication slot {slot} was lost (WAL removed); re-created it and re-copied every table"
+            )
+        self.conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", [slot])
+        return reason
+
+    def drop_slot(self, slot: str) -> bool:
+        """Drop the slot if it exists. Refuses (SourceProblem) while a reader holds it."""
+        try:
+            dropped = self.conn.execute(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = %s",
+                [slot],
+            ).fetchall()
+        except psycopg.errors.ObjectInUse:
+            raise SourceProblem(
+                f"Replication slot {slot} is in use right now; try again in a moment."
+            ) from None
+        return bool(dropped)
+
+    # -- snapshot -------------------------------------------------------------
+
+    @contextmanager
+    def snapshot(
+        self,
+        relation: Relation,
+        copy_format: str,
+        select_list: list[sql.Composable] | None = None,
+        chunk_bytes: int = SNAPSHOT_CHUNK_BYTES,
+    ):
+        """Yield the table's rows as COPY chunks of about chunk_bytes, read in one
+        repeatable-read transaction; memory stays flat whatever the table size.
+        `select_list`: one expression per relation column (the writer's
+        snapshot_columns); the plain columns by default."""
+        if select_list is None:
+            select_list = [sql.Identifier(c.name) for c in relation.columns]
+        if copy_format not in ("csv", "binary"):
+            raise ValueError(f"unknown COPY format {copy_format!r}")
+        with self.connect(statement_timeout_ms=0) as conn:
+            conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            query = sql.SQL("COPY (SELECT {} FROM {}) TO STDOUT WITH (FORMAT {})").format(
+                sql.SQL(", ").join(select_list),
+                sql.Identifier(relation.schema, relation.name),
+                sql.SQL(copy_format),
+            )
+            with conn.cursor() as cursor, cursor.copy(query) as copy:
+
+                def chunks() -> Iterator[bytes]:
+                    buffer = bytearray()
+                    for block in copy:
+                        buffer += block
+                        if len(buffer) >= chunk_bytes:
+                            yield bytes(buffer)
+                            buffer.clear()
+                    if buffer:
+                        yield bytes(buffer)
+
+                yield chunks()
+            conn.rollback()
+
+    def estimated_rows(self, schema: str, table: str) -> int:
+        row = self.conn.execute(
+            """
+            SELECT greatest(c.reltuples, 0)::bigint FROM pg_class c
+            JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s
+            """,
+            [schema, table],
+        ).fetchone()
+        return row[0] if row else 0
+
+    def fetch_rows(self, relation: Relation, key_columns: list[str], keys: list[tuple], columns: list[str]):
+        """Current values of `columns` for these keys: {key: {column: value}} (text
+        values converted like pgoutput's). Used for rows whose primary key changed
+        while a TOASTed column stayed unchanged."""
+        types = {c.name: c.type_oid for c in relation.columns}
+        selected = key_columns + columns
+        query = sql.SQL("SELECT {} FROM {} WHERE ({}) IN ({})").format(
+            sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(c)) for c in selected),
+            sql.Identifier(relation.schema, relation.name),
+            sql.SQL(", ").join(sql.Identifier(c) for c in key_columns),
+            sql.SQL(", ").join(
+                sql.SQL("({})").format(sql.SQL(", ").join(sql.Placeholder() for _ in key_columns))
+                for _ in keys
+            ),
+        )
+        params = [value for key in keys for value in key]
+        found = {}
+        convert_key = [converter(types[c]) for c in key_columns]
+        convert_value = [converter(types[c]) for c in columns]
+        for row in self.conn.execute(query, params):
+            key = tuple(f(v.encode()) for f, v in zip(convert_key, row[: len(key_columns)], strict=True))
+            found[key] = {
+                name: None if v is None else f(v.encode())
+                for name, f, v in zip(columns, convert_value, row[len(key_columns) :], strict=True)
+            }
+        return found
+
+    # -- changes --------------------------------------------------------------
+
+    def peek(self, slot: str, publication: str, upto_changes: int) -> PeekResult:
+        """Read up to `upto_changes` messages (whole transactions: the server
+        never cuts one) without consuming them."""
+        conn = self.conn
+        (flush,) = conn.execute(
+            "SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() "
+            "ELSE pg_current_wal_flush_lsn() END::text"
+        ).fetchone()
+        publication_names = sql.Identifier(publication).as_string(conn)
+        with conn.cursor(binary=True) as cursor:
+            cursor.execute(
+                "SELECT data FROM pg_logical_slot_peek_binary_changes(%s, NULL, %s, "
+                "'proto_version', '1', 'publication_names', %s, 'messages', 'true')",
+                [slot, upto_changes, publication_names],
+            )
+            messages = [data for (data,) in cursor]
+        return PeekResult(messages, lsn_to_int(flush))
+
+    def emit_heartbeat(self) -> None:
+        """Write a tiny non-transactional logical message. The next peek returns it
+        with its LSN: a position the decoder has certainly read past, so an idle
+        slot can be advanced there. (The flush LSN is not safe on its own: the
+        walwriter may flush half of a commit record, and a slot confirmed past the
+        record's start would skip that transaction.)"""
+        self.conn.execute("SELECT pg_logical_emit_message(false, 'rosetta', 'heartbeat')")
+
+    def advance(self, slot: str, lsn: int) -> bool:
+        """Move the slot's confirmed position to `lsn` (never backwards), releasing WAL."""
+        row = self.conn.execute(
+            """
+            SELECT pg_replication_slot_advance(slot_name, %s::pg_lsn)
+            FROM pg_replication_slots WHERE slot_name = %s AND confirmed_flush_lsn < %s::pg_lsn
+            """,
+            [lsn_to_str(lsn), slot, lsn_to_str(lsn)],
+        ).fetchone()
+        return row is not None
