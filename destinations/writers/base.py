@@ -8,6 +8,11 @@ class ConnectionProblem(Exception):
     and never contains a secret."""
 
 
+class IncompatibleSchemaChange(Exception):
+    """A source schema change the writer cannot apply to the destination table; the
+    message names the table, the column, both types and what the operator should do."""
+
+
 class Writer:
     """What every destination kind implements.
 

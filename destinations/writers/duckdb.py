@@ -1,22 +1,220 @@
-"""The DuckDB destination: an embedded database file on the workers."""
+"""The DuckDB destination: an embedded database file on the workers.
 
+Target tables live in the file's `main` schema (or settings["schema"]) under
+the pipeline table's target name, with the types of
+destinations.writers.types.duckdb_type (DECIMAL(p,s) up to 38 digits, VARCHAR
+for a wider or unconstrained numeric, JSON for json/jsonb, LISTs for arrays,
+VARCHAR for user-defined types), and Rosetta's columns:
+
+- `_rosetta_lsn BIGINT`: commit LSN of the row's last change, as a number (the
+  snapshot LSN for rows from a snapshot); lsn_to_str() shows it as '16/B374D848'.
+- `_rosetta_synced_at TIMESTAMPTZ`: when Rosetta's transaction wrote the row.
+- `_rosetta_deleted_at TIMESTAMPTZ`: set instead of deleting when the pipeline
+  keeps soft deletes; NULL otherwise.
+
+Tables get no PRIMARY KEY: DuckDB keeps such indexes in memory and checks them
+on every write, while the merge already matches rows on the source's key (and
+follows a key change without DDL). `_rosetta_checkpoints` holds each
+pipeline's last applied end LSN, written in the batch's transaction.
+
+Batches go in through Arrow tables and one MERGE per group of rows, never row
+by row. DuckDB lets one process write a file at a time: the connection is
+opened per run and closed by close(), and opening waits a little for another
+process (a query session, say) to let go of the file.
+"""
+
+import contextlib
+import io
+import json
+import time
 from pathlib import Path
 
 import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
 
-from .base import ConnectionProblem, Writer
+from pipelines.engine.batch import UNCHANGED, ApplyResult, lsn_to_str
+
+from . import types
+from .base import ConnectionProblem, IncompatibleSchemaChange, Writer
+
+CHECKPOINTS = "_rosetta_checkpoints"
+LSN, SYNCED_AT, DELETED_AT = "_rosetta_lsn", "_rosetta_synced_at", "_rosetta_deleted_at"
+META_COLUMNS = {LSN: "BIGINT", SYNCED_AT: "TIMESTAMP WITH TIME ZONE", DELETED_AT: "TIMESTAMP WITH TIME ZONE"}
+DROPPED_COMMENT = "Rosetta: dropped on the source; kept here, no longer updated."
+LOCK_WAIT_SECONDS = 30
+CSV_BLOCK_SIZE = 4 << 20
+
+_INTEGER_RANK = {"SMALLINT": 1, "INTEGER": 2, "BIGINT": 3}
+_INTEGER_DIGITS = {"SMALLINT": 5, "INTEGER": 10, "BIGINT": 19}
+
+# DuckDB type -> the Arrow type a batch column is built as; the SQL then casts
+# it to the column type (a no-op where they match).
+_ARROW_TYPES = {
+    "BOOLEAN": pa.bool_(),
+    "SMALLINT": pa.int64(),
+    "INTEGER": pa.int64(),
+    "BIGINT": pa.int64(),
+    "FLOAT": pa.float64(),
+    "DOUBLE": pa.float64(),
+    "BLOB": pa.binary(),
+    "DATE": pa.date32(),
+    "TIMESTAMP": pa.timestamp("us"),
+    "TIMESTAMP WITH TIME ZONE": pa.timestamp("us", tz="UTC"),
+}
+
+
+def quote(name: str) -> str:
+    """A DuckDB identifier, double-quoted."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def decimal_precision_scale(duck_type: str) -> tuple[int, int] | None:
+    if duck_type.startswith("DECIMAL("):
+        precision, scale = duck_type[8:-1].split(",")
+        return int(precision), int(scale)
+    return None
+
+
+def can_widen(old: str, new: str) -> bool:
+    """True if ALTER COLUMN ... TYPE new keeps every value the column holds."""
+    if new == "VARCHAR":
+        return True
+    if old in _INTEGER_RANK and new in _INTEGER_RANK:
+        return _INTEGER_RANK[new] >= _INTEGER_RANK[old]
+    if old == "FLOAT" and new == "DOUBLE":
+        return True
+    new_ps = decimal_precision_scale(new)
+    old_ps = (_INTEGER_DIGITS[old], 0) if old in _INTEGER_DIGITS else decimal_precision_scale(old)
+    if new_ps and old_ps:
+        return new_ps[0] - new_ps[1] >= old_ps[0] - old_ps[1] and new_ps[1] >= old_ps[1]
+    return False
+
+
+def from_text(expression: str, duck_type: str, csv: bool = False) -> str:
+    """SQL turning PostgreSQL's text form of a value into `duck_type`.
+
+    Intervals lose the '+' PostgreSQL writes before a positive time part after
+    a negative day count, which DuckDB does not read; arrays arrive as JSON
+    (Writer.snapshot_columns asks the source for array_to_json); bytea in a COPY
+    is hex ('\\x0102').
+    """
+    if duck_type == "VARCHAR":
+        return expression
+    if duck_type == "INTERVAL":
+        return f"CAST(replace({expression}, '+', '') AS INTERVAL)"
+    if duck_type.endswith("[]"):
+        return f"CAST(CAST({expression} AS JSON) AS {duck_type})"
+    if duck_type == "BLOB" and csv:
+        return f"unhex(substr({expression}, 3))"
+    return f"CAST({expression} AS {duck_type})"
+
+
+def _text(value) -> str:
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, default=str)
+    return str(value)
+
+
+def _dump_json(value) -> str:
+    return json.dumps(value, ensure_ascii=False, default=str)
+
+
+def arrow_column(values: list, duck_type: str) -> tuple[pa.Array, str]:
+    """An Arrow array for a batch column, and the SQL expression (on column `{}`)
+    that turns it into `duck_type`. Values arrive typed (see batch.py); a column
+    whose values do not fit the usual Arrow type (say a timestamp 'infinity'
+    kept as text) goes as text and is cast by DuckDB."""
+    if duck_type == "JSON":
+        return pa.array(
+            [None if v is None else _dump_json(v) for v in values], pa.string()
+        ), "CAST({} AS JSON)"
+    if duck_type.endswith("[]"):
+        element = duck_type[:-2]
+        if element in ("JSON", "UUID") or element.startswith("DECIMAL"):
+            convert = _dump_json if element == "JSON" else str
+            values = [
+                None
+                if v is None
+                else [None if x is None else convert(x) for x in v]
+                if isinstance(v, list)
+                else v
+                for v in values
+            ]
+            arrow_element = pa.string()
+        else:
+            arrow_element = _ARROW_TYPES.get(element, pa.string())
+        try:
+            return pa.array(values, pa.list_(arrow_element)), f"CAST({{}} AS {duck_type})"
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError):
+            pass
+    else:
+        precision_scale = decimal_precision_scale(duck_type)
+        arrow_type = pa.decimal128(*precision_scale) if precision_scale else _ARROW_TYPES.get(duck_type)
+        if arrow_type is not None:
+            try:
+                return pa.array(values, arrow_type), f"CAST({{}} AS {duck_type})"
+            except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError):
+                pass
+    texts = [None if v is None else v if type(v) is str else _text(v) for v in values]
+    return pa.array(texts, pa.string()), from_text("{}", duck_type)
+
+
+class _ChunkFile(io.RawIOBase):
+    """A read-only file over an iterator of byte chunks, so Arrow's CSV reader can
+    pull the COPY stream block by block without it ever being held whole."""
+
+    def __init__(self, chunks):
+        self._chunks = iter(chunks)
+        self._pending = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        filled, size = 0, len(buffer)
+        while filled < size:
+            if not self._pending:
+                chunk = next(self._chunks, None)
+                if chunk is None:
+                    break
+                self._pending = memoryview(chunk).cast("B")
+                continue
+            count = min(size - filled, len(self._pending))
+            buffer[filled : filled + count] = self._pending[:count]
+            self._pending = self._pending[count:]
+            filled += count
+        return filled
 
 
 class DuckDBWriter(Writer):
     kind = "duckdb"
+    # PostgreSQL's CSV (defaults, no header) read by Arrow's streaming CSV reader.
+    snapshot_format = "csv"
+
+    def __init__(self, settings: dict, connect_timeout: int = 10):
+        super().__init__(settings, connect_timeout)
+        self._conn = None
+        self._verified = {}
+
+    @property
+    def schema(self) -> str:
+        return self.settings.get("schema") or "main"
 
     def connect(self) -> duckdb.DuckDBPyConnection:
         path = Path(self.settings["path"])
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            return duckdb.connect(str(path))
-        except (OSError, duckdb.Error) as error:
-            raise ConnectionProblem(f"Cannot open DuckDB file {path}: {error}") from None
+        deadline = time.monotonic() + LOCK_WAIT_SECONDS
+        while True:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                return duckdb.connect(str(path))
+            except duckdb.IOException as error:
+                if "lock" not in str(error).lower() or time.monotonic() > deadline:
+                    raise ConnectionProblem(f"Cannot open DuckDB file {path}: {error}") from None
+                time.sleep(0.2)  # another process has the file open; it usually lets go soon
+            except (OSError, duckdb.Error) as error:
+                raise ConnectionProblem(f"Cannot open DuckDB file {path}: {error}") from None
 
     def test_connection(self) -> str:
         with self.connect() as conn:
@@ -24,3 +222,327 @@ class DuckDBWriter(Writer):
             conn.execute("DROP TABLE _rosetta_write_test")
             version = conn.execute("SELECT version()").fetchone()[0]
         return f"Opened DuckDB {version} file {self.settings['path']} and wrote to it."
+
+    # -- the CDC contract ---------------------------------------------------------
+
+    def snapshot_columns(self, relation):
+        """Arrays as JSON, which DuckDB casts to LISTs (PostgreSQL's '{...}' it cannot read)."""
+        from psycopg import sql
+
+        expressions = super().snapshot_columns(relation)
+        for position, column in enumerate(relation.columns):
+            if types.duckdb_type(column.type_oid, column.type_modifier).endswith("[]"):
+                expressions[position] = sql.SQL("array_to_json({})").format(sql.Identifier(column.name))
+        return expressions
+
+    def _connection(self) -> duckdb.DuckDBPyConnection:
+        if self._conn is None:
+            self._conn = self.connect()
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def _table(self, name: str) -> str:
+        return f"{quote(self.schema)}.{quote(name)}"
+
+    def read_checkpoint(self, pipeline_key: str) -> int:
+        conn = self._connection()
+        if not self._table_exists(conn, CHECKPOINTS):
+            return 0
+        row = conn.execute(
+            f"SELECT lsn FROM {self._table(CHECKPOINTS)} WHERE pipeline_key = ?", [pipeline_key]
+        ).fetchone()
+        return row[0] if row else 0
+
+    def apply_batch(self, pipeline_key: str, batch, soft_delete: bool = False) -> ApplyResult:
+        result = ApplyResult()
+        if batch.is_empty:
+            return result
+        conn = self._connection()
+        conn.execute("BEGIN TRANSACTION")
+        try:
+            self._ensure_checkpoint_table(conn)
+            row = conn.execute(
+                f"SELECT lsn FROM {self._table(CHECKPOINTS)} WHERE pipeline_key = ?", [pipeline_key]
+            ).fetchone()
+            if row and batch.end_lsn <= row[0]:
+                conn.execute("ROLLBACK")
+                result.notes.append(
+                    f"Changes up to {lsn_to_str(batch.end_lsn)} were already applied "
+                    f"(checkpoint {lsn_to_str(row[0])}): nothing to do."
+                )
+                return result
+            for key in sorted(batch.tables):
+                self._apply_table(conn, batch.tables[key], soft_delete, result)
+            conn.execute(
+                f"INSERT INTO {self._table(CHECKPOINTS)} (pipeline_key, lsn, updated_at) VALUES (?, ?, now()) "
+                "ON CONFLICT (pipeline_key) DO UPDATE SET lsn = excluded.lsn, updated_at = excluded.updated_at",
+                [pipeline_key, batch.end_lsn],
+            )
+            if self.before_commit_hook:
+                self.before_commit_hook()
+            conn.execute("COMMIT")
+        except BaseException:
+            self._rollback(conn)
+            raise
+        return result
+
+    def _rollback(self, conn) -> None:
+        self._verified.clear()  # DDL of the failed transaction is gone
+        with contextlib.suppress(duckdb.Error):  # no transaction left to roll back
+            conn.execute("ROLLBACK")
+
+    def load_snapshot(self, relation, target_table: str, chunks, snapshot_lsn: int) -> int:
+        """Arrow's CSV reader parses the COPY stream block by block into a new table,
+        which replaces the old one in the same transaction: readers see the old copy
+        until the commit, and memory holds a few blocks whatever the table's size."""
+        conn = self._connection()
+        names = relation.column_names
+        duck_types = [types.duckdb_type(c.type_oid, c.type_modifier) for c in relation.columns]
+        new_table = self._table(f"_rosetta_new_{target_table}")
+        target = self._table(target_table)
+        stream = io.BufferedReader(_ChunkFile(chunks), buffer_size=CSV_BLOCK_SIZE)
+        conn.execute("BEGIN TRANSACTION")
+        try:
+            self._ensure_schema(conn)
+            conn.execute(
+                f"CREATE OR REPLACE TABLE {new_table} ({self._column_definitions(names, duck_types)})"
+            )
+            if stream.peek(1):
+                positional = [f"c{position}" for position in range(len(names))]
+                reader = pa_csv.open_csv(
+                    stream,
+                    read_options=pa_csv.ReadOptions(column_names=positional, block_size=CSV_BLOCK_SIZE),
+                    parse_options=pa_csv.ParseOptions(newlines_in_values=True),
+                    convert_options=pa_csv.ConvertOptions(
+                        column_types={name: pa.string() for name in positional},
+                        null_values=[""],
+                        strings_can_be_null=True,
+                        quoted_strings_can_be_null=False,
+                    ),
+                )
+                conn.register("_rosetta_snapshot", reader)
+                selected = ", ".join(
+                    from_text(quote(column), duck_type, csv=True)
+                    for column, duck_type in zip(positional, duck_types, strict=True)
+                )
+                conn.execute(
+                    f"INSERT INTO {new_table} SELECT {selected}, {int(snapshot_lsn)}, now(), NULL "
+                    "FROM _rosetta_snapshot"
+                )
+                conn.unregister("_rosetta_snapshot")
+            rows = conn.execute(f"SELECT count(*) FROM {new_table}").fetchone()[0]
+            conn.execute(f"DROP TABLE IF EXISTS {target}")
+            conn.execute(f"ALTER TABLE {new_table} RENAME TO {quote(target_table)}")
+            conn.execute("COMMIT")
+        except BaseException:
+            self._rollback(conn)
+            raise
+        finally:
+            self._verified.pop(target_table, None)
+        return rows
+
+    # -- applying one table's changes -----------------------------------------------
+
+    def _apply_table(self, conn, changes, soft_delete: bool, result: ApplyResult) -> None:
+        relation = changes.relation
+        target = self._table(changes.target_table)
+        duck_types = self._ensure_table(conn, relation, changes.target_table, result.notes)
+        if not relation.key_columns:
+            raise IncompatibleSchemaChange(
+                f"Table {relation.schema}.{relation.name} has no primary key (nor replica identity) "
+                "on the source, so its changes cannot be matched to destination rows: add a primary "
+                "key on the source, then refresh the table."
+            )
+        if changes.truncated:
+            if soft_delete:
+                conn.execute(
+                    f"UPDATE {target} SET {DELETED_AT} = now(), {SYNCED_AT} = now() WHERE {DELETED_AT} IS NULL"
+                )
+            else:
+                conn.execute(f"DELETE FROM {target}")
+            result.notes.append(
+                f"{relation.schema}.{relation.name} was truncated on the source: "
+                f"{self.schema}.{changes.target_table} emptied"
+                + (" (rows kept as soft-deleted)." if soft_delete else ".")
+            )
+        if changes.deletes:
+            result.deleted += self._delete(conn, relation, target, changes.deletes, duck_types, soft_delete)
+        if changes.upserts:
+            self._upsert(conn, relation, changes.target_table, changes.upserts, duck_types, result)
+
+    def _stage(
+        self, conn, columns: list[str], duck_types: dict, column_values: list[list], lsns: list[int]
+    ) -> str:
+        """Register the batch rows as an Arrow table; returns a SELECT over it that
+        yields the target's column types."""
+        arrays, expressions = [], []
+        for position, name in enumerate(columns):
+            array, expression = arrow_column(column_values[position], duck_types[name])
+            arrays.append(array)
+            expressions.append(f"{expression.format(quote(f'c{position}'))} AS {quote(name)}")
+        arrays.append(pa.array(lsns, pa.int64()))
+        expressions.append(f"{quote('lsn')} AS {LSN}")
+        table = pa.Table.from_arrays(arrays, names=[*(f"c{p}" for p in range(len(columns))), "lsn"])
+        conn.register("_rosetta_stage", table)
+        return f"(SELECT {', '.join(expressions)} FROM _rosetta_stage)"
+
+    def _delete(self, conn, relation, target: str, deletes: dict, duck_types: dict, soft_delete: bool) -> int:
+        keys = relation.key_columns
+        key_values = [list(values) for values in zip(*deletes.keys(), strict=True)]
+        stage = self._stage(conn, keys, duck_types, key_values, list(deletes.values()))
+        match = " AND ".join(f"t.{quote(name)} = s.{quote(name)}" for name in keys)
+        try:
+            if soft_delete:
+                statement = (
+                    f"UPDATE {target} AS t SET {DELETED_AT} = now(), {SYNCED_AT} = now(), {LSN} = s.{LSN} "
+                    f"FROM {stage} AS s WHERE {match} AND t.{DELETED_AT} IS NULL"
+                )
+            else:
+                statement = f"DELETE FROM {target} AS t USING {stage} AS s WHERE {match}"
+            return conn.execute(statement).fetchone()[0]
+        finally:
+            conn.unregister("_rosetta_stage")
+
+    def _upsert(self, conn, relation, target_table: str, upserts: dict, duck_types: dict, result) -> None:
+        """One MERGE per group of rows that share the same unchanged (TOASTed)
+        columns, so each group updates only the columns it has values for."""
+        groups: dict[frozenset, list] = {}
+        no_unchanged = frozenset()
+        for row, lsn in upserts.values():
+            if UNCHANGED in row.values():
+                unchanged = frozenset(name for name, value in row.items() if value is UNCHANGED)
+            else:
+                unchanged = no_unchanged
+            groups.setdefault(unchanged, []).append((row, lsn))
+        target = self._table(target_table)
+        keys = relation.key_columns
+        match = " AND ".join(f"t.{quote(name)} = s.{quote(name)}" for name in keys)
+        for unchanged, rows in groups.items():
+            columns = [name for name in relation.column_names if name not in unchanged]
+            column_values = [[row.get(name) for row, _ in rows] for name in columns]
+            stage = self._stage(conn, columns, duck_types, column_values, [lsn for _, lsn in rows])
+            updates = [f"{quote(name)} = s.{quote(name)}" for name in columns if name not in keys]
+            updates += [f"{LSN} = s.{LSN}", f"{SYNCED_AT} = now()", f"{DELETED_AT} = NULL"]
+            insert_columns = ", ".join(quote(name) for name in [*columns, LSN])
+            insert_values = ", ".join(f"s.{quote(name)}" for name in [*columns, LSN])
+            try:
+                # sql(), not execute(): it runs the MERGE once and hands the RETURNING rows to Arrow as is
+                actions = conn.sql(
+                    f"MERGE INTO {target} AS t USING {stage} AS s ON {match} "
+                    f"WHEN MATCHED THEN UPDATE SET {', '.join(updates)} "
+                    f"WHEN NOT MATCHED THEN INSERT ({insert_columns}, {SYNCED_AT}) "
+                    f"VALUES ({insert_values}, now()) RETURNING merge_action"
+                ).to_arrow_table()
+            finally:
+                conn.unregister("_rosetta_stage")
+            inserted = pc.sum(pc.equal(actions.column(0).cast(pa.string()), "INSERT")).as_py() or 0
+            result.inserted += inserted
+            result.updated += actions.num_rows - inserted
+            if unchanged and inserted:
+                result.notes.append(
+                    f"{inserted} row(s) of {relation.schema}.{relation.name} arrived as updates that left "
+                    f"{', '.join(sorted(unchanged))} unchanged (TOASTed) for keys the destination did not "
+                    f"have: those columns are NULL in {self.schema}.{target_table} until they change "
+                    "(refresh the table to fill them now)."
+                )
+
+    # -- target tables ------------------------------------------------------------
+
+    def _table_exists(self, conn, name: str) -> bool:
+        return (
+            conn.execute(
+                "SELECT 1 FROM duckdb_tables() WHERE schema_name = ? AND table_name = ? AND NOT temporary",
+                [self.schema, name],
+            ).fetchone()
+            is not None
+        )
+
+    def _ensure_schema(self, conn) -> None:
+        conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote(self.schema)}")
+
+    def _ensure_checkpoint_table(self, conn) -> None:
+        if CHECKPOINTS in self._verified:
+            return
+        self._ensure_schema(conn)
+        conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {self._table(CHECKPOINTS)} (pipeline_key VARCHAR PRIMARY KEY, "
+            "lsn BIGINT NOT NULL, updated_at TIMESTAMP WITH TIME ZONE NOT NULL)"
+        )
+        self._verified[CHECKPOINTS] = True
+
+    @staticmethod
+    def _column_definitions(names: list[str], duck_types: list[str]) -> str:
+        # duck_types come from types.duckdb_type, never from user input
+        columns = [f"{quote(name)} {duck_type}" for name, duck_type in zip(names, duck_types, strict=True)]
+        columns += [f"{name} {duck_type}" for name, duck_type in META_COLUMNS.items()]
+        return ", ".join(columns)
+
+    def _ensure_table(self, conn, relation, target_table: str, notes: list[str]) -> dict:
+        """Create the target table, or bring it in line with the relation: add new
+        columns, widen types where every value still fits, mark columns the source
+        dropped; refuse anything else with a message saying what to do. Returns
+        {column: DuckDB type} of the relation's columns."""
+        wanted = {c.name: types.duckdb_type(c.type_oid, c.type_modifier) for c in relation.columns}
+        signature = (relation.schema, relation.name, tuple(relation.columns))
+        if self._verified.get(target_table) == signature:
+            return wanted
+        target = self._table(target_table)
+        existing = conn.execute(
+            "SELECT column_name, data_type, is_nullable, comment FROM duckdb_columns() "
+            "WHERE schema_name = ? AND table_name = ? ORDER BY column_index",
+            [self.schema, target_table],
+        ).fetchall()
+        if not existing:
+            self._ensure_schema(conn)
+            conn.execute(
+                f"CREATE TABLE {target} ({self._column_definitions(list(wanted), list(wanted.values()))})"
+            )
+            self._verified[target_table] = signature
+            return wanted
+
+        where = f"{self.schema}.{target_table}"
+        current = {name: (data_type, nullable, comment) for name, data_type, nullable, comment in existing}
+        for name, duck_type in wanted.items():
+            if name not in current:
+                conn.execute(f"ALTER TABLE {target} ADD COLUMN {quote(name)} {duck_type}")
+                notes.append(f"Column {name} ({duck_type}) added to {where}.")
+                continue
+            old_type = current[name][0]
+            if old_type == duck_type:
+                continue
+            if not can_widen(old_type, duck_type):
+                raise IncompatibleSchemaChange(
+                    f"Column {name} of {relation.schema}.{relation.name} changed type on the source, so "
+                    f"that it would now be {duck_type} in DuckDB, but the destination table {where} holds "
+                    f"{old_type} and cannot be converted without losing values: refresh the table "
+                    f"{relation.schema}.{relation.name} in the pipeline so that it is copied again with "
+                    "the new type."
+                )
+            conn.execute(f"ALTER TABLE {target} ALTER COLUMN {quote(name)} TYPE {duck_type}")
+            notes.append(f"Column {name} of {where} widened from {old_type} to {duck_type}.")
+        for name, meta_type in META_COLUMNS.items():
+            if name not in current:
+                conn.execute(f"ALTER TABLE {target} ADD COLUMN {name} {meta_type}")
+        for name, (_, nullable, comment) in current.items():
+            if name in META_COLUMNS:
+                continue
+            column = f"{target}.{quote(name)}"
+            if name in wanted:
+                if comment == DROPPED_COMMENT:  # the column is back on the source
+                    conn.execute(f"COMMENT ON COLUMN {column} IS NULL")
+                continue
+            if comment == DROPPED_COMMENT:
+                continue  # reported when it was first seen
+            if not nullable:
+                conn.execute(f"ALTER TABLE {target} ALTER COLUMN {quote(name)} DROP NOT NULL")
+            conn.execute(f"COMMENT ON COLUMN {column} IS '{DROPPED_COMMENT}'")
+            notes.append(
+                f"Column {name} is no longer in {relation.schema}.{relation.name}: it stays in {where} "
+                "(nullable) with its old values and is no longer updated; new rows have NULL there."
+            )
+        self._verified[target_table] = signature
+        return wanted

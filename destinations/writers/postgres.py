@@ -1,14 +1,97 @@
-"""The PostgreSQL destination."""
+"""The PostgreSQL destination.
+
+Target tables live in the destination's schema (settings["schema"], default
+public) under the pipeline table's target name. Columns keep the source's
+types (built-in types by OID and modifier, spelled by the destination's own
+format_type; user-defined types such as enums, domains or citext as text), the
+primary key is the source's key, and Rosetta adds:
+
+- `_rosetta_lsn bigint`: commit LSN of the row's last change, as a number
+  (`'0/0'::pg_lsn + _rosetta_lsn` shows it as an LSN); the snapshot LSN for rows
+  that came from a snapshot.
+- `_rosetta_synced_at timestamptz`: when Rosetta's transaction wrote the row.
+- `_rosetta_deleted_at timestamptz`: set instead of deleting the row when the
+  pipeline keeps soft deletes; NULL otherwise.
+
+`_rosetta_checkpoints (pipeline_key text PK, lsn bigint, updated_at timestamptz)`
+in the same schema holds each pipeline's last applied end LSN, written in the
+same transaction as the rows.
+"""
+
+import hashlib
+import json
+from operator import itemgetter
 
 import psycopg
+from psycopg import sql
 
+from pipelines.engine.batch import UNCHANGED, ApplyResult, lsn_to_str
 from sources.preflight import describe_connection_error
 
-from .base import ConnectionProblem, Writer
+from . import types
+from .base import ConnectionProblem, IncompatibleSchemaChange, Writer
+
+CHECKPOINTS = "_rosetta_checkpoints"
+LSN, SYNCED_AT, DELETED_AT = "_rosetta_lsn", "_rosetta_synced_at", "_rosetta_deleted_at"
+META_COLUMNS = {LSN: "bigint", SYNCED_AT: "timestamp with time zone", DELETED_AT: "timestamp with time zone"}
+DROPPED_COMMENT = "Rosetta: dropped on the source; kept here, no longer updated."
+
+_INTEGER_RANK = {types.INT2: 1, types.INT4: 2, types.INT8: 3}
+_INTEGER_DIGITS = {types.INT2: 5, types.INT4: 10, types.INT8: 19}
+_TEMPORAL = {types.TIME, types.TIMETZ, types.TIMESTAMP, types.TIMESTAMPTZ}
+
+
+def target_type(column) -> tuple[int, int]:
+    """(type OID, modifier) of the destination column: the source's for a built-in
+    type, text for a user-defined one (the source sends its text form)."""
+    if types.is_builtin(column.type_oid):
+        return column.type_oid, column.type_modifier
+    return types.TEXT, -1
+
+
+def can_widen(old: tuple[int, int], new: tuple[int, int]) -> bool:
+    """True if ALTER COLUMN ... TYPE new keeps every value the column holds."""
+    (old_oid, old_mod), (new_oid, new_mod) = old, new
+    if new_oid == types.TEXT and new_mod == -1:
+        return True
+    if old_oid in _INTEGER_RANK and new_oid in _INTEGER_RANK:
+        return _INTEGER_RANK[new_oid] >= _INTEGER_RANK[old_oid]
+    if old_oid == types.FLOAT4 and new_oid == types.FLOAT8:
+        return True
+    if new_oid == types.NUMERIC and (old_oid in _INTEGER_DIGITS or old_oid == types.NUMERIC):
+        new_ps = types.numeric_precision_scale(new_mod)
+        if new_ps is None:
+            return True
+        old_ps = (
+            (_INTEGER_DIGITS[old_oid], 0)
+            if old_oid in _INTEGER_DIGITS
+            else types.numeric_precision_scale(old_mod)
+        )
+        if old_ps is None:
+            return False
+        return new_ps[0] - new_ps[1] >= old_ps[0] - old_ps[1] and new_ps[1] >= old_ps[1]
+    if old_oid == new_oid and old_oid in (types.VARCHAR, types.BPCHAR):
+        old_len, new_len = types.character_length(old_mod), types.character_length(new_mod)
+        return new_len is None if old_len is None else new_len is None or new_len >= old_len
+    if old_oid == new_oid and old_oid in _TEMPORAL:
+        return new_mod == -1 or (old_mod != -1 and new_mod >= old_mod)
+    return False
 
 
 class PostgresWriter(Writer):
     kind = "postgres"
+    # Binary COPY straight from the source into a table with the same column types:
+    # no value is parsed on the way.
+    snapshot_format = "binary"
+
+    def __init__(self, settings: dict, connect_timeout: int = 10):
+        super().__init__(settings, connect_timeout)
+        self._conn = None
+        self._verified = {}  # target table -> relation signature already checked against it
+
+    @property
+    def schema(self) -> str:
+        return self.settings.get("schema") or "public"
 
     def connect(self, **extra) -> psycopg.Connection:
         s = self.settings
@@ -50,3 +133,476 @@ class PostgresWriter(Writer):
             )
         where = f"schema {schema}" if exists else f"schema {schema} (Rosetta will create it)"
         return f"Connected to PostgreSQL {version}; Rosetta can write to {where}."
+
+    # -- the CDC contract ---------------------------------------------------------
+
+    def _connection(self) -> psycopg.Connection:
+        if self._conn is None or self._conn.closed:
+            self._conn = self.connect(autocommit=True)
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def _table(self, name: str) -> sql.Identifier:
+        return sql.Identifier(self.schema, name)
+
+    def read_checkpoint(self, pipeline_key: str) -> int:
+        conn = self._connection()
+        if not self._table_exists(conn, CHECKPOINTS):
+            return 0
+        row = conn.execute(
+            sql.SQL("SELECT lsn FROM {} WHERE pipeline_key = %s").format(self._table(CHECKPOINTS)),
+            [pipeline_key],
+        ).fetchone()
+        return row[0] if row else 0
+
+    def apply_batch(self, pipeline_key: str, batch, soft_delete: bool = False) -> ApplyResult:
+        result = ApplyResult()
+        if batch.is_empty:
+            return result
+        conn = self._connection()
+        try:
+            with conn.transaction():
+                self._ensure_checkpoint_table(conn)
+                row = conn.execute(
+                    sql.SQL("SELECT lsn FROM {} WHERE pipeline_key = %s FOR UPDATE").format(
+                        self._table(CHECKPOINTS)
+                    ),
+                    [pipeline_key],
+                ).fetchone()
+                if row and batch.end_lsn <= row[0]:
+                    result.notes.append(
+                        f"Changes up to {lsn_to_str(batch.end_lsn)} were already applied "
+                        f"(checkpoint {lsn_to_str(row[0])}): nothing to do."
+                    )
+                    return result
+                for key in sorted(batch.tables):
+                    self._apply_table(conn, batch.tables[key], soft_delete, result)
+                conn.execute(
+                    sql.SQL(
+                        "INSERT INTO {} (pipeline_key, lsn, updated_at) VALUES (%s, %s, now()) "
+                        "ON CONFLICT (pipeline_key) DO UPDATE SET lsn = EXCLUDED.lsn, updated_at = now()"
+                    ).format(self._table(CHECKPOINTS)),
+                    [pipeline_key, batch.end_lsn],
+                )
+                if self.before_commit_hook:
+                    self.before_commit_hook()
+        except BaseException:
+            self._verified.clear()  # DDL of the failed transaction was rolled back
+            raise
+        return result
+
+    def load_snapshot(self, relation, target_table: str, chunks, snapshot_lsn: int) -> int:
+        """Binary COPY into a new table, primary key built after the load, then the
+        old table is dropped and the new one renamed, all in one transaction:
+        readers see the old copy until the commit."""
+        conn = self._connection()
+        digest = hashlib.md5(target_table.encode()).hexdigest()[:16]
+        new_name, new_key = f"_rosetta_new_{digest}", f"_rosetta_new_{digest}_pkey"
+        new_table = self._table(new_name)
+        columns = sql.SQL(", ").join(sql.Identifier(name) for name in relation.column_names)
+        try:
+            with conn.transaction():
+                self._ensure_schema(conn)
+                type_names = self._type_names(conn, [target_type(c) for c in relation.columns])
+                conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(new_table))
+                conn.execute(
+                    sql.SQL(
+                        "CREATE TABLE {} ({}, {} bigint DEFAULT {}, {} timestamptz DEFAULT now(), {} timestamptz)"
+                    ).format(
+                        new_table,
+                        self._column_definitions(relation.column_names, type_names),
+                        sql.Identifier(LSN),
+                        sql.Literal(snapshot_lsn),
+                        sql.Identifier(SYNCED_AT),
+                        sql.Identifier(DELETED_AT),
+                    )
+                )
+                with conn.cursor() as cur:
+                    with cur.copy(
+                        sql.SQL("COPY {} ({}) FROM STDIN (FORMAT binary, FREEZE)").format(new_table, columns)
+                    ) as copy:
+                        for chunk in chunks:
+                            copy.write(chunk)
+                    rows = cur.rowcount
+                conn.execute(
+                    sql.SQL(
+                        "ALTER TABLE {} ALTER {} DROP DEFAULT, ALTER {} DROP DEFAULT, "
+                        "ADD CONSTRAINT {} PRIMARY KEY ({})"
+                    ).format(
+                        new_table,
+                        sql.Identifier(LSN),
+                        sql.Identifier(SYNCED_AT),
+                        sql.Identifier(new_key),
+                        self._key_list(relation),
+                    )
+                )
+                self._swap_in(conn, relation, new_name, new_key, target_table)
+        finally:
+            self._verified.pop(target_table, None)
+        return rows
+
+    def _swap_in(self, conn, relation, new_name: str, new_key: str, target_table: str) -> None:
+        target = self._table(target_table)
+        if self._table_exists(conn, target_table):
+            try:
+                with conn.transaction():  # a savepoint: a failed DROP leaves the load intact
+                    conn.execute(sql.SQL("DROP TABLE {}").format(target))
+            except psycopg.errors.DependentObjectsStillExist:
+                # Views (or other objects) use the table: keep it and replace its rows
+                # instead. DELETE, not TRUNCATE, so that readers keep the old rows until commit.
+                self._ensure_table(conn, relation, target_table, notes=[])
+                names = [*relation.column_names, LSN, SYNCED_AT, DELETED_AT]
+                column_list = sql.SQL(", ").join(sql.Identifier(name) for name in names)
+                conn.execute(sql.SQL("DELETE FROM {}").format(target))
+                conn.execute(
+                    sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {}").format(
+                        target, column_list, column_list, self._table(new_name)
+                    )
+                )
+                conn.execute(sql.SQL("DROP TABLE {}").format(self._table(new_name)))
+                return
+        conn.execute(
+            sql.SQL("ALTER TABLE {} RENAME TO {}").format(self._table(new_name), sql.Identifier(target_table))
+        )
+        conn.execute(
+            sql.SQL("ALTER TABLE {} RENAME CONSTRAINT {} TO {}").format(
+                target, sql.Identifier(new_key), sql.Identifier(f"{target_table}_pkey")
+            )
+        )
+
+    # -- applying one table's changes -----------------------------------------------
+
+    def _apply_table(self, conn, changes, soft_delete: bool, result: ApplyResult) -> None:
+        relation = changes.relation
+        target = self._table(changes.target_table)
+        self._ensure_table(conn, relation, changes.target_table, result.notes)
+        if changes.truncated:
+            if soft_delete:
+                conn.execute(
+                    sql.SQL("UPDATE {} SET {} = now(), {} = now() WHERE {} IS NULL").format(
+                        target,
+                        sql.Identifier(DELETED_AT),
+                        sql.Identifier(SYNCED_AT),
+                        sql.Identifier(DELETED_AT),
+                    )
+                )
+            else:
+                conn.execute(sql.SQL("TRUNCATE {}").format(target))
+            result.notes.append(
+                f"{relation.schema}.{relation.name} was truncated on the source: "
+                f"{self.schema}.{changes.target_table} emptied"
+                + (" (rows kept as soft-deleted)." if soft_delete else ".")
+            )
+        if changes.deletes:
+            result.deleted += self._delete(conn, relation, target, changes.deletes, soft_delete)
+        if changes.upserts:
+            self._upsert(conn, relation, changes.target_table, changes.upserts, result)
+
+    def _stage(self, conn, target, columns: list[str], rows, json_positions: list) -> sql.Identifier:
+        """COPY rows into a temporary table shaped like the target's `columns`, in text
+        format: each value is dumped by its Python type and parsed by the column's type,
+        so a value the source kept as text (e.g. 'infinity') lands as well as a typed one."""
+        stage = sql.Identifier("_rosetta_stage")
+        column_list = sql.SQL(", ").join(sql.Identifier(name) for name in columns)
+        conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(stage))
+        conn.execute(
+            sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT {} FROM {} WITH NO DATA").format(
+                stage, column_list, target
+            )
+        )
+        with (
+            conn.cursor() as cur,
+            cur.copy(sql.SQL("COPY {} ({}) FROM STDIN").format(stage, column_list)) as copy,
+        ):
+            for values in rows:
+                for position, is_array in json_positions:
+                    if values[position] is not None:
+                        values[position] = _dump_json(values[position], is_array)
+                copy.write_row(values)
+        return stage
+
+    def _delete(self, conn, relation, target, deletes: dict, soft_delete: bool) -> int:
+        keys = relation.key_columns
+        json_positions = _json_positions(relation, keys)
+        rows = ([*key, lsn] for key, lsn in deletes.items())
+        stage = self._stage(conn, target, [*keys, LSN], rows, json_positions)
+        match = sql.SQL(" AND ").join(sql.SQL("t.{0} = s.{0}").format(sql.Identifier(name)) for name in keys)
+        if soft_delete:
+            statement = sql.SQL(
+                "UPDATE {} AS t SET {} = now(), {} = now(), {} = s.{} FROM {} AS s WHERE {} AND t.{} IS NULL"
+            ).format(
+                target,
+                sql.Identifier(DELETED_AT),
+                sql.Identifier(SYNCED_AT),
+                sql.Identifier(LSN),
+                sql.Identifier(LSN),
+                stage,
+                match,
+                sql.Identifier(DELETED_AT),
+            )
+        else:
+            statement = sql.SQL("DELETE FROM {} AS t USING {} AS s WHERE {}").format(target, stage, match)
+        return conn.execute(statement).rowcount
+
+    def _upsert(self, conn, relation, target_table: str, upserts: dict, result: ApplyResult) -> None:
+        """Merge per group of rows that share the same unchanged (TOASTed) columns,
+        so each group updates only the columns it has values for."""
+        groups: dict[frozenset, list] = {}
+        no_unchanged = frozenset()
+        for row, lsn in upserts.values():
+            if UNCHANGED in row.values():
+                unchanged = frozenset(name for name, value in row.items() if value is UNCHANGED)
+            else:
+                unchanged = no_unchanged
+            groups.setdefault(unchanged, []).append((row, lsn))
+        target = self._table(target_table)
+        keys = relation.key_columns
+        for unchanged, rows in groups.items():
+            columns = [name for name in relation.column_names if name not in unchanged]
+            stage = self._stage(
+                conn, target, [*columns, LSN], _row_values(rows, columns), _json_positions(relation, columns)
+            )
+            updates = [
+                sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(name))
+                for name in [*columns, LSN, SYNCED_AT]
+                if name not in keys
+            ]
+            updates.append(sql.SQL("{} = NULL").format(sql.Identifier(DELETED_AT)))
+            column_list = sql.SQL(", ").join(sql.Identifier(name) for name in [*columns, LSN])
+            inserted, updated = conn.execute(
+                sql.SQL(
+                    "WITH merged AS (INSERT INTO {} AS t ({}, {}) SELECT {}, now() FROM {} "
+                    "ON CONFLICT ({}) DO UPDATE SET {} RETURNING t.xmax = 0 AS inserted) "
+                    "SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM merged"
+                ).format(
+                    target,
+                    column_list,
+                    sql.Identifier(SYNCED_AT),
+                    column_list,
+                    stage,
+                    self._key_list(relation),
+                    sql.SQL(", ").join(updates),
+                )
+            ).fetchone()
+            result.inserted += inserted
+            result.updated += updated
+            if unchanged and inserted:
+                result.notes.append(
+                    f"{inserted} row(s) of {relation.schema}.{relation.name} arrived as updates that left "
+                    f"{', '.join(sorted(unchanged))} unchanged (TOASTed) for keys the destination did not "
+                    f"have: those columns are NULL in {self.schema}.{target_table} until they change "
+                    "(refresh the table to fill them now)."
+                )
+
+    # -- target tables ------------------------------------------------------------
+
+    def _table_exists(self, conn, name: str) -> bool:
+        return (
+            conn.execute(
+                "SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p')",
+                [self.schema, name],
+            ).fetchone()
+            is not None
+        )
+
+    def _ensure_schema(self, conn) -> None:
+        exists = conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", [self.schema]).fetchone()
+        if not exists:
+            conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self.schema)))
+
+    def _ensure_checkpoint_table(self, conn) -> None:
+        if CHECKPOINTS in self._verified:
+            return
+        if not self._table_exists(conn, CHECKPOINTS):
+            self._ensure_schema(conn)
+            conn.execute(
+                sql.SQL(
+                    "CREATE TABLE IF NOT EXISTS {} (pipeline_key text PRIMARY KEY, lsn bigint NOT NULL, "
+                    "updated_at timestamptz NOT NULL DEFAULT now())"
+                ).format(self._table(CHECKPOINTS))
+            )
+        self._verified[CHECKPOINTS] = True
+
+    def _type_names(self, conn, type_pairs: list[tuple[int, int]]) -> list[str]:
+        """The destination's own spelling (format_type) of each (OID, modifier)."""
+        if not type_pairs:
+            return []
+        rows = conn.execute(
+            "SELECT format_type(o, m) FROM unnest(%s::oid[], %s::int4[]) WITH ORDINALITY AS u(o, m, i) ORDER BY i",
+            [[oid for oid, _ in type_pairs], [mod for _, mod in type_pairs]],
+        ).fetchall()
+        return [row[0] for row in rows]
+
+    @staticmethod
+    def _column_definitions(names: list[str], type_names: list[str]) -> sql.Composed:
+        # type_names come from format_type() of built-in OIDs, never from user input
+        return sql.SQL(", ").join(
+            sql.SQL("{} {}").format(sql.Identifier(name), sql.SQL(type_name))
+            for name, type_name in zip(names, type_names, strict=True)
+        )
+
+    @staticmethod
+    def _key_list(relation) -> sql.Composed:
+        keys = relation.key_columns
+        if not keys:
+            raise IncompatibleSchemaChange(
+                f"Table {relation.schema}.{relation.name} has no primary key (nor replica identity) "
+                "on the source, so its changes cannot be matched to destination rows: add a primary "
+                "key on the source, then refresh the table."
+            )
+        return sql.SQL(", ").join(sql.Identifier(name) for name in keys)
+
+    def _ensure_table(self, conn, relation, target_table: str, notes: list[str]) -> None:
+        """Create the target table, or bring it in line with the relation: add new
+        columns, widen types where every value still fits, mark columns the source
+        dropped; refuse anything else with a message saying what to do."""
+        signature = (relation.schema, relation.name, tuple(relation.columns))
+        if self._verified.get(target_table) == signature:
+            return
+        target = self._table(target_table)
+        key_list = self._key_list(relation)
+        wanted = {column.name: target_type(column) for column in relation.columns}
+        existing = conn.execute(
+            """
+            SELECT a.attname, a.atttypid::int, a.atttypmod, format_type(a.atttypid, a.atttypmod),
+                   a.attnotnull, col_description(a.attrelid, a.attnum),
+                   coalesce(a.attnum = ANY (i.indkey), false)
+            FROM pg_attribute a
+            JOIN pg_class c ON c.oid = a.attrelid
+            JOIN pg_namespace n ON n.oid = c.relnamespace
+            LEFT JOIN pg_index i ON i.indrelid = c.oid AND i.indisprimary
+            WHERE n.nspname = %s AND c.relname = %s AND a.attnum > 0 AND NOT a.attisdropped
+            ORDER BY a.attnum
+            """,
+            [self.schema, target_table],
+        ).fetchall()
+        if not existing:
+            self._ensure_schema(conn)
+            type_names = self._type_names(conn, list(wanted.values()))
+            conn.execute(
+                sql.SQL(
+                    "CREATE TABLE {} ({}, {} bigint, {} timestamptz, {} timestamptz, PRIMARY KEY ({}))"
+                ).format(
+                    target,
+                    self._column_definitions(relation.column_names, type_names),
+                    sql.Identifier(LSN),
+                    sql.Identifier(SYNCED_AT),
+                    sql.Identifier(DELETED_AT),
+                    key_list,
+                )
+            )
+            self._verified[target_table] = signature
+            return
+
+        where = f"{self.schema}.{target_table}"
+        current = {
+            name: (oid, mod, type_name, not_null, comment)
+            for name, oid, mod, type_name, not_null, comment, _ in existing
+        }
+        primary_key = sorted(name for name, *_, in_key in existing if in_key)
+        if primary_key != sorted(relation.key_columns):
+            raise IncompatibleSchemaChange(
+                f"The primary key of {relation.schema}.{relation.name} is now "
+                f"({', '.join(relation.key_columns)}) but the destination table {where} has "
+                f"({', '.join(primary_key) or 'none'}): refresh the table so that it is copied again "
+                "with the new key."
+            )
+        to_add = [name for name in relation.column_names if name not in current]
+        for name, (oid, mod) in wanted.items():
+            if name not in current or (current[name][0], current[name][1]) == (oid, mod):
+                continue
+            old_oid, old_mod, old_name = current[name][:3]
+            new_name = self._type_names(conn, [(oid, mod)])[0]
+            if not can_widen((old_oid, old_mod), (oid, mod)):
+                raise IncompatibleSchemaChange(
+                    f"Column {name} of {relation.schema}.{relation.name} changed type on the source from "
+                    f"{old_name} to {new_name}, and the destination table {where} cannot be converted "
+                    f"without losing values: refresh the table {relation.schema}.{relation.name} in the "
+                    "pipeline so that it is copied again with the new type."
+                )
+            conn.execute(
+                sql.SQL("ALTER TABLE {} ALTER COLUMN {} TYPE {} USING {}::{}").format(
+                    target, sql.Identifier(name), sql.SQL(new_name), sql.Identifier(name), sql.SQL(new_name)
+                )
+            )
+            notes.append(f"Column {name} of {where} widened from {old_name} to {new_name}.")
+        if to_add:
+            type_names = self._type_names(conn, [wanted[name] for name in to_add])
+            for name, type_name in zip(to_add, type_names, strict=True):
+                conn.execute(
+                    sql.SQL("ALTER TABLE {} ADD COLUMN {} {}").format(
+                        target, sql.Identifier(name), sql.SQL(type_name)
+                    )
+                )
+                notes.append(f"Column {name} ({type_name}) added to {where}.")
+        for name, meta_type in META_COLUMNS.items():
+            if name not in current:
+                conn.execute(
+                    sql.SQL("ALTER TABLE {} ADD COLUMN {} {}").format(
+                        target, sql.Identifier(name), sql.SQL(meta_type)
+                    )
+                )
+        for name, (_, _, _, not_null, comment) in current.items():
+            if name in META_COLUMNS:
+                continue
+            if name in wanted:
+                if comment == DROPPED_COMMENT:  # the column is back on the source
+                    conn.execute(
+                        sql.SQL("COMMENT ON COLUMN {}.{} IS NULL").format(target, sql.Identifier(name))
+                    )
+                continue
+            if comment == DROPPED_COMMENT:
+                continue  # reported when it was first seen
+            if not_null:
+                conn.execute(
+                    sql.SQL("ALTER TABLE {} ALTER COLUMN {} DROP NOT NULL").format(
+                        target, sql.Identifier(name)
+                    )
+                )
+            conn.execute(
+                sql.SQL("COMMENT ON COLUMN {}.{} IS {}").format(
+                    target, sql.Identifier(name), sql.Literal(DROPPED_COMMENT)
+                )
+            )
+            notes.append(
+                f"Column {name} is no longer in {relation.schema}.{relation.name}: it stays in {where} "
+                "(nullable) with its old values and is no longer updated; new rows have NULL there."
+            )
+        self._verified[target_table] = signature
+
+
+def _json_positions(relation, columns: list[str]) -> list[tuple[int, bool]]:
+    """(position, is_array) of the json/jsonb (or json[]/jsonb[]) columns among `columns`."""
+    kinds = {}
+    for column in relation.columns:
+        if column.type_oid in types.JSON_TYPES:
+            kinds[column.name] = False
+        elif types.ARRAY_ELEMENT.get(column.type_oid) in types.JSON_TYPES:
+            kinds[column.name] = True
+    return [(position, kinds[name]) for position, name in enumerate(columns) if name in kinds]
+
+
+def _dump_json(value, is_array: bool):
+    """json/jsonb values arrive parsed (dict, list, str, number, bool): back to JSON text.
+    A json[] column's list holds one parsed JSON value per element."""
+    if is_array and isinstance(value, list):
+        return [None if item is None else _dump_json(item, False) for item in value]
+    return json.dumps(value, ensure_ascii=False, default=str)
+
+
+def _row_values(rows, columns: list[str]):
+    """Each row as a list in `columns` order, plus its LSN; a missing column is NULL."""
+    pick = itemgetter(*columns)
+    single = len(columns) == 1
+    for row, lsn in rows:
+        try:
+            values = [pick(row)] if single else list(pick(row))
+        except KeyError:
+            values = [row.get(name) for name in columns]
+        values.append(lsn)
+        yield values
