@@ -44,7 +44,8 @@ LSN, SYNCED_AT, DELETED_AT = "_rosetta_lsn", "_rosetta_synced_at", "_rosetta_del
 META_COLUMNS = {LSN: "BIGINT", SYNCED_AT: "TIMESTAMP WITH TIME ZONE", DELETED_AT: "TIMESTAMP WITH TIME ZONE"}
 DROPPED_COMMENT = "Rosetta: dropped on the source; kept here, no longer updated."
 LOCK_WAIT_SECONDS = 30
-CSV_BLOCK_SIZE = 4 << 20
+DEFAULT_MEMORY_LIMIT = "128MB"
+CSV_BLOCK_SIZE = 1 << 20
 
 _INTEGER_RANK = {"SMALLINT": 1, "INTEGER": 2, "BIGINT": 3}
 _INTEGER_DIGITS = {"SMALLINT": 5, "INTEGER": 10, "BIGINT": 19}
@@ -237,7 +238,13 @@ class DuckDBWriter(Writer):
 
     def _connection(self) -> duckdb.DuckDBPyConnection:
         if self._conn is None:
-            self._conn = self.connect()
+            conn = self.connect()
+            # DuckDB would take 80% of the machine's memory for its buffers; a worker
+            # runs many pipelines, so cap it (DuckDB spills to disk past the cap).
+            # Insertion order is of no use to a merge and costs memory in big loads.
+            conn.execute("SET memory_limit = ?", [self.settings.get("memory_limit") or DEFAULT_MEMORY_LIMIT])
+            conn.execute("SET preserve_insertion_order = false")
+            self._conn = conn
         return self._conn
 
     def close(self) -> None:
@@ -252,10 +259,10 @@ class DuckDBWriter(Writer):
         conn = self._connection()
         if not self._table_exists(conn, CHECKPOINTS):
             return 0
-        row = conn.execute(
+        rows = conn.execute(
             f"SELECT lsn FROM {self._table(CHECKPOINTS)} WHERE pipeline_key = ?", [pipeline_key]
-        ).fetchone()
-        return row[0] if row else 0
+        ).fetchall()
+        return rows[0][0] if rows else 0
 
     def apply_batch(self, pipeline_key: str, batch, soft_delete: bool = False) -> ApplyResult:
         result = ApplyResult()
@@ -265,14 +272,14 @@ class DuckDBWriter(Writer):
         conn.execute("BEGIN TRANSACTION")
         try:
             self._ensure_checkpoint_table(conn)
-            row = conn.execute(
+            rows = conn.execute(
                 f"SELECT lsn FROM {self._table(CHECKPOINTS)} WHERE pipeline_key = ?", [pipeline_key]
-            ).fetchone()
-            if row and batch.end_lsn <= row[0]:
+            ).fetchall()
+            if rows and batch.end_lsn <= rows[0][0]:
                 conn.execute("ROLLBACK")
                 result.notes.append(
                     f"Changes up to {lsn_to_str(batch.end_lsn)} were already applied "
-                    f"(checkpoint {lsn_to_str(row[0])}): nothing to do."
+                    f"(checkpoint {lsn_to_str(rows[0][0])}): nothing to do."
                 )
                 return result
             for key in sorted(batch.tables):
@@ -334,7 +341,7 @@ class DuckDBWriter(Writer):
                     "FROM _rosetta_snapshot"
                 )
                 conn.unregister("_rosetta_snapshot")
-            rows = conn.execute(f"SELECT count(*) FROM {new_table}").fetchone()[0]
+            rows = conn.execute(f"SELECT count(*) FROM {new_table}").fetchall()[0][0]
             conn.execute(f"DROP TABLE IF EXISTS {target}")
             conn.execute(f"ALTER TABLE {new_table} RENAME TO {quote(target_table)}")
             conn.execute("COMMIT")
@@ -403,7 +410,7 @@ class DuckDBWriter(Writer):
                 )
             else:
                 statement = f"DELETE FROM {target} AS t USING {stage} AS s WHERE {match}"
-            return conn.execute(statement).fetchone()[0]
+            return conn.execute(statement).fetchall()[0][0]
         finally:
             conn.unregister("_rosetta_stage")
 
@@ -453,12 +460,11 @@ class DuckDBWriter(Writer):
     # -- target tables ------------------------------------------------------------
 
     def _table_exists(self, conn, name: str) -> bool:
-        return (
+        return bool(
             conn.execute(
                 "SELECT 1 FROM duckdb_tables() WHERE schema_name = ? AND table_name = ? AND NOT temporary",
                 [self.schema, name],
-            ).fetchone()
-            is not None
+            ).fetchall()
         )
 
     def _ensure_schema(self, conn) -> None:

@@ -1,0 +1,252 @@
+"""What every writer does with a Batch, checked on a real PostgreSQL database and a
+real DuckDB file (the `target` fixture runs each test against both)."""
+
+import pytest
+
+from destinations.writers.base import IncompatibleSchemaChange
+from pipelines.engine.batch import UNCHANGED, Column, Relation
+
+from .batches import make_batch, table_changes
+
+INT8, INT4, TEXT = 20, 23, 25
+
+
+def items_relation(*extra: Column) -> Relation:
+    return Relation(
+        oid=5001,
+        schema="public",
+        name="items",
+        columns=[Column("id", INT8, -1, True), Column("name", TEXT), Column("body", TEXT), *extra],
+    )
+
+
+def upsert(rows: list[dict], lsn: int) -> dict:
+    return {(row["id"],): (row, lsn) for row in rows}
+
+
+def apply(target, relation, end_lsn, upserts=None, deletes=None, truncated=False, soft_delete=False):
+    batch = make_batch(
+        table_changes(relation, upserts=upserts, deletes=deletes, truncated=truncated), end_lsn=end_lsn
+    )
+    return target.writer.apply_batch("pipeline-1", batch, soft_delete=soft_delete)
+
+
+def items(target, columns="id, name, body"):
+    return target.rows(f"SELECT {columns} FROM {target.table('items')} ORDER BY id")
+
+
+def test_inserts_updates_and_deletes_land_with_the_commit_lsn(target):
+    relation = items_relation()
+    result = apply(
+        target,
+        relation,
+        end_lsn=120,
+        upserts=upsert(
+            [
+                {"id": 1, "name": "one", "body": "a"},
+                {"id": 2, "name": "two", "body": "b"},
+                {"id": 3, "name": "x"},
+            ],
+            lsn=100,
+        ),
+    )
+    assert (result.inserted, result.updated, result.deleted) == (3, 0, 0)
+
+    result = apply(
+        target,
+        relation,
+        end_lsn=220,
+        upserts=upsert(
+            [{"id": 2, "name": "TWO", "body": "B"}, {"id": 4, "name": "four", "body": "d"}], lsn=200
+        ),
+        deletes={(1,): 210},
+    )
+    assert (result.inserted, result.updated, result.deleted) == (1, 1, 1)
+    assert items(target, "id, name, body, _rosetta_lsn") == [
+        (2, "TWO", "B", 200),
+        (3, "x", None, 100),  # a column missing from the row dict is NULL
+        (4, "four", "d", 200),
+    ]
+    assert target.rows(f"SELECT count(*) FROM {target.table('items')} WHERE _rosetta_synced_at IS NULL") == [
+        (0,)
+    ]
+    assert target.writer.read_checkpoint("pipeline-1") == 220
+    assert target.writer.read_checkpoint("another-pipeline") == 0
+
+
+def test_the_latest_batch_wins_for_a_key_deleted_and_inserted_again(target):
+    relation = items_relation()
+    apply(target, relation, end_lsn=10, upserts=upsert([{"id": 1, "name": "first", "body": "a"}], lsn=10))
+    apply(target, relation, end_lsn=20, deletes={(1,): 20})
+    apply(target, relation, end_lsn=30, upserts=upsert([{"id": 1, "name": "again", "body": "c"}], lsn=30))
+    assert items(target, "id, name, body, _rosetta_lsn") == [(1, "again", "c", 30)]
+
+
+def test_an_unchanged_toasted_value_keeps_what_the_destination_has(target):
+    relation = items_relation()
+    big = "x" * 100_000
+    apply(
+        target,
+        relation,
+        end_lsn=10,
+        upserts=upsert(
+            [{"id": 1, "name": "one", "body": big}, {"id": 2, "name": "two", "body": big + "2"}], lsn=10
+        ),
+    )
+    result = apply(
+        target,
+        relation,
+        end_lsn=20,
+        upserts=upsert(
+            [
+                {"id": 1, "name": "renamed", "body": UNCHANGED},
+                {"id": 2, "name": "also", "body": "small now"},
+                {"id": 3, "name": "never seen", "body": UNCHANGED},
+            ],
+            lsn=20,
+        ),
+    )
+    assert items(target) == [(1, "renamed", big), (2, "also", "small now"), (3, "never seen", None)]
+    assert (result.inserted, result.updated) == (1, 2)
+    [note] = result.notes
+    assert "1 row(s) of public.items" in note and "body" in note and "NULL" in note
+
+
+def test_truncate_empties_the_table_before_the_batch_upserts(target):
+    relation = items_relation()
+    apply(
+        target, relation, end_lsn=10, upserts=upsert([{"id": n, "name": str(n)} for n in range(1, 6)], lsn=10)
+    )
+    result = apply(
+        target, relation, end_lsn=20, truncated=True, upserts=upsert([{"id": 9, "name": "after"}], lsn=20)
+    )
+    assert items(target, "id, name") == [(9, "after")]
+    assert any("truncated" in note for note in result.notes)
+
+
+def test_soft_delete_keeps_the_row_marked_and_an_upsert_revives_it(target):
+    relation = items_relation()
+    apply(
+        target,
+        relation,
+        end_lsn=10,
+        upserts=upsert([{"id": 1, "name": "one"}, {"id": 2, "name": "two"}], lsn=10),
+    )
+    result = apply(target, relation, end_lsn=20, deletes={(1,): 20}, soft_delete=True)
+    assert result.deleted == 1
+    assert items(target, "id, name, _rosetta_deleted_at IS NOT NULL, _rosetta_lsn") == [
+        (1, "one", True, 20),
+        (2, "two", False, 10),
+    ]
+
+    apply(target, relation, end_lsn=30, upserts=upsert([{"id": 1, "name": "back"}], lsn=30), soft_delete=True)
+    assert items(target, "id, name, _rosetta_deleted_at IS NOT NULL") == [
+        (1, "back", False),
+        (2, "two", False),
+    ]
+
+    apply(target, relation, end_lsn=40, truncated=True, soft_delete=True)
+    assert items(target, "id, _rosetta_deleted_at IS NOT NULL") == [(1, True), (2, True)]
+
+
+def test_a_column_added_on_the_source_is_added_with_its_values(target):
+    apply(target, items_relation(), end_lsn=10, upserts=upsert([{"id": 1, "name": "one"}], lsn=10))
+    widened = items_relation(Column("price", 1700, (12 << 16 | 2) + 4))
+    from decimal import Decimal
+
+    result = apply(
+        target,
+        widened,
+        end_lsn=20,
+        upserts=upsert([{"id": 2, "name": "two", "price": Decimal("9.50")}], lsn=20),
+    )
+    assert items(target, "id, name, price") == [(1, "one", None), (2, "two", Decimal("9.50"))]
+    assert any("price" in note and "added" in note for note in result.notes)
+
+
+def test_a_column_dropped_on_the_source_stays_and_is_noted_once(target):
+    apply(
+        target,
+        items_relation(),
+        end_lsn=10,
+        upserts=upsert([{"id": 1, "name": "one", "body": "kept"}], lsn=10),
+    )
+    narrower = Relation(5001, "public", "items", [Column("id", INT8, -1, True), Column("name", TEXT)])
+    result = apply(target, narrower, end_lsn=20, upserts=upsert([{"id": 2, "name": "two"}], lsn=20))
+    assert items(target) == [(1, "one", "kept"), (2, "two", None)]
+    [note] = result.notes
+    assert "body" in note and "no longer" in note
+
+    target.writer.close()  # a new run, a new writer: the note is not repeated
+    result = apply(target, narrower, end_lsn=30, upserts=upsert([{"id": 3, "name": "three"}], lsn=30))
+    assert result.notes == []
+
+
+def test_a_widening_type_change_is_applied(target):
+    relation = Relation(1, "public", "counts", [Column("id", INT4, -1, True), Column("hits", INT4)])
+    apply(target, relation, end_lsn=10, upserts=upsert([{"id": 1, "hits": 5}], lsn=10))
+    wider = Relation(1, "public", "counts", [Column("id", INT8, -1, True), Column("hits", INT8)])
+    apply(target, wider, end_lsn=20, upserts=upsert([{"id": 2, "hits": 2**40}], lsn=20))
+    assert target.rows(f"SELECT id, hits FROM {target.table('counts')} ORDER BY id") == [(1, 5), (2, 2**40)]
+
+
+def test_an_incompatible_type_change_fails_naming_the_column_and_what_to_do(target):
+    relation = Relation(1, "public", "events", [Column("id", INT8, -1, True), Column("payload", TEXT)])
+    apply(target, relation, end_lsn=10, upserts=upsert([{"id": 1, "payload": "hello"}], lsn=10))
+    changed = Relation(1, "public", "events", [Column("id", INT8, -1, True), Column("payload", 3802)])
+    with pytest.raises(IncompatibleSchemaChange) as error:
+        apply(target, changed, end_lsn=20, upserts=upsert([{"id": 2, "payload": {"a": 1}}], lsn=20))
+    message = str(error.value)
+    assert "payload" in message and "public.events" in message and "refresh the table" in message
+    old, new = ("text", "jsonb") if target.kind == "postgres" else ("VARCHAR", "JSON")
+    assert f"from {old} to {new}" in message or (old in message and new in message)
+    assert target.writer.read_checkpoint("pipeline-1") == 10
+    assert target.rows(f"SELECT id, payload FROM {target.table('events')}") == [(1, "hello")]
+
+
+def test_a_replayed_batch_changes_nothing(target):
+    relation = items_relation()
+    apply(target, relation, end_lsn=100, upserts=upsert([{"id": 1, "name": "current"}], lsn=100))
+    result = apply(target, relation, end_lsn=100, upserts=upsert([{"id": 1, "name": "stale"}], lsn=90))
+    result_older = apply(target, relation, end_lsn=50, deletes={(1,): 50})
+    assert items(target, "id, name, _rosetta_lsn") == [(1, "current", 100)]
+    assert (result.inserted, result.updated, result.deleted) == (0, 0, 0)
+    assert "already applied" in result.notes[0] and "already applied" in result_older.notes[0]
+    assert target.writer.read_checkpoint("pipeline-1") == 100
+
+
+def test_a_batch_without_our_tables_still_moves_the_checkpoint(target):
+    target.writer.apply_batch("pipeline-1", make_batch(end_lsn=500))
+    assert target.writer.read_checkpoint("pipeline-1") == 500
+
+
+def test_a_failure_before_commit_leaves_rows_and_checkpoint_as_they_were(target):
+    relation = items_relation()
+    other = Relation(2, "public", "other", [Column("id", INT8, -1, True)])
+    apply(target, relation, end_lsn=10, upserts=upsert([{"id": 1, "name": "one"}], lsn=10))
+
+    def crash():
+        raise RuntimeError("worker killed")
+
+    target.writer.before_commit_hook = crash
+    batch = make_batch(
+        table_changes(relation, upserts=upsert([{"id": 1, "name": "changed"}, {"id": 2, "name": "new"}], 20)),
+        table_changes(other, upserts=upsert([{"id": 7}], 20)),
+        end_lsn=20,
+    )
+    with pytest.raises(RuntimeError):
+        target.writer.apply_batch("pipeline-1", batch)
+    assert items(target, "id, name") == [(1, "one")]
+    assert target.rows("SELECT count(*) FROM information_schema.tables WHERE table_name = 'other'") == [(0,)]
+    assert target.writer.read_checkpoint("pipeline-1") == 10
+
+    target.writer.before_commit_hook = None  # the rerun applies it whole
+    target.writer.apply_batch("pipeline-1", batch)
+    assert items(target, "id, name") == [(1, "changed"), (2, "new")]
+    assert target.writer.read_checkpoint("pipeline-1") == 20
+
+
+def test_a_table_without_a_key_is_refused_with_a_readable_message(target):
+    keyless = Relation(3, "public", "logs", [Column("line", TEXT)])
+    with pytest.raises(IncompatibleSchemaChange, match="no primary key"):
+        apply(target, keyless, end_lsn=10, upserts={("a",): ({"line": "a"}, 10)})

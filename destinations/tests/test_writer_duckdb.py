@@ -1,0 +1,198 @@
+"""The DuckDB writer: PostgreSQL types mapped to DuckDB's, CSV snapshots, file locks."""
+
+import json
+import subprocess
+import sys
+import time
+import uuid
+from datetime import UTC, date, datetime, timedelta
+from datetime import time as clock
+from decimal import Decimal
+
+import duckdb
+import pytest
+
+from destinations.writers import types
+from destinations.writers.duckdb import can_widen
+
+from .batches import cdc_row, copy_chunks, make_batch, make_everything_table, table_changes
+
+EXPECTED = {
+    "small": -5,
+    "big": 9007199254740993,
+    "price": Decimal("12345.67"),
+    # no exact DuckDB type for an unconstrained numeric: its digits, as text
+    "exact": "3.14159265358979323846264338327950288419",
+    "ratio": 0.1,
+    "flag": True,
+    "label": "héllo",
+    "code": "ab ",
+    "body": 'line1\nline2, "quoted", \\ back',
+    "uid": uuid.UUID("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"),
+    "day": date(2024, 2, 29),
+    "at": datetime(2024, 2, 29, 13, 14, 15, 123456),
+    "at_tz": datetime(2024, 2, 29, 11, 14, 15, 123456, tzinfo=UTC),
+    "blob": b"\x00\xff\x10",
+    "tags": ["a,b", None, 'c"d', ""],
+    "scores": [1, None, 3],
+    "mood": "sad",
+    "span": timedelta(days=-1, hours=2),
+    "tm": clock(10, 11, 12),
+    "empty_text": "",
+    "nothing": None,
+}
+
+
+def read_table(path, table):
+    with duckdb.connect(path) as conn:
+        cursor = conn.execute(f'SELECT * FROM "{table}" ORDER BY 1')
+        names = [d[0] for d in cursor.description]
+        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+
+def test_target_tables_get_duckdb_types_for_the_source_types(duckdb_writer, source_conn):
+    relation = make_everything_table(source_conn)
+    batch = make_batch(
+        table_changes(relation, upserts={(1,): (cdc_row(source_conn, relation, 1), 10)}), end_lsn=10
+    )
+    duckdb_writer.apply_batch("p", batch)
+    with duckdb.connect(duckdb_writer.settings["path"]) as conn:
+        found = dict(
+            conn.execute(
+                "SELECT column_name, data_type FROM duckdb_columns() WHERE table_name = 'everything'"
+            ).fetchall()
+        )
+    assert found == {
+        "id": "INTEGER",
+        "small": "SMALLINT",
+        "big": "BIGINT",
+        "price": "DECIMAL(12,2)",
+        "exact": "VARCHAR",
+        "ratio": "DOUBLE",
+        "flag": "BOOLEAN",
+        "label": "VARCHAR",
+        "code": "VARCHAR",
+        "body": "VARCHAR",
+        "uid": "UUID",
+        "day": "DATE",
+        "at": "TIMESTAMP",
+        "at_tz": "TIMESTAMP WITH TIME ZONE",
+        "doc": "JSON",
+        "raw_doc": "JSON",
+        "blob": "BLOB",
+        "tags": "VARCHAR[]",
+        "scores": "INTEGER[]",
+        "mood": "VARCHAR",
+        "span": "INTERVAL",
+        "tm": "TIME",
+        "empty_text": "VARCHAR",
+        "nothing": "VARCHAR",
+        "_rosetta_lsn": "BIGINT",
+        "_rosetta_synced_at": "TIMESTAMP WITH TIME ZONE",
+        "_rosetta_deleted_at": "TIMESTAMP WITH TIME ZONE",
+    }
+
+
+def test_snapshot_and_changes_store_every_value_the_same_way(duckdb_writer, source_conn):
+    relation = make_everything_table(source_conn)
+    chunks = copy_chunks(source_conn, relation, duckdb_writer)
+    assert duckdb_writer.load_snapshot(relation, "everything", chunks, 7) == 1
+    changed = cdc_row(source_conn, relation, 1) | {"id": 2}
+    duckdb_writer.apply_batch(
+        "p", make_batch(table_changes(relation, upserts={(2,): (changed, 9)}), end_lsn=9)
+    )
+    duckdb_writer.close()
+
+    snapshot_row, cdc_applied_row = read_table(duckdb_writer.settings["path"], "everything")
+    for row in (snapshot_row, cdc_applied_row):
+        assert {name: row[name] for name in EXPECTED} == EXPECTED
+        assert json.loads(row["doc"]) == {"a": [1, 2, {"b": None}], "c": "d"}
+        assert json.loads(row["raw_doc"]) == {"z": 1}
+    assert (snapshot_row["_rosetta_lsn"], cdc_applied_row["_rosetta_lsn"]) == (7, 9)
+
+
+def test_a_wide_numeric_and_json_arrays_keep_their_values(duckdb_writer):
+    from pipelines.engine.batch import Column, Relation
+
+    relation = Relation(
+        1,
+        "public",
+        "ledger",
+        [
+            Column("id", types.INT8, -1, True),
+            Column("amount", types.NUMERIC, ((60 << 16) | 20) + 4),  # wider than DuckDB's 38 digits
+            Column("events", 3807),  # jsonb[]
+            Column("ids", 2951),  # uuid[]
+            Column("at", types.TIMESTAMP),
+        ],
+    )
+    key = uuid.uuid4()
+    row = {
+        "id": 1,
+        "amount": Decimal("12345678901234567890123456789012345678901.12345678901234567890"),
+        "events": [{"kind": "paid"}, None, [1, 2]],
+        "ids": [key],
+        "at": "infinity",  # the source keeps values Python cannot hold as text
+    }
+    duckdb_writer.apply_batch("p", make_batch(table_changes(relation, upserts={(1,): (row, 5)}), end_lsn=5))
+    duckdb_writer.close()
+    [stored] = read_table(duckdb_writer.settings["path"], "ledger")
+    assert Decimal(stored["amount"]) == row["amount"]
+    assert [None if e is None else json.loads(e) for e in stored["events"]] == row["events"]
+    assert stored["ids"] == [key]
+    assert stored["at"] == datetime.max
+
+
+def test_the_writer_waits_for_another_process_to_let_go_of_the_file(duckdb_writer):
+    duckdb_writer.read_checkpoint("p")  # creates the file
+    duckdb_writer.close()
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); print('held', flush=True); time.sleep(1.5)",
+            duckdb_writer.settings["path"],
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout.readline().strip() == "held"
+    started = time.monotonic()
+    assert duckdb_writer.read_checkpoint("p") == 0
+    assert time.monotonic() - started > 0.3
+    holder.wait(timeout=10)
+
+
+@pytest.mark.parametrize(
+    ("oid", "typmod", "expected"),
+    [
+        (types.NUMERIC, ((12 << 16) | 2) + 4, "DECIMAL(12,2)"),
+        (types.NUMERIC, ((38 << 16) | 0) + 4, "DECIMAL(38,0)"),
+        (types.NUMERIC, ((39 << 16) | 0) + 4, "VARCHAR"),
+        (types.NUMERIC, -1, "VARCHAR"),
+        (1231, ((10 << 16) | 3) + 4, "DECIMAL(10,3)[]"),
+        (1007, -1, "INTEGER[]"),
+        (1187, -1, "VARCHAR"),  # interval[] arrives as text
+        (types.JSONB, -1, "JSON"),
+        (16400, -1, "VARCHAR"),  # user-defined
+    ],
+)
+def test_duckdb_types_for_postgresql_types(oid, typmod, expected):
+    assert types.duckdb_type(oid, typmod) == expected
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "allowed"),
+    [
+        ("INTEGER", "BIGINT", True),
+        ("BIGINT", "INTEGER", False),
+        ("DECIMAL(10,2)", "DECIMAL(12,2)", True),
+        ("DECIMAL(10,2)", "DECIMAL(10,3)", False),
+        ("INTEGER", "DECIMAL(12,2)", True),
+        ("DECIMAL(12,2)", "VARCHAR", True),
+        ("VARCHAR", "JSON", False),
+        ("FLOAT", "DOUBLE", True),
+    ],
+)
+def test_which_duckdb_type_changes_are_applied_in_place(old, new, allowed):
+    assert can_widen(old, new) is allowed

@@ -1,0 +1,126 @@
+"""The PostgreSQL writer: types as on the source, binary COPY snapshots, views kept."""
+
+import pytest
+
+from destinations.writers import types
+from destinations.writers.base import IncompatibleSchemaChange
+from destinations.writers.postgres import can_widen
+from pipelines.engine.batch import Column, Relation
+
+from .batches import cdc_row, copy_chunks, make_batch, make_everything_table, relation_of, table_changes
+
+
+def column_types(pg_reader, table: str) -> dict:
+    return dict(
+        pg_reader.execute(
+            "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
+            "WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+            [table],
+        ).fetchall()
+    )
+
+
+def test_target_tables_get_the_source_types_and_primary_key(pg_writer, pg_reader, source_conn):
+    relation = make_everything_table(source_conn)
+    batch = make_batch(
+        table_changes(relation, upserts={(1,): (cdc_row(source_conn, relation, 1), 10)}), end_lsn=10
+    )
+    pg_writer.apply_batch("p", batch)
+
+    source_types = column_types(source_conn, "public.everything")
+    target_types = column_types(pg_reader, "analytics.everything")
+    assert target_types == {
+        **source_types,
+        "mood": "text",  # a user-defined enum: stored as its label
+        "_rosetta_lsn": "bigint",
+        "_rosetta_synced_at": "timestamp with time zone",
+        "_rosetta_deleted_at": "timestamp with time zone",
+    }
+    assert target_types["price"] == "numeric(12,2)" and target_types["label"] == "character varying(20)"
+    primary_key = pg_reader.execute(
+        "SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = 'analytics.everything'::regclass "
+        "AND contype = 'p'"
+    ).fetchone()[0]
+    assert primary_key == "PRIMARY KEY (id)"
+
+
+def test_snapshot_and_changes_store_every_value_exactly_as_the_source_has_it(
+    pg_writer, pg_reader, source_conn
+):
+    relation = make_everything_table(source_conn)
+    assert (
+        pg_writer.load_snapshot(relation, "everything", copy_chunks(source_conn, relation, pg_writer), 7) == 1
+    )
+    changed = cdc_row(source_conn, relation, 1) | {"id": 2}
+    pg_writer.apply_batch("p", make_batch(table_changes(relation, upserts={(2,): (changed, 9)}), end_lsn=9))
+
+    names = ", ".join(f'"{name}"' for name in relation.column_names[1:])
+    source = source_conn.execute(f"SELECT {names} FROM public.everything").fetchone()
+    snapshot_row, cdc_applied_row = pg_reader.execute(
+        f"SELECT {names} FROM analytics.everything ORDER BY id"
+    ).fetchall()
+    assert snapshot_row == source
+    assert cdc_applied_row == source
+    assert source[relation.column_names.index("tags") - 1] == ["a,b", None, 'c"d', ""]
+
+
+def test_a_refresh_keeps_views_built_on_the_table(pg_writer, pg_reader, source_conn):
+    source_conn.execute("CREATE TABLE public.towns (id int PRIMARY KEY, name text)")
+    source_conn.execute("INSERT INTO public.towns VALUES (1, 'old')")
+    relation = relation_of(source_conn, "public", "towns")
+    pg_writer.load_snapshot(relation, "towns", copy_chunks(source_conn, relation, pg_writer), 1)
+    pg_reader.execute("CREATE VIEW analytics.town_names AS SELECT name FROM analytics.towns")
+
+    source_conn.execute("UPDATE public.towns SET name = 'new'")
+    source_conn.execute("INSERT INTO public.towns VALUES (2, 'second')")
+    assert pg_writer.load_snapshot(relation, "towns", copy_chunks(source_conn, relation, pg_writer), 2) == 2
+    assert pg_reader.execute("SELECT name FROM analytics.town_names ORDER BY name").fetchall() == [
+        ("new",),
+        ("second",),
+    ]
+    leftovers = pg_reader.execute(
+        "SELECT count(*) FROM pg_tables WHERE schemaname = 'analytics' AND tablename LIKE '_rosetta_new_%'"
+    ).fetchone()[0]
+    assert leftovers == 0
+
+
+def test_a_source_key_change_is_refused_with_what_to_do(pg_writer):
+    relation = Relation(1, "public", "t", [Column("id", 23, -1, True), Column("code", 25)])
+    pg_writer.apply_batch(
+        "p", make_batch(table_changes(relation, upserts={(1,): ({"id": 1, "code": "a"}, 5)}), end_lsn=5)
+    )
+    rekeyed = Relation(1, "public", "t", [Column("id", 23), Column("code", 25, -1, True)])
+    with pytest.raises(IncompatibleSchemaChange, match=r"primary key of public\.t is now \(code\).*refresh"):
+        pg_writer.apply_batch(
+            "p", make_batch(table_changes(rekeyed, upserts={("b",): ({"id": 2, "code": "b"}, 6)}), end_lsn=6)
+        )
+
+
+def numeric(precision, scale):
+    return types.NUMERIC, ((precision << 16) | scale) + 4
+
+
+def varchar(length):
+    return types.VARCHAR, length + 4
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "allowed"),
+    [
+        ((types.INT4, -1), (types.INT8, -1), True),
+        ((types.INT8, -1), (types.INT4, -1), False),
+        ((types.INT4, -1), numeric(12, 2), True),
+        ((types.INT8, -1), numeric(12, 2), False),
+        (numeric(10, 2), numeric(12, 2), True),
+        (numeric(10, 2), numeric(10, 3), False),
+        (numeric(10, 2), (types.NUMERIC, -1), True),
+        (varchar(10), varchar(20), True),
+        (varchar(20), varchar(10), False),
+        (varchar(20), (types.TEXT, -1), True),
+        ((types.JSONB, -1), (types.TEXT, -1), True),
+        ((types.TEXT, -1), (types.JSONB, -1), False),
+        ((types.TIMESTAMP, -1), (types.TIMESTAMPTZ, -1), False),
+    ],
+)
+def test_which_type_changes_are_applied_in_place(old, new, allowed):
+    assert can_widen(old, new) is allowed
