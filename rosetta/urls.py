@@ -4,6 +4,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import DefaultRouter
 
 from destinations.api import DestinationViewSet
+from monitoring.api import AlertEventViewSet, SlotMetricViewSet, WalMetricViewSet
 from pipelines.api import PipelineRunViewSet, PipelineViewSet
 from sources.api import SourceViewSet
 
@@ -14,6 +15,9 @@ router.register("sources", SourceViewSet)
 router.register("destinations", DestinationViewSet)
 router.register("pipelines", PipelineViewSet, basename="pipeline")
 router.register("pipeline-runs", PipelineRunViewSet)
+router.register("wal-metrics", WalMetricViewSet)
+router.register("slot-metrics", SlotMetricViewSet)
+router.register("alerts", AlertEventViewSet)
 
 urlpatterns = [
     path("admin/", admin.site.urls),

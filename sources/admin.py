@@ -1,5 +1,6 @@
 from django.contrib import admin, messages
 
+from monitoring.admin import SourceWalMonitoringMixin
 from rosetta.admin_utils import SecretFieldsForm
 
 from .models import Source
@@ -15,7 +16,7 @@ class SourceForm(SecretFieldsForm):
 
 
 @admin.register(Source)
-class SourceAdmin(admin.ModelAdmin):
+class SourceAdmin(SourceWalMonitoringMixin, admin.ModelAdmin):
     form = SourceForm
     list_display = [
         "name",
@@ -24,12 +25,14 @@ class SourceAdmin(admin.ModelAdmin):
         "pg_database",
         "slot_name",
         "publication_name",
+        "wal_health",
+        "largest_retained_wal",
         "updated_at",
     ]
     list_filter = ["sslmode", "pg_host"]
     search_fields = ["name", "pg_host", "pg_database", "slot_name"]
-    readonly_fields = ["created_at", "updated_at"]
-    actions = ["test_connection"]
+    readonly_fields = ["created_at", "updated_at", "wal_monitoring_panel"]
+    actions = ["test_connection", "probe_wal_now"]
     fieldsets = [
         (None, {"fields": ["name"]}),
         (
@@ -37,7 +40,18 @@ class SourceAdmin(admin.ModelAdmin):
             {"fields": ["pg_host", "pg_port", "pg_database", "pg_username", "pg_password", "sslmode"]},
         ),
         ("Replication", {"fields": ["publication_name", "slot_name"]}),
-        ("WAL thresholds", {"fields": ["wal_warn_bytes", "wal_critical_bytes"]}),
+        (
+            "WAL thresholds",
+            {
+                "fields": [
+                    "wal_warn_bytes",
+                    "wal_critical_bytes",
+                    "slot_inactive_alert_minutes",
+                    "heartbeat_enabled",
+                ]
+            },
+        ),
+        ("WAL now", {"fields": ["wal_monitoring_panel"]}),
         ("History", {"fields": ["created_at", "updated_at"]}),
     ]
 

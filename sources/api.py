@@ -4,6 +4,9 @@ from rest_framework import serializers, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
+from monitoring.api import SourceWalStateSerializer
+from monitoring.selectors import source_wal_state
+from monitoring.services import probe_sources
 from rosetta.api import CanChangeObject, ProtectedDeleteMixin, StrictModelSerializer
 
 from .models import Source
@@ -36,6 +39,8 @@ class SourceSerializer(StrictModelSerializer):
             "slot_name",
             "wal_warn_bytes",
             "wal_critical_bytes",
+            "slot_inactive_alert_minutes",
+            "heartbeat_enabled",
             "created_at",
             "updated_at",
         ]
@@ -74,3 +79,17 @@ class SourceViewSet(ProtectedDeleteMixin, viewsets.ModelViewSet):
     def test_connection(self, request, pk=None):
         checks = test_source_connection(self.get_object())
         return Response({"ok": all(check["ok"] for check in checks), "checks": checks})
+
+    @extend_schema(responses=SourceWalStateSerializer)
+    @action(detail=True, methods=["get"])
+    def wal(self, request, pk=None):
+        """WAL directory size, every replication slot, thresholds, alerts and forecast, as last probed."""
+        return Response(source_wal_state(self.get_object()))
+
+    @extend_schema(request=None, responses=SourceWalStateSerializer)
+    @action(detail=True, methods=["post"], permission_classes=[CanChangeObject])
+    def probe(self, request, pk=None):
+        """Probe this source's WAL now (as the scheduled probe does), then answer like .../wal/."""
+        source = self.get_object()
+        probe_sources([source])
+        return Response(source_wal_state(source))

@@ -1,0 +1,78 @@
+"""Dead, hanging and unknown sources fail their own probe in words, on time, and never hold up the others."""
+
+import time
+
+import pytest
+from django.core import mail
+
+from monitoring.models import AlertEvent, AlertState, Condition, WalMetric
+from monitoring.services import probe_sources
+
+from .conftest import create_slot
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def test_dead_and_hanging_sources_fail_within_the_timeout_while_the_others_are_probed(
+    make_source, refusing_port, hanging_port, stalling_port, settings
+):
+    settings.ROSETTA_STATEMENT_TIMEOUT_MS = 1000
+    healthy = make_source()
+    create_slot(healthy.conn, healthy.slot_name)
+    refused = make_source(name="refuses", pg_port=refusing_port)
+    hanging = make_source(name="never-answers", pg_port=hanging_port)
+    stalled = make_source(name="stops-answering", pg_port=stalling_port)
+    unknown = make_source(name="no-such-host", pg_host="db.does-not-exist.invalid")
+
+    started = time.monotonic()
+    metrics = {metric.source.name: metric for metric in probe_sources()}
+    elapsed = time.monotonic() - started
+
+    # Connect timeout 2 s; a server that stops answering after connecting is abandoned at
+    # connect timeout + statement timeout + 2 s = 5 s. All in parallel, not one after another.
+    assert elapsed < 7.5, elapsed
+    assert metrics[healthy.name].ok
+    assert metrics[healthy.name].slot_rows[0].slot_name == healthy.slot_name
+    assert not metrics["refuses"].ok
+    assert "refused the connection" in metrics["refuses"].error
+    assert not metrics["never-answers"].ok
+    assert "within the timeout" in metrics["never-answers"].error
+    assert not metrics["stops-answering"].ok
+    assert "the probe was abandoned" in metrics["stops-answering"].error
+    assert not metrics["no-such-host"].ok
+    assert "does not resolve (DNS)" in metrics["no-such-host"].error
+    for name in ("refuses", "never-answers", "stops-answering", "no-such-host"):
+        row = WalMetric.objects.get(source__name=name)
+        assert row.ok is False and row.error == metrics[name].error
+        assert row.wal_dir_bytes is None and row.lsn_position is None
+    assert {refused.pk, hanging.pk, stalled.pk, unknown.pk}.isdisjoint(
+        WalMetric.objects.filter(ok=True).values_list("source", flat=True)
+    )
+
+
+def test_a_source_failing_n_probes_in_a_row_is_critical_until_it_answers(make_source, refusing_port, pg_cluster):
+    source = make_source(pg_port=refusing_port)
+
+    probe_sources([source])
+    probe_sources([source])
+    assert AlertState.objects.get(source=source, condition=Condition.PROBE_FAILED).level == "ok"
+    assert len(mail.outbox) == 0
+
+    probe_sources([source])  # the third failure in a row (ROSETTA_PROBE_FAILURES_ALERT = 3)
+    state = AlertState.objects.get(source=source, condition=Condition.PROBE_FAILED)
+    assert state.level == "critical"
+    assert "The last 3 WAL probes" in state.message and "refused the connection" in state.message
+    assert len(mail.outbox) == 1
+    assert "probe failing CRITICAL" in mail.outbox[0].subject
+
+    probe_sources([source])
+    assert len(mail.outbox) == 1  # still failing: no new notification
+
+    source.pg_port = pg_cluster.port
+    source.save()
+    probe_sources([source])
+    assert AlertState.objects.get(source=source, condition=Condition.PROBE_FAILED).level == "ok"
+    assert len(mail.outbox) == 2 and "back to OK" in mail.outbox[1].subject
+    assert list(
+        AlertEvent.objects.filter(source=source).order_by("created_at").values_list("previous_level", "level")
+    ) == [("ok", "critical"), ("critical", "ok")]
