@@ -11,11 +11,11 @@ import pytest
 import sqlglot
 from sqlglot import exp
 
-from destinations.writers.base import IncompatibleSchemaChange
+from destinations.writers.base import ConnectionProblem, IncompatibleSchemaChange
 from destinations.writers.snowflake import SnowflakeWriter, snowflake_type
 from pipelines.engine.batch import UNCHANGED, Column, Relation
 
-from .batches import copy_chunks, make_batch, relation_of, table_changes
+from .batches import cdc_row, copy_chunks, make_batch, make_everything_table, relation_of, table_changes
 from .fakesnow_support import fake_snowflake, read_table, snowflake_settings
 
 UTC = datetime.UTC
@@ -425,3 +425,57 @@ def test_the_sql_sent_is_snowflake_sql(source_conn, writer, analyst, orders, mon
     # Bulk only: no INSERT ... VALUES anywhere.
     assert not [tree for tree in parsed if isinstance(tree, exp.Insert) and tree.find(exp.Values)]
     assert any(re.search(r"SWAP WITH", statement) for statement, _ in sent)
+
+
+def test_snapshot_and_changes_store_every_value_the_same_way(source_conn, writer, analyst):
+    relation = make_everything_table(source_conn)
+    assert writer.load_snapshot(relation, "everything", copy_chunks(source_conn, relation, writer), 7) == 1
+    changed = cdc_row(source_conn, relation, 1) | {"id": 2}
+    writer.apply_batch("p", make_batch(table_changes(relation, upserts={(2,): (changed, 9)}), end_lsn=9))
+
+    variants = ("doc", "raw_doc", "tags", "scores")
+    snapshot_row, cdc_applied_row = read_table(analyst, "everything", '"id"', variants)
+    assert (snapshot_row.pop("_rosetta_lsn"), cdc_applied_row.pop("_rosetta_lsn")) == (7, 9)
+    for row in (snapshot_row, cdc_applied_row):
+        del row["id"], row["_rosetta_synced_at"]
+    assert snapshot_row == cdc_applied_row
+    assert snapshot_row == {
+        "small": -5,
+        "big": 9007199254740993,
+        "price": Decimal("12345.67"),
+        "exact": "3.14159265358979323846264338327950288419",  # unconstrained numeric: exact text
+        "ratio": 0.1,
+        "flag": True,
+        "label": "héllo",
+        "code": "ab ",
+        "body": 'line1\nline2, "quoted", \\ back',
+        "uid": "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
+        "day": datetime.date(2024, 2, 29),
+        "at": datetime.datetime(2024, 2, 29, 13, 14, 15, 123456),
+        "at_tz": datetime.datetime(2024, 2, 29, 11, 14, 15, 123456, tzinfo=UTC),
+        "doc": {"a": [1, 2, {"b": None}], "c": "d"},
+        "raw_doc": {"z": 1},
+        "blob": b"\x00\xff\x10",
+        "tags": ["a,b", None, 'c"d', ""],
+        "scores": [1, None, 3],
+        "mood": "sad",
+        "span": "-1 days +02:00:00",
+        "tm": datetime.time(10, 11, 12),
+        "empty_text": "",
+        "nothing": None,
+        "_rosetta_deleted_at": None,
+    }
+
+
+def test_a_value_snowflake_cannot_hold_fails_the_batch_whole_in_plain_words(writer, analyst, orders):
+    before = read_table(analyst, "Orders", '"id"', VARIANTS)
+    batch = make_batch(
+        table_changes(
+            orders, upserts={(9,): (order(9), 1000), (1,): (order(1, Amount=Decimal("NaN")), 1000)}
+        ),
+        end_lsn=1010,
+    )
+    with pytest.raises(ConnectionProblem, match=r"^Snowflake refused a statement \(error \d+\): .*NaN"):
+        writer.apply_batch("p", batch)
+    assert read_table(analyst, "Orders", '"id"', VARIANTS) == before
+    assert writer.read_checkpoint("p") == 0

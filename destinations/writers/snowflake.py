@@ -201,7 +201,11 @@ def describe_snowflake_error(error: Exception, settings: dict) -> str:
         return f"Snowflake cancelled a statement that ran too long: {message}"
     if type(error).__name__ == "ForbiddenError" or errno in (250001, 251012, 250003) or "connect" in lowered:
         return f"Cannot reach Snowflake account {account}: {message} Check the account identifier and the network."
-    return f"Snowflake error {errno}: {message}" if errno else f"Snowflake error: {message}"
+    return (
+        f"Snowflake refused a statement (error {errno}): {message}"
+        if errno
+        else f"Snowflake error: {message}"
+    )
 
 
 def _scalar_text(value) -> str:
