@@ -44,6 +44,21 @@ class Pipeline(models.Model):
     last_error = models.TextField(blank=True, default="", editable=False)
     consecutive_failures = models.PositiveIntegerField(default=0, editable=False)
     next_run_at = models.DateTimeField(null=True, blank=True, editable=False)
+    # Set by the dispatcher when it enqueues a run, cleared when the run ends:
+    # a pipeline is never queued twice (see services.dispatch_pipeline_runs).
+    run_enqueued_at = models.DateTimeField(null=True, blank=True, editable=False)
+    # Measured after each run (and live on GET /api/pipelines/{id}/).
+    lag_bytes = models.BigIntegerField(
+        null=True,
+        blank=True,
+        editable=False,
+        help_text="WAL bytes between the slot's confirmed position and the source's current LSN.",
+    )
+    lag_measured_at = models.DateTimeField(null=True, blank=True, editable=False)
+    last_applied_lsn = models.CharField(max_length=32, blank=True, default="", editable=False)
+    last_applied_commit_at = models.DateTimeField(
+        null=True, blank=True, editable=False, help_text="Source commit time of the last change applied."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

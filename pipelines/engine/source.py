@@ -20,6 +20,7 @@ from .pgtypes import SESSION_SETTINGS, converter
 log = logging.getLogger(__name__)
 
 SNAPSHOT_CHUNK_BYTES = 4 * 1024 * 1024
+SLOT_CREATE_TIMEOUT_MS = 5 * 60 * 1000
 
 
 class SourceProblem(Exception):
@@ -246,7 +247,22 @@ class SourceDatabase:
             reason = (
                 f"replication slot {slot} was lost (WAL removed); re-created it and re-copied every table"
             )
-        self.conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", [slot])
+        # Creating a slot waits until every transaction open on the server (in any
+        # database) has ended: bound the wait and say so.
+        timeout_s = SLOT_CREATE_TIMEOUT_MS // 1000
+        self.conn.execute(sql.SQL("SET statement_timeout = {}").format(sql.Literal(SLOT_CREATE_TIMEOUT_MS)))
+        try:
+            self.conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", [slot])
+        except psycopg.errors.QueryCanceled:
+            raise SourceProblem(
+                f"Creating replication slot {slot} waited {timeout_s} s for the transactions open on the "
+                "source server (in any database) to end; it is retried on the next run. Look for "
+                "long-running or idle-in-transaction sessions in pg_stat_activity."
+            ) from None
+        finally:
+            self.conn.execute(
+                sql.SQL("SET statement_timeout = {}").format(sql.Literal(self.statement_timeout_ms))
+            )
         return reason
 
     def drop_slot(self, slot: str) -> bool:
