@@ -359,6 +359,18 @@ def test_the_type_mapping():
     ]  # fmt: skip
 
 
+def test_snapshot_chunks_are_regrouped_on_record_boundaries_only(monkeypatch):
+    import destinations.writers.snowflake as module
+
+    monkeypatch.setattr(module, "SNAPSHOT_FILE_BYTES", 10)
+    rows = [b'1,"two\nlines, and a ""quote"""\n', b"2,plain\n", b'3,"x\n\ny"\n']
+    stream = b"".join(rows)
+    chunks = [stream[i : i + 3] for i in range(0, len(stream), 3)]  # cut anywhere, even inside quotes
+    pieces = list(SnowflakeWriter._csv_pieces(chunks))
+    assert b"".join(pieces) == stream
+    assert pieces == rows
+
+
 # -- the SQL sent, checked with sqlglot's Snowflake dialect ---------------------------
 
 

@@ -9,9 +9,14 @@ COLUMN, the staging tables) runs before that transaction, because Snowflake
 commits any open transaction on DDL; it is idempotent, so a replay repeats it
 harmlessly.
 
-Staged values are text; the MERGE casts them to the target column types, so
-the formats are ours (ISO 8601, hex for BINARY, JSON for VARIANT) and do not
-depend on the account's input-format parameters.
+A snapshot goes the same way into a new table (the source's CSV parsed by
+Arrow, Parquet files PUT, one COPY into a temporary table, one INSERT ... SELECT),
+which then swaps places with the target: readers see the old copy until the
+new one is complete.
+
+Staged values are text; the MERGE (or the snapshot's INSERT) casts them to the
+target column types, so the formats are ours (ISO 8601, hex for BINARY, JSON
+for VARIANT) and do not depend on the account's input-format parameters.
 
 Names are always double-quoted: a source table `Orders` with a column `order`
 becomes "Orders"."order" in Snowflake, exactly as spelled in PostgreSQL (query
@@ -570,16 +575,16 @@ class SnowflakeWriter(Writer):
     @staticmethod
     def _csv_pieces(chunks):
         """Regroup COPY chunks into pieces of about SNAPSHOT_FILE_BYTES that end on a record."""
-        buffer = b""
+        buffer = bytearray()  # appended to in place: chunks may be as small as one row
         for chunk in chunks:
-            buffer += bytes(chunk)
+            buffer += chunk
             if len(buffer) >= SNAPSHOT_FILE_BYTES:
                 end = _csv_records_end(buffer)
                 if end:
-                    yield buffer[:end]
-                    buffer = buffer[end:]
+                    yield bytes(buffer[:end])
+                    del buffer[:end]
         if buffer:
-            yield buffer
+            yield bytes(buffer)
 
     @staticmethod
     def _read_csv(data: bytes, width: int) -> pa.Table:
