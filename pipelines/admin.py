@@ -1,5 +1,6 @@
 from django.contrib import admin, messages
 from django.db.models import OuterRef, Subquery
+from django.shortcuts import redirect
 from django.template.defaultfilters import truncatechars
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
@@ -7,6 +8,7 @@ from django.utils.html import format_html, format_html_join
 from rosetta.admin_utils import badge, report_per_object
 
 from . import services
+from .engine.source import SourceProblem
 from .models import IllegalTransition, Pipeline, PipelineRun, PipelineTable
 
 
@@ -33,7 +35,18 @@ class PipelineAdmin(admin.ModelAdmin):
     search_fields = ["name", "source__name", "destination__name", "last_error"]
     list_select_related = ["source", "destination"]
     inlines = [PipelineTableInline]
-    readonly_fields = ["status_badge", "last_error", "recent_runs", "created_at", "updated_at"]
+    readonly_fields = [
+        "status_badge",
+        "last_error",
+        "consecutive_failures",
+        "next_run_at",
+        "lag",
+        "last_applied_lsn",
+        "last_applied_commit_at",
+        "recent_runs",
+        "created_at",
+        "updated_at",
+    ]
     fields = [
         "name",
         "source",
@@ -42,6 +55,11 @@ class PipelineAdmin(admin.ModelAdmin):
         "soft_delete",
         "status_badge",
         "last_error",
+        "consecutive_failures",
+        "next_run_at",
+        "lag",
+        "last_applied_lsn",
+        "last_applied_commit_at",
         "recent_runs",
         "created_at",
         "updated_at",
@@ -70,6 +88,12 @@ class PipelineAdmin(admin.ModelAdmin):
         return format_html(
             "{} {}", pipeline.last_run_at.strftime("%Y-%m-%d %H:%M:%S"), badge(pipeline.last_run_outcome)
         )
+
+    @admin.display(description="lag")
+    def lag(self, pipeline):
+        if pipeline.lag_bytes is None:
+            return "not measured yet"
+        return f"{pipeline.lag_bytes:,} bytes of WAL behind the source (measured {pipeline.lag_measured_at:%Y-%m-%d %H:%M:%S})"
 
     @admin.display(description="last error")
     def short_error(self, pipeline):
@@ -103,6 +127,35 @@ class PipelineAdmin(admin.ModelAdmin):
             rows,
             history,
         )
+
+    def get_actions(self, request):
+        # Deleting asks, per pipeline, whether to drop its replication slot.
+        actions = super().get_actions(request)
+        actions.pop("delete_selected", None)
+        return actions
+
+    def delete_view(self, request, object_id, extra_context=None):
+        pipeline = self.get_object(request, object_id)
+        if pipeline is None or not self.has_delete_permission(request, pipeline):
+            return super().delete_view(request, object_id, extra_context)
+        if request.method == "POST":
+            choice = request.POST.get("drop_slot")
+            if choice not in ("yes", "no"):
+                self.message_user(request, "Choose whether to drop the replication slot.", messages.ERROR)
+                return redirect(request.path)
+            try:
+                done = services.delete_pipeline(pipeline, drop_slot=choice == "yes")
+            except (IllegalTransition, SourceProblem) as problem:
+                self.message_user(request, f"{pipeline.name} was not deleted: {problem}", messages.ERROR)
+                return redirect(request.path)
+            self.message_user(request, done, messages.SUCCESS if choice == "yes" else messages.WARNING)
+            return redirect(reverse("admin:pipelines_pipeline_changelist"))
+        context = {
+            **(extra_context or {}),
+            "slot_name": pipeline.source.slot_name,
+            "source_name": pipeline.source.name,
+        }
+        return super().delete_view(request, object_id, context)
 
     def _apply(self, request, queryset, operation, done_label):
         outcomes = {done_label: []}

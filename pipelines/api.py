@@ -1,6 +1,7 @@
 from django.db.models import OuterRef, Subquery
+from django.utils import timezone
 from django_filters import rest_framework as filters
-from drf_spectacular.utils import extend_schema, inline_serializer
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
@@ -8,6 +9,7 @@ from rest_framework.response import Response
 from rosetta.api import CanChangeObject, StrictModelSerializer
 
 from . import services
+from .engine.source import SourceProblem
 from .models import IllegalTransition, Pipeline, PipelineRun, PipelineTable
 
 
@@ -55,6 +57,9 @@ class PipelineSerializer(StrictModelSerializer):
     tables = TableNamesField(required=False, help_text='Tables to copy, as "schema.table".')
     table_progress = PipelineTableSerializer(source="tables", many=True, read_only=True)
     last_run_at = serializers.DateTimeField(read_only=True, allow_null=True)
+    seconds_since_last_applied_commit = serializers.SerializerMethodField(
+        help_text="Time since the source commit of the last change applied to the destination."
+    )
 
     class Meta:
         model = Pipeline
@@ -69,11 +74,32 @@ class PipelineSerializer(StrictModelSerializer):
             "tables",
             "table_progress",
             "last_error",
+            "consecutive_failures",
+            "next_run_at",
             "last_run_at",
+            "lag_bytes",
+            "lag_measured_at",
+            "last_applied_lsn",
+            "last_applied_commit_at",
+            "seconds_since_last_applied_commit",
             "created_at",
             "updated_at",
         ]
-        read_only_fields = ["status", "last_error"]
+        read_only_fields = [
+            "status",
+            "last_error",
+            "consecutive_failures",
+            "next_run_at",
+            "lag_bytes",
+            "lag_measured_at",
+            "last_applied_lsn",
+            "last_applied_commit_at",
+        ]
+
+    def get_seconds_since_last_applied_commit(self, pipeline) -> float | None:
+        if pipeline.last_applied_commit_at is None:
+            return None
+        return round((timezone.now() - pipeline.last_applied_commit_at).total_seconds(), 3)
 
     def create(self, validated_data):
         tables = validated_data.pop("tables", [])
@@ -119,6 +145,43 @@ class PipelineViewSet(viewsets.ModelViewSet):
             .prefetch_related("tables")
             .annotate(last_run_at=Subquery(last_run.values("started_at")[:1]))
         )
+
+    @extend_schema(
+        description="The pipeline, with its lag measured on the source now (lag_error says why "
+        "not, and the figures are then those of the last run)."
+    )
+    def retrieve(self, request, *args, **kwargs):
+        pipeline = self.get_object()
+        error = services.measure_lag(pipeline)
+        data = self.get_serializer(self.get_queryset().get(pk=pipeline.pk)).data
+        data["lag_error"] = error
+        return Response(data)
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter(
+                "drop_slot",
+                bool,
+                description="Also drop the pipeline's replication slot on the source. A kept slot "
+                "keeps WAL on the source until it is dropped. Default false.",
+            )
+        ],
+        responses={204: None, 409: TransitionResult},
+    )
+    def destroy(self, request, *args, **kwargs):
+        pipeline = self.get_object()
+        drop_slot = request.query_params.get("drop_slot", "false").lower() in ("1", "true", "yes")
+        try:
+            services.delete_pipeline(pipeline, drop_slot=drop_slot)
+        except IllegalTransition as refusal:
+            return Response(
+                {"detail": f"Cannot delete {pipeline.name}: {refusal}."}, status=status.HTTP_409_CONFLICT
+            )
+        except SourceProblem as problem:
+            return Response(
+                {"detail": f"{pipeline.name} was not deleted: {problem}"}, status=status.HTTP_409_CONFLICT
+            )
+        return Response(status=status.HTTP_204_NO_CONTENT)
 
     def _transition(self, request, operation, **kwargs):
         pipeline = self.get_object()

@@ -22,7 +22,7 @@ from destinations.writers import writer_for
 from pipelines.engine.batch import lsn_to_str
 from pipelines.engine.fold import TableSpec
 from pipelines.engine.runner import BatchOutcome, Engine
-from pipelines.engine.source import SourceDatabase
+from pipelines.engine.source import SourceDatabase, SourceProblem
 
 from .models import IllegalTransition, Pipeline, PipelineRun, PipelineTable
 
@@ -127,8 +127,13 @@ def delete_pipeline(pipeline: Pipeline, drop_slot: bool) -> str:
             raise IllegalTransition("a run is in progress; try again in a moment")
         done = f"Deleted pipeline {pipeline.name}"
         if drop_slot:
-            with _source(pipeline, timeout_ms=settings.ROSETTA_STATEMENT_TIMEOUT_MS) as db:
-                dropped = db.drop_slot(source.slot_name)
+            try:
+                with _source(pipeline, timeout_ms=settings.ROSETTA_STATEMENT_TIMEOUT_MS) as db:
+                    dropped = db.drop_slot(source.slot_name)
+            except psycopg.Error as error:
+                raise SourceProblem(
+                    f"Could not drop slot {source.slot_name}: {describe_error(error)}"
+                ) from None
             done += (
                 f" and dropped replication slot {source.slot_name} on {source.name}"
                 if dropped

@@ -73,6 +73,13 @@ class TargetDB:
         return len(self.rows(table, ["_rosetta_lsn"], ["_rosetta_lsn"], include_deleted=True))
 
     def checkpoint(self, pipeline_key):
+        """The destination's checkpoint for the pipeline; 0 before its first batch."""
+        try:
+            return self._checkpoint(pipeline_key)
+        except (psycopg.errors.UndefinedTable, duckdb.CatalogException):
+            return 0
+
+    def _checkpoint(self, pipeline_key):
         d = self.destination
         if d.kind == "postgres":
             with psycopg.connect(
