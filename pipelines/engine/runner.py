@@ -134,9 +134,10 @@ class Engine:
         target = max(batch.end_lsn, builder.read_position, builder.skipped_end_lsn)
         advanced = target if target and self.source.advance(self.slot, target) else 0
         caught_up = messages < self.batch_size
-        if caught_up and not batch.transactions:
-            # Nothing of ours in the WAL: leave a marker that the next peek will
-            # return, so that an idle pipeline does not pin WAL.
+        if caught_up:
+            # Leave a marker that the next peek returns: the slot can then move past
+            # the WAL written meanwhile for other tables and databases, so that an
+            # idle pipeline does not pin WAL (see SourceDatabase.emit_heartbeat).
             self.source.emit_heartbeat()
         slot = self.source.slot_state(self.slot)
         seconds["advance"] = time.perf_counter() - started

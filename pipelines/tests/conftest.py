@@ -2,6 +2,7 @@
 a PostgreSQL or DuckDB destination, and a pipeline between them."""
 
 import json
+import time
 import uuid
 from datetime import UTC, datetime
 
@@ -58,7 +59,7 @@ class TargetDB:
                 return [tuple(row) for row in conn.execute(query)]
         quoted = ", ".join(f'"{c}"' for c in columns)
         order = ", ".join(f'"{c}"' for c in key)
-        with duckdb.connect(d.duckdb_path, read_only=True) as conn:
+        with _open_duckdb(d.duckdb_path) as conn:
             conn.execute("SET TimeZone = 'UTC'")
             rows = conn.execute(f'SELECT {quoted} FROM main."{table}"{where} ORDER BY {order}').fetchall()
         positions = [columns.index(c) for c in json_columns]
@@ -92,11 +93,23 @@ class TargetDB:
                     [pipeline_key],
                 ).fetchone()
         else:
-            with duckdb.connect(d.duckdb_path, read_only=True) as conn:
+            with _open_duckdb(d.duckdb_path) as conn:
                 row = conn.execute(
                     "SELECT lsn FROM main._rosetta_checkpoints WHERE pipeline_key = ?", [pipeline_key]
                 ).fetchone()
         return row[0] if row else 0
+
+
+def _open_duckdb(path, wait_seconds=20):
+    """Read-only, as an analyst would; a run (in a worker) holds the file's lock while it writes."""
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        try:
+            return duckdb.connect(path, read_only=True)
+        except duckdb.IOException:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
 
 
 def _utc(value):
