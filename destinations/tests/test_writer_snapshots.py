@@ -135,7 +135,7 @@ def test_a_snapshot_streams_with_flat_memory(target):
         if target.writer.snapshot_format == "binary"
         else _csv_rows(rows, width)
     )
-    target.writer.settings["memory_limit"] = "64MB"  # DuckDB's buffer cap (PostgreSQL ignores it)
+    target.writer.settings["snapshot_memory_limit"] = "64MB"  # DuckDB's buffer cap (PostgreSQL ignores it)
     target.writer.read_checkpoint("warm-up")  # open the connection before measuring
     baseline, peak = vmrss_mb(), 0.0
 

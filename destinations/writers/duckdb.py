@@ -44,7 +44,11 @@ LSN, SYNCED_AT, DELETED_AT = "_rosetta_lsn", "_rosetta_synced_at", "_rosetta_del
 META_COLUMNS = {LSN: "BIGINT", SYNCED_AT: "TIMESTAMP WITH TIME ZONE", DELETED_AT: "TIMESTAMP WITH TIME ZONE"}
 DROPPED_COMMENT = "Rosetta: dropped on the source; kept here, no longer updated."
 LOCK_WAIT_SECONDS = 30
-DEFAULT_MEMORY_LIMIT = "128MB"
+# DuckDB's buffer cap for merges (a big batch's updates live in memory until commit)
+# and, lower, for snapshot loads, where the cache would otherwise grow with the table.
+# settings["memory_limit"] / settings["snapshot_memory_limit"] override them.
+MEMORY_LIMIT = "1GB"
+SNAPSHOT_MEMORY_LIMIT = "128MB"
 CSV_BLOCK_SIZE = 1 << 20
 
 _INTEGER_RANK = {"SMALLINT": 1, "INTEGER": 2, "BIGINT": 3}
@@ -203,6 +207,10 @@ class DuckDBWriter(Writer):
     def schema(self) -> str:
         return self.settings.get("schema") or "main"
 
+    @property
+    def _memory_limit(self) -> str:
+        return self.settings.get("memory_limit") or MEMORY_LIMIT
+
     def connect(self) -> duckdb.DuckDBPyConnection:
         path = Path(self.settings["path"])
         deadline = time.monotonic() + LOCK_WAIT_SECONDS
@@ -242,7 +250,7 @@ class DuckDBWriter(Writer):
             # DuckDB would take 80% of the machine's memory for its buffers; a worker
             # runs many pipelines, so cap it (DuckDB spills to disk past the cap).
             # Insertion order is of no use to a merge and costs memory in big loads.
-            conn.execute("SET memory_limit = ?", [self.settings.get("memory_limit") or DEFAULT_MEMORY_LIMIT])
+            conn.execute("SET memory_limit = ?", [self._memory_limit])
             conn.execute("SET preserve_insertion_order = false")
             self._conn = conn
         return self._conn
@@ -312,6 +320,9 @@ class DuckDBWriter(Writer):
         new_table = self._table(f"_rosetta_new_{target_table}")
         target = self._table(target_table)
         stream = io.BufferedReader(_ChunkFile(chunks), buffer_size=CSV_BLOCK_SIZE)
+        conn.execute(
+            "SET memory_limit = ?", [self.settings.get("snapshot_memory_limit") or SNAPSHOT_MEMORY_LIMIT]
+        )
         conn.execute("BEGIN TRANSACTION")
         try:
             self._ensure_schema(conn)
@@ -340,7 +351,7 @@ class DuckDBWriter(Writer):
                     f"INSERT INTO {new_table} SELECT {selected}, {int(snapshot_lsn)}, now(), NULL "
                     "FROM _rosetta_snapshot"
                 )
-                conn.unregister("_rosetta_snapshot")
+                conn.unregister("_rosetta_snapshot")  # on error, the next register replaces it
             rows = conn.execute(f"SELECT count(*) FROM {new_table}").fetchall()[0][0]
             conn.execute(f"DROP TABLE IF EXISTS {target}")
             conn.execute(f"ALTER TABLE {new_table} RENAME TO {quote(target_table)}")
@@ -350,6 +361,7 @@ class DuckDBWriter(Writer):
             raise
         finally:
             self._verified.pop(target_table, None)
+            conn.execute("SET memory_limit = ?", [self._memory_limit])
         return rows
 
     # -- applying one table's changes -----------------------------------------------
@@ -402,17 +414,16 @@ class DuckDBWriter(Writer):
         key_values = [list(values) for values in zip(*deletes.keys(), strict=True)]
         stage = self._stage(conn, keys, duck_types, key_values, list(deletes.values()))
         match = " AND ".join(f"t.{quote(name)} = s.{quote(name)}" for name in keys)
-        try:
-            if soft_delete:
-                statement = (
-                    f"UPDATE {target} AS t SET {DELETED_AT} = now(), {SYNCED_AT} = now(), {LSN} = s.{LSN} "
-                    f"FROM {stage} AS s WHERE {match} AND t.{DELETED_AT} IS NULL"
-                )
-            else:
-                statement = f"DELETE FROM {target} AS t USING {stage} AS s WHERE {match}"
-            return conn.execute(statement).fetchall()[0][0]
-        finally:
-            conn.unregister("_rosetta_stage")
+        if soft_delete:
+            statement = (
+                f"UPDATE {target} AS t SET {DELETED_AT} = now(), {SYNCED_AT} = now(), {LSN} = s.{LSN} "
+                f"FROM {stage} AS s WHERE {match} AND t.{DELETED_AT} IS NULL"
+            )
+        else:
+            statement = f"DELETE FROM {target} AS t USING {stage} AS s WHERE {match}"
+        count = conn.execute(statement).fetchall()[0][0]
+        conn.unregister("_rosetta_stage")  # on error, the next register replaces it
+        return count
 
     def _upsert(self, conn, relation, target_table: str, upserts: dict, duck_types: dict, result) -> None:
         """One MERGE per group of rows that share the same unchanged (TOASTed)
@@ -436,16 +447,14 @@ class DuckDBWriter(Writer):
             updates += [f"{LSN} = s.{LSN}", f"{SYNCED_AT} = now()", f"{DELETED_AT} = NULL"]
             insert_columns = ", ".join(quote(name) for name in [*columns, LSN])
             insert_values = ", ".join(f"s.{quote(name)}" for name in [*columns, LSN])
-            try:
-                # sql(), not execute(): it runs the MERGE once and hands the RETURNING rows to Arrow as is
-                actions = conn.sql(
-                    f"MERGE INTO {target} AS t USING {stage} AS s ON {match} "
-                    f"WHEN MATCHED THEN UPDATE SET {', '.join(updates)} "
-                    f"WHEN NOT MATCHED THEN INSERT ({insert_columns}, {SYNCED_AT}) "
-                    f"VALUES ({insert_values}, now()) RETURNING merge_action"
-                ).to_arrow_table()
-            finally:
-                conn.unregister("_rosetta_stage")
+            # sql(), not execute(): it runs the MERGE once and hands the RETURNING rows to Arrow as is
+            actions = conn.sql(
+                f"MERGE INTO {target} AS t USING {stage} AS s ON {match} "
+                f"WHEN MATCHED THEN UPDATE SET {', '.join(updates)} "
+                f"WHEN NOT MATCHED THEN INSERT ({insert_columns}, {SYNCED_AT}) "
+                f"VALUES ({insert_values}, now()) RETURNING merge_action"
+            ).to_arrow_table()
+            conn.unregister("_rosetta_stage")
             inserted = pc.sum(pc.equal(actions.column(0).cast(pa.string()), "INSERT")).as_py() or 0
             result.inserted += inserted
             result.updated += actions.num_rows - inserted

@@ -24,6 +24,7 @@ from operator import itemgetter
 
 import psycopg
 from psycopg import sql
+from psycopg.copy import QueuedLibpqWriter
 
 from pipelines.engine.batch import UNCHANGED, ApplyResult, lsn_to_str
 from sources.preflight import describe_connection_error
@@ -316,7 +317,10 @@ class PostgresWriter(Writer):
         )
         with (
             conn.cursor() as cur,
-            cur.copy(sql.SQL("COPY {} ({}) FROM STDIN").format(stage, column_list)) as copy,
+            # a writer thread sends while this one formats rows: the server parses in parallel
+            cur.copy(
+                sql.SQL("COPY {} ({}) FROM STDIN").format(stage, column_list), writer=QueuedLibpqWriter(cur)
+            ) as copy,
         ):
             for values in rows:
                 for position, is_array in json_positions:
@@ -587,12 +591,15 @@ def _json_positions(relation, columns: list[str]) -> list[tuple[int, bool]]:
     return [(position, kinds[name]) for position, name in enumerate(columns) if name in kinds]
 
 
+_json_encoder = json.JSONEncoder(ensure_ascii=False, default=str)
+
+
 def _dump_json(value, is_array: bool):
     """json/jsonb values arrive parsed (dict, list, str, number, bool): back to JSON text.
     A json[] column's list holds one parsed JSON value per element."""
     if is_array and isinstance(value, list):
-        return [None if item is None else _dump_json(item, False) for item in value]
-    return json.dumps(value, ensure_ascii=False, default=str)
+        return [None if item is None else _json_encoder.encode(item) for item in value]
+    return _json_encoder.encode(value)
 
 
 def _row_values(rows, columns: list[str]):
