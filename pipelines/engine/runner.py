@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from .batch import UNCHANGED, ApplyResult, Batch
 from .fold import BatchBuilder, TableSpec
-from .source import SlotState, SourceDatabase
+from .source import SlotState, SourceDatabase, SourceProblem
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +73,13 @@ class Engine:
         """Make sure the publication holds exactly our tables and the slot exists.
         Returns (what changed, in words; whether the slot is new, which means
         every table must be snapshotted again)."""
+        missing = self.source.missing_tables(sorted(self.tables))
+        if missing:
+            raise SourceProblem(
+                f"Table{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
+                f"{'do' if len(missing) > 1 else 'does'} not exist on the source (or the user cannot see "
+                "it): create it, or take it out of the pipeline."
+            )
         notes = self.source.ensure_publication(self.publication, sorted(self.tables))
         slot_reason = self.source.ensure_slot(self.slot)
         if slot_reason:

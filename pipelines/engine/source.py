@@ -123,6 +123,21 @@ class SourceDatabase:
         ]
         return Relation(oid, schema, table, columns, replica_identity)
 
+    def missing_tables(self, tables: list[tuple[str, str]]) -> list[str]:
+        """Of these tables, those the source does not have (or the user cannot see)."""
+        found = {
+            (schema, table)
+            for schema, table in self.conn.execute(
+                """
+                SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                WHERE c.relkind IN ('r', 'p') AND (n.nspname, c.relname) IN (
+                    SELECT * FROM unnest(%s::text[], %s::text[]))
+                """,
+                [[t[0] for t in tables], [t[1] for t in tables]],
+            )
+        }
+        return [f"{schema}.{table}" for schema, table in tables if (schema, table) not in found]
+
     def primary_key(self, schema: str, table: str) -> list[str]:
         rows = self.conn.execute(
             """

@@ -1,5 +1,3 @@
-import sys
-
 from django.core.management.base import BaseCommand, CommandError
 
 from pipelines import services
@@ -10,19 +8,19 @@ class ProgressBar(services.RunObserver):
     """A snapshot progress bar on stderr (rows so far against the planner's estimate)."""
 
     def __init__(self, stream):
-        self.stream = stream
+        self.stream = stream  # a command's OutputWrapper: write(text, ending="")
 
     def snapshot_progress(self, table, rows, estimate):
         if estimate > 0:
             share = min(rows / estimate, 1.0)
             bar = "#" * int(share * 30)
-            self.stream.write(f"\r  {table} [{bar:<30}] {rows:,} / ~{estimate:,} rows")
+            self.stream.write(f"\r  {table} [{bar:<30}] {rows:,} / ~{estimate:,} rows", ending="")
         else:
-            self.stream.write(f"\r  {table} {rows:,} rows")
+            self.stream.write(f"\r  {table} {rows:,} rows", ending="")
         self.stream.flush()
 
     def snapshot_done(self, table, rows):
-        self.stream.write(f"\r  {table}: snapshot of {rows:,} rows done{' ' * 30}\n")
+        self.stream.write(f"\r  {table}: snapshot of {rows:,} rows done{' ' * 30}")
         self.stream.flush()
 
 
@@ -51,7 +49,7 @@ class Command(BaseCommand):
                 services.start_pipeline(pipeline)
             except services.IllegalTransition as refusal:
                 raise CommandError(f"Cannot start {name}: {refusal}.") from None
-        observer = ProgressBar(sys.stderr)
+        observer = ProgressBar(self.stderr)
         options = {"snapshot_only": snapshot_only, "observer": observer}
         if until_caught_up and not snapshot_only:
             runs = services.run_until_caught_up(pipeline, on_run=self.summary, **options)
