@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 
 from . import pgoutput
 from .batch import UNCHANGED, Batch, Relation, TableChanges
-from .pgtypes import converter
+from .pgtypes import converter, fast_converter
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ class TableSpec:
 
 
 class _RelationState:
-    __slots__ = ("relation", "spec", "names", "converters", "key_names")
+    __slots__ = ("relation", "spec", "names", "converters", "fast_converters", "key_names")
 
     def __init__(self, relation: Relation, spec: TableSpec):
         if spec.primary_key:
@@ -43,6 +43,7 @@ class _RelationState:
         self.spec = spec
         self.names = relation.column_names
         self.converters = [converter(c.type_oid) for c in relation.columns]
+        self.fast_converters = [fast_converter(c.type_oid) for c in relation.columns]
         self.key_names = relation.key_columns
 
 
@@ -157,10 +158,16 @@ class BatchBuilder:
 
     @staticmethod
     def _row(state: _RelationState, values: list) -> dict:
-        row = {}
-        for name, convert, value in zip(state.names, state.converters, values, strict=False):
-            row[name] = value if value is None or value is UNCHANGED else convert(value)
-        return row
+        try:
+            return {
+                name: value if value is None or value is UNCHANGED else convert(value)
+                for name, convert, value in zip(state.names, state.fast_converters, values, strict=False)
+            }
+        except Exception:  # a value Python cannot hold (timestamp 'infinity'...): that one stays text
+            return {
+                name: value if value is None or value is UNCHANGED else convert(value)
+                for name, convert, value in zip(state.names, state.converters, values, strict=False)
+            }
 
     @staticmethod
     def _key(state: _RelationState, row: dict) -> tuple:

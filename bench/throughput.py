@@ -1,0 +1,237 @@
+"""End-to-end snapshot and CDC throughput of the engine, beside the raw limits of the same run.
+
+    .venv/bin/python bench/throughput.py [--rows 300000] [--changes 300000] [--batch-size 100000]
+
+Starts a throwaway PostgreSQL cluster (rosetta/pgcluster.py) and a source table
+of --rows rows of ~330 bytes (bigint key, int, numeric(12,2), text, ~230 B
+jsonb, two timestamptz), then prints, for the PostgreSQL and DuckDB destinations:
+
+- snapshot: the engine's snapshot (source COPY -> writer.load_snapshot) beside
+  `COPY TO STDOUT` read and discarded (binary and CSV);
+- CDC: a backlog of --changes changes (70% inserts, 25% updates, 5% deletes, in
+  transactions of 1,000) caught up batch by batch (peek, decode + fold,
+  apply_batch, advance), beside one `pg_logical_slot_peek_binary_changes` of
+  the whole backlog read and discarded, with where the time went.
+"""
+
+import argparse
+import gc
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import psycopg  # noqa: E402
+
+from destinations.writers.duckdb import DuckDBWriter  # noqa: E402
+from destinations.writers.postgres import PostgresWriter  # noqa: E402
+from pipelines.engine.fold import BatchBuilder, TableSpec  # noqa: E402
+from pipelines.engine.runner import Engine  # noqa: E402
+from pipelines.engine.source import SourceDatabase  # noqa: E402
+from rosetta.pgcluster import Cluster  # noqa: E402
+
+TABLE = TableSpec("public", "orders", "orders")
+
+
+def fill(conn, first: int, last: int) -> None:
+    conn.execute(
+        """
+        INSERT INTO orders
+        SELECT g, g %% 10000, (g %% 100000) / 100.0, 'order note number ' || g,
+               jsonb_build_object('sku', 'SKU-' || g, 'qty', g %% 7, 'tags', jsonb_build_array('a', 'b', 'c'),
+                                  'address', repeat('x', 120), 'flag', g %% 2 = 0),
+               now() - (g || ' seconds')::interval, now()
+        FROM generate_series(%s::bigint, %s::bigint) g
+        """,
+        [first, last],
+    )
+
+
+def workload(conn, rows: int, changes: int) -> int:
+    """Inserts, updates and deletes in transactions of 1,000 changes; returns the count."""
+    inserts, updates = int(changes * 0.70), int(changes * 0.25)
+    deletes = changes - inserts - updates
+    done = 0
+    for start in range(0, inserts, 1000):
+        fill(conn, rows + start + 1, rows + min(start + 1000, inserts))
+        done += min(1000, inserts - start)
+    for start in range(0, updates, 1000):
+        conn.execute(
+            "UPDATE orders SET amount = amount + 1, updated_at = now() WHERE id > %s AND id <= %s",
+            [start, min(start + 1000, updates)],
+        )
+        done += min(1000, updates - start)
+    for start in range(0, deletes, 1000):
+        conn.execute(
+            "DELETE FROM orders WHERE id > %s AND id <= %s",
+            [rows - start - min(1000, deletes - start), rows - start],
+        )
+        done += min(1000, deletes - start)
+    return done
+
+
+def rate(count: float, seconds: float) -> str:
+    return f"{count / seconds:>11,.0f}/s" if seconds else "          -"
+
+
+def line(label: str, count: int, nbytes: int, seconds: float, limit: float | None = None) -> None:
+    share = f"  {count / seconds / limit:6.1%} of the limit" if limit and seconds else ""
+    print(f"  {label:<44}{rate(count, seconds)}  {nbytes / 1e6 / seconds:7.1f} MB/s  {seconds:7.2f} s{share}")
+
+
+def copy_discarded(kwargs: dict, copy_format: str) -> tuple[int, int, float]:
+    with psycopg.connect(**kwargs) as conn, conn.cursor() as cur:
+        started = time.perf_counter()
+        nbytes = 0
+        with cur.copy(f"COPY (SELECT * FROM orders) TO STDOUT WITH (FORMAT {copy_format})") as copy:
+            for block in copy:
+                nbytes += len(block)
+        seconds = time.perf_counter() - started
+        (count,) = conn.execute("SELECT count(*) FROM orders").fetchone()
+    return count, nbytes, seconds
+
+
+def peek_discarded(kwargs: dict, slot: str) -> tuple[int, int, float]:
+    with psycopg.connect(**kwargs, autocommit=True) as conn, conn.cursor(binary=True) as cur:
+        started = time.perf_counter()
+        cur.execute(
+            "SELECT data FROM pg_logical_slot_peek_binary_changes(%s, NULL, NULL, "
+            "'proto_version', '1', 'publication_names', 'bench')",
+            [slot],
+        )
+        count = nbytes = 0
+        while rows := cur.fetchmany(10_000):
+            count += len(rows)
+            nbytes += sum(len(data) for (data,) in rows)
+        return count, nbytes, time.perf_counter() - started
+
+
+def decode_only(kwargs: dict, slot: str) -> tuple[int, float]:
+    """Decode and fold one peek of the backlog, without applying it (the client's share)."""
+    with psycopg.connect(**kwargs, autocommit=True) as conn, conn.cursor(binary=True) as cur:
+        cur.execute(
+            "SELECT data FROM pg_logical_slot_peek_binary_changes(%s, NULL, NULL, "
+            "'proto_version', '1', 'publication_names', 'bench')",
+            [slot],
+        )
+        messages = [data for (data,) in cur]
+    started = time.perf_counter()
+    gc.disable()  # as the engine does while it builds a batch
+    builder = BatchBuilder(0, {TABLE.key: TABLE})
+    for data in messages:
+        builder.feed(data)
+    batch = builder.finish()
+    gc.enable()
+    return batch.changes, time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=300_000)
+    parser.add_argument("--changes", type=int, default=300_000)
+    parser.add_argument("--batch-size", type=int, default=100_000)
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="rosetta-bench-"))
+    cluster = Cluster().start()
+    try:
+        with psycopg.connect(cluster.dsn(), autocommit=True) as admin:
+            admin.execute("CREATE DATABASE bench_src")
+            admin.execute("CREATE DATABASE bench_dst")
+        source_kwargs = {"host": "127.0.0.1", "port": cluster.port, "dbname": "bench_src", "user": "postgres"}
+        writers = {
+            "PostgreSQL": PostgresWriter(
+                {
+                    "host": "127.0.0.1",
+                    "port": cluster.port,
+                    "database": "bench_dst",
+                    "username": "postgres",
+                    "password": "",
+                    "schema": "public",
+                }
+            ),
+            "DuckDB": DuckDBWriter({"path": str(work / "bench.duckdb")}),
+        }
+        slots = {"PostgreSQL": "bench_pg", "DuckDB": "bench_duck"}
+        with psycopg.connect(**source_kwargs, autocommit=True) as conn:
+            conn.execute(
+                """
+                CREATE TABLE orders (
+                    id bigint PRIMARY KEY, customer int, amount numeric(12,2), note text,
+                    details jsonb, created_at timestamptz, updated_at timestamptz)
+                """
+            )
+            for start in range(0, args.rows, 100_000):
+                fill(conn, start + 1, min(start + 100_000, args.rows))
+            conn.execute("VACUUM ANALYZE orders")
+            conn.execute("CREATE PUBLICATION bench FOR TABLE orders")
+            for slot in slots.values():
+                conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", [slot])
+
+        print(f"Snapshot of {args.rows:,} rows")
+        count, copy_bytes, seconds = copy_discarded(source_kwargs, "binary")
+        copy_limit = count / seconds
+        line("limit: COPY TO STDOUT binary, discarded", count, copy_bytes, seconds)
+        count, nbytes, seconds = copy_discarded(source_kwargs, "csv")
+        line("limit: COPY TO STDOUT csv, discarded", count, nbytes, seconds)
+        for name, writer in writers.items():
+            with SourceDatabase(source_kwargs) as source:
+                engine = Engine(
+                    source, writer, pipeline_key="bench", slot=slots[name], publication="bench",
+                    tables=[TableSpec("public", "orders", "orders")], batch_size=args.batch_size,
+                )  # fmt: skip
+                engine.prepare()
+                started = time.perf_counter()
+                loaded = engine.snapshot_table(engine.tables[TABLE.key])
+                seconds = time.perf_counter() - started
+            line(
+                f"Rosetta snapshot into {name} ({writer.snapshot_format})",
+                loaded,
+                copy_bytes,
+                seconds,
+                copy_limit,
+            )
+
+        # synchronous_commit on: every change is flushed, so one peek can see all of them.
+        with psycopg.connect(**source_kwargs, autocommit=True, options="-c synchronous_commit=on") as conn:
+            changes = workload(conn, args.rows, args.changes)
+        print(f"\nCDC catch-up of {changes:,} changes (batch size {args.batch_size:,})")
+        count, nbytes, seconds = peek_discarded(source_kwargs, slots["DuckDB"])
+        peek_limit = count / seconds
+        line("limit: one peek of everything, discarded", count, nbytes, seconds)
+        decoded, seconds = decode_only(source_kwargs, slots["DuckDB"])
+        line("decode + fold only (client side)", decoded, nbytes, seconds)
+        for name, writer in writers.items():
+            totals = {}
+            applied = 0
+            started = time.perf_counter()
+            with SourceDatabase(source_kwargs) as source:
+                engine = Engine(
+                    source, writer, pipeline_key="bench", slot=slots[name], publication="bench",
+                    tables=[TableSpec("public", "orders", "orders")], batch_size=args.batch_size,
+                )  # fmt: skip
+                engine.prepare()
+                while True:
+                    outcome = engine.run_batch()
+                    applied += outcome.batch.changes
+                    for stage, spent in outcome.seconds.items():
+                        totals[stage] = totals.get(stage, 0) + spent
+                    if outcome.caught_up:
+                        break
+            seconds = time.perf_counter() - started
+            line(f"Rosetta CDC into {name}", applied, nbytes, seconds, peek_limit)
+            print(
+                "    time went to: " + ", ".join(f"{stage} {spent:.2f} s" for stage, spent in totals.items())
+            )
+        for writer in writers.values():
+            writer.close()
+    finally:
+        cluster.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
