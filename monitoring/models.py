@@ -32,7 +32,8 @@ class Condition(models.TextChoices):
 class WalMetric(models.Model):
     """One probe of one source (or, past the full-resolution window, the max of one hour)."""
 
-    source = models.ForeignKey(Source, on_delete=models.CASCADE, related_name="wal_metrics")
+    # No index of its own: (source, -probed_at) below serves lookups by source.
+    source = models.ForeignKey(Source, on_delete=models.CASCADE, related_name="wal_metrics", db_index=False)
     probed_at = models.DateTimeField(default=timezone.now)
     resolution = models.CharField(max_length=8, choices=Resolution.choices, default=Resolution.RAW)
     probes = models.PositiveIntegerField(default=1, help_text="How many probes this row summarises.")
@@ -67,7 +68,8 @@ class WalMetric(models.Model):
 class SlotMetric(models.Model):
     """One replication slot (any slot on the server, not only Rosetta's) at one probe."""
 
-    source = models.ForeignKey(Source, on_delete=models.CASCADE, related_name="slot_metrics")
+    # No index of its own: (source, -probed_at) below serves lookups by source.
+    source = models.ForeignKey(Source, on_delete=models.CASCADE, related_name="slot_metrics", db_index=False)
     probed_at = models.DateTimeField(default=timezone.now)
     resolution = models.CharField(max_length=8, choices=Resolution.choices, default=Resolution.RAW)
     slot_name = models.CharField(max_length=64)

@@ -1,5 +1,7 @@
 """The probe against a real PostgreSQL 15 cluster with wal_level=logical."""
 
+import time
+
 import pytest
 
 from monitoring.models import SlotMetric, WalMetric, WalSettings
@@ -30,7 +32,9 @@ def test_an_unread_slot_retains_at_least_the_wal_written_since(make_source, pg_c
     before, after = slot_row(first, source.slot_name), slot_row(second, source.slot_name)
     assert after.retained_bytes - before.retained_bytes >= written
     assert after.unconfirmed_bytes >= written
-    assert after.slot_type == "logical" and after.plugin == "pgoutput" and after.database == source.pg_database
+    assert (
+        after.slot_type == "logical" and after.plugin == "pgoutput" and after.database == source.pg_database
+    )
     assert after.active is False and after.wal_status == "reserved"
     assert second.lsn_position - first.lsn_position >= written
     # The WAL rate comes from successive LSNs, not from the position itself.
@@ -63,7 +67,9 @@ def test_every_slot_on_the_server_is_reported_not_only_rosettas(make_source, pg_
     try:
         metric = probe(source)
         names = set(
-            SlotMetric.objects.filter(source=source, probed_at=metric.probed_at).values_list("slot_name", flat=True)
+            SlotMetric.objects.filter(source=source, probed_at=metric.probed_at).values_list(
+                "slot_name", flat=True
+            )
         )
         assert {source.slot_name, "someone_elses_slot", physical} <= names
         standby = slot_row(metric, physical)
@@ -114,6 +120,11 @@ def test_a_heartbeat_reaches_the_slot_only_when_the_source_opts_in(make_source):
     source.save()
     metric = probe(source)
     assert metric.heartbeat_lsn
+    # Decoding sees the message once its commit is flushed (the test cluster runs with
+    # synchronous_commit=off, so the WAL writer flushes it within a fraction of a second).
+    deadline = time.monotonic() + 5
+    while heartbeats() == 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert heartbeats() == 1
 
 
@@ -135,4 +146,3 @@ def test_a_role_without_pg_monitor_gets_a_specific_warning_and_the_rest_is_recor
     run_sql(source.conn, f"GRANT pg_monitor TO {role}")
     granted = probe(source)
     assert granted.warnings == [] and granted.wal_dir_bytes > 0
-

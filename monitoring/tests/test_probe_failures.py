@@ -50,7 +50,9 @@ def test_dead_and_hanging_sources_fail_within_the_timeout_while_the_others_are_p
     )
 
 
-def test_a_source_failing_n_probes_in_a_row_is_critical_until_it_answers(make_source, refusing_port, pg_cluster):
+def test_a_source_failing_n_probes_in_a_row_is_critical_until_it_answers(
+    make_source, refusing_port, pg_cluster
+):
     source = make_source(pg_port=refusing_port)
 
     probe_sources([source])
