@@ -136,6 +136,8 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    # Alert events carry two fields with the same choices (previous_level, level).
+    "ENUM_NAME_OVERRIDES": {"AlertLevelEnum": "monitoring.models.Level"},
 }
 
 # Celery: Redis as broker, JSON only, Beat schedules from the database.
