@@ -87,6 +87,19 @@ class WalMetricAdmin(ReadOnlyMetricsAdmin):
         return " ".join(obj.warnings or [])
 
 
+class WalStatusFilter(admin.SimpleListFilter):
+    """Fixed choices: the default filter would scan every row for its distinct values."""
+
+    title = "wal_status"
+    parameter_name = "wal_status"
+
+    def lookups(self, request, model_admin):
+        return [(status, status) for status in ("reserved", "extended", "unreserved", "lost")]
+
+    def queryset(self, request, queryset):
+        return queryset.filter(wal_status=self.value()) if self.value() else queryset
+
+
 @admin.register(SlotMetric)
 class SlotMetricAdmin(ReadOnlyMetricsAdmin):
     list_display = [
@@ -100,7 +113,7 @@ class SlotMetricAdmin(ReadOnlyMetricsAdmin):
         "safe_wal",
         "resolution",
     ]
-    list_filter = ["wal_status", "active", "resolution", "source"]
+    list_filter = [WalStatusFilter, "active", "resolution", "source"]
     search_fields = ["=slot_name"]
     ordering = ["-probed_at"]
 

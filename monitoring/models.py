@@ -1,4 +1,3 @@
-from django.contrib.postgres.indexes import BrinIndex
 from django.db import models
 from django.utils import timezone
 
@@ -54,7 +53,8 @@ class WalMetric(models.Model):
         verbose_name = "WAL metric"
         indexes = [
             models.Index(fields=["source", "-probed_at"], name="walmetric_source_time"),
-            BrinIndex(fields=["probed_at"], name="walmetric_time_brin"),
+            # Newest first across sources: the admin list and downsampling.
+            models.Index(fields=["-probed_at"], name="walmetric_time"),
         ]
 
     def __str__(self):
@@ -100,7 +100,7 @@ class SlotMetric(models.Model):
         indexes = [
             models.Index(fields=["source", "-probed_at"], name="slotmetric_source_time"),
             models.Index(fields=["source", "slot_name", "-probed_at"], name="slotmetric_slot_time"),
-            BrinIndex(fields=["probed_at"], name="slotmetric_time_brin"),
+            models.Index(fields=["-probed_at"], name="slotmetric_time"),
         ]
 
     def __str__(self):

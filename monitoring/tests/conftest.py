@@ -14,6 +14,7 @@ import psycopg
 import pytest
 
 from rosetta.pgcluster import free_port
+from sources.tests.conftest import replica_cluster  # noqa: F401 - a server with password authentication
 from sources.tests.factories import SourceFactory
 
 SEGMENT = re.compile(r"^[0-9A-F]{24}$")

@@ -7,6 +7,7 @@ from django.core import mail
 
 from monitoring.models import AlertEvent, AlertState, Condition, WalMetric
 from monitoring.services import probe_sources
+from sources.tests.factories import SourceFactory
 
 from .conftest import create_slot
 
@@ -78,3 +79,23 @@ def test_a_source_failing_n_probes_in_a_row_is_critical_until_it_answers(
     assert list(
         AlertEvent.objects.filter(source=source).order_by("created_at").values_list("previous_level", "level")
     ) == [("ok", "critical"), ("critical", "ok")]
+
+
+def test_a_wrong_password_is_reported_as_an_authentication_failure(replica_cluster):
+    source = SourceFactory(
+        pg_host="127.0.0.1",
+        pg_port=replica_cluster.port,
+        pg_database="app",
+        pg_username="app_user",
+        pg_password="wrong-password-456",
+        sslmode="disable",
+    )
+    (metric,) = probe_sources([source])
+    assert not metric.ok
+    assert metric.error == "Authentication failed: check the user name and password."
+    assert "wrong-password-456" not in metric.error
+
+    source.pg_password = "right-password-123"
+    source.save()
+    (metric,) = probe_sources([source])
+    assert metric.ok and metric.slot_rows == []
