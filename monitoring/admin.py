@@ -186,10 +186,6 @@ class AlertEventAdmin(ReadOnlyMetricsAdmin):
         "notify_error",
     ]
 
-    def has_change_permission(self, request, obj=None):
-        # The change page is a read-only detail view (every field is read-only).
-        return obj is not None and request.user.has_perm("monitoring.view_alertevent")
-
     @admin.display(description="change")
     def change(self, obj):
         if obj.kind == AlertEvent.Kind.REMINDER:

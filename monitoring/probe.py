@@ -7,7 +7,7 @@ raises for a server problem; it returns a failed result that says why in words.
 import datetime as dt
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import psycopg
 
@@ -63,9 +63,6 @@ class ProbeResult:
     settings: dict[str, int] = field(default_factory=dict)
     heartbeat_lsn: str | None = None
 
-    def as_dict(self) -> dict:
-        return asdict(self)
-
 
 def probe_server(connect_kwargs: dict, *, statement_timeout_ms: int, heartbeat: bool = False) -> ProbeResult:
     """Connect with the caller's connect_timeout, then read WAL and slot state.
@@ -107,8 +104,9 @@ def _read_server(conn: psycopg.Connection, probed_at: dt.datetime, heartbeat: bo
             result.warnings.append(
                 "The heartbeat was not written: the role may not call pg_logical_emit_message()."
             )
-        except psycopg.errors.ReadOnlySqlTransaction:
-            result.warnings.append("The heartbeat was not written: the server is a read-only standby.")
+        except psycopg.DatabaseError as error:  # e.g. a standby in recovery: still measure the rest
+            reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            result.warnings.append(f"The heartbeat was not written: {reason}")
 
     # On a standby there is no current write position: use what it has received.
     result.in_recovery, result.current_lsn = conn.execute(

@@ -21,7 +21,7 @@ from django.utils import timezone
 from sources.models import Source
 
 from .forecast import human_bytes
-from .models import LEVEL_RANK, AlertState, Level, Resolution, SlotMetric, WalMetric, WalSettings
+from .models import LEVEL_RANK, AlertState, Level, SlotMetric, WalMetric, WalSettings
 
 UNKNOWN = "unknown"
 RANK_LEVEL = {rank: level for level, rank in LEVEL_RANK.items()}
@@ -227,7 +227,3 @@ def chart_series(
         "wal_dir": wal,
         "slots": {name: slots[name] for name in sorted(biggest)},
     }
-
-
-def has_hourly_history(source: Source) -> bool:
-    return WalMetric.objects.filter(source=source, resolution=Resolution.HOURLY).exists()

@@ -101,6 +101,9 @@ def test_alert_events_have_a_filtered_admin(admin_browser):
     page = admin_browser.get("/admin/monitoring/alertevent/?level__exact=critical").content.decode()
     assert "nearly full" in page and "getting full" not in page
     assert "By condition" in page and "By level" in page
+    event = AlertEvent.objects.get(level="critical")
+    detail = admin_browser.get(f"/admin/monitoring/alertevent/{event.pk}/change/").content.decode()
+    assert "nearly full" in detail and 'name="_save"' not in detail  # a record, not editable
 
 
 @pytest.mark.django_db(transaction=True)
