@@ -194,7 +194,7 @@ def pipeline_lock(pipeline: Pipeline):
 
 
 def _source(pipeline: Pipeline, timeout_ms: int | None = None) -> SourceDatabase:
-    peek_timeout_ms = getattr(settings, "ROSETTA_PEEK_TIMEOUT_SECONDS", 30 * 60) * 1000
+    peek_timeout_ms = settings.ROSETTA_PEEK_TIMEOUT_SECONDS * 1000
     return SourceDatabase(
         pipeline.source.connection_kwargs(connect_timeout=settings.ROSETTA_CONNECT_TIMEOUT),
         statement_timeout_ms=timeout_ms or peek_timeout_ms,
@@ -418,7 +418,7 @@ def run_scheduled(pipeline_id: int) -> None:
     try:
         runnable = pipeline.status in ACTIVE or pipeline.status == Pipeline.Status.FAILED
         if runnable:
-            run_until_caught_up(pipeline, max_seconds=getattr(settings, "ROSETTA_RUN_BUDGET_SECONDS", 50))
+            run_until_caught_up(pipeline, max_seconds=settings.ROSETTA_RUN_BUDGET_SECONDS)
     finally:
         Pipeline.objects.filter(pk=pipeline_id).update(run_enqueued_at=None)
 

@@ -110,6 +110,11 @@ ROSETTA_ENCRYPTION_KEYS = env.list("ROSETTA_ENCRYPTION_KEYS", default=[])
 ROSETTA_CONNECT_TIMEOUT = env.int("ROSETTA_CONNECT_TIMEOUT", default=5)
 ROSETTA_STATEMENT_TIMEOUT_MS = env.int("ROSETTA_STATEMENT_TIMEOUT_MS", default=10_000)
 
+# Pipeline runs: the longest one peek of the replication slot may take, and how long one
+# run task keeps reading batches before it leaves the worker to other pipelines.
+ROSETTA_PEEK_TIMEOUT_SECONDS = env.int("ROSETTA_PEEK_TIMEOUT_SECONDS", default=30 * 60)
+ROSETTA_RUN_BUDGET_SECONDS = env.int("ROSETTA_RUN_BUDGET_SECONDS", default=50)
+
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         # Token first, so an unauthenticated request gets 401 with WWW-Authenticate.
