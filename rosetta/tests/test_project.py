@@ -101,3 +101,13 @@ def test_the_compose_file_is_valid():
     for service in ("metadata-db", "redis", "web", "worker", "beat", "source-db"):
         assert f"  {service}:" in result.stdout
     assert "wal_level=logical" in result.stdout
+
+
+def test_env_example_documents_every_variable_the_settings_read():
+    import re
+
+    settings_source = (ROOT / "rosetta" / "settings.py").read_text()
+    read = set(re.findall(r'env(?:\.\w+)?\(\s*"([A-Z_]+)"', settings_source))
+    documented = set(re.findall(r"^#?\s*([A-Z_]+)=", (ROOT / ".env.example").read_text(), re.MULTILINE))
+    assert read, "no env reads found: the pattern is out of date"
+    assert read - documented == set()
