@@ -50,6 +50,11 @@ class Writer:
             for column in relation.columns
         ]
 
+    # True: apply_batch also takes batches whose values are PostgreSQL's text form
+    # (TableChanges.text_values), which the source then need not convert: most
+    # of the decoding time. Writers that need typed Python values leave it False.
+    accepts_text_values = False
+
     # Fault injection for crash-safety tests (set by tests, None in production):
     # apply_batch calls it inside its transaction, after all writes and the
     # checkpoint and just before COMMIT. If it raises, nothing of the batch

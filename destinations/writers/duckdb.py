@@ -34,6 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 
+from pipelines.engine import pgtypes
 from pipelines.engine.batch import UNCHANGED, ApplyResult, lsn_to_str
 
 from . import types
@@ -166,6 +167,16 @@ def arrow_column(values: list, duck_type: str) -> tuple[pa.Array, str]:
     return pa.array(texts, pa.string()), from_text("{}", duck_type)
 
 
+def arrow_text_column(values: list, duck_type: str, type_oid: int) -> tuple[pa.Array, str]:
+    """arrow_column for PostgreSQL's text form (TableChanges.text_values): a string
+    column cast by DuckDB, as the snapshot's CSV is. Arrays ('{1,2}', which DuckDB
+    cannot read) are converted to Python lists first."""
+    if duck_type.endswith("[]"):
+        convert = pgtypes.converter(type_oid)
+        return arrow_column([None if v is None else convert(v.encode()) for v in values], duck_type)
+    return pa.array(values, pa.string()), from_text("{}", duck_type, csv=True)
+
+
 class _ChunkFile(io.RawIOBase):
     """A read-only file over an iterator of byte chunks, so Arrow's CSV reader can
     pull the COPY stream block by block without it ever being held whole."""
@@ -197,6 +208,8 @@ class DuckDBWriter(Writer):
     kind = "duckdb"
     # PostgreSQL's CSV (defaults, no header) read by Arrow's streaming CSV reader.
     snapshot_format = "csv"
+    # CDC values as text, cast by DuckDB like the snapshot's CSV (see arrow_text_column).
+    accepts_text_values = True
 
     def __init__(self, settings: dict, connect_timeout: int = 10):
         super().__init__(settings, connect_timeout)
@@ -388,19 +401,34 @@ class DuckDBWriter(Writer):
                 f"{self.schema}.{changes.target_table} emptied"
                 + (" (rows kept as soft-deleted)." if soft_delete else ".")
             )
+        text_oids = {c.name: c.type_oid for c in relation.columns} if changes.text_values else None
         if changes.deletes:
-            result.deleted += self._delete(conn, relation, target, changes.deletes, duck_types, soft_delete)
+            result.deleted += self._delete(
+                conn, relation, target, changes.deletes, duck_types, soft_delete, text_oids
+            )
         if changes.upserts:
-            self._upsert(conn, relation, changes.target_table, changes.upserts, duck_types, result)
+            self._upsert(conn, relation, changes.target_table, changes.upserts, duck_types, result, text_oids)
 
     def _stage(
-        self, conn, columns: list[str], duck_types: dict, column_values: list[list], lsns: list[int]
+        self,
+        conn,
+        columns: list[str],
+        duck_types: dict,
+        column_values: list[list],
+        lsns: list[int],
+        text_oids: dict | None = None,
     ) -> str:
         """Register the batch rows as an Arrow table; returns a SELECT over it that
-        yields the target's column types."""
+        yields the target's column types. `text_oids` ({column: source type OID})
+        when the values are PostgreSQL's text form."""
         arrays, expressions = [], []
         for position, name in enumerate(columns):
-            array, expression = arrow_column(column_values[position], duck_types[name])
+            if text_oids is None:
+                array, expression = arrow_column(column_values[position], duck_types[name])
+            else:
+                array, expression = arrow_text_column(
+                    column_values[position], duck_types[name], text_oids[name]
+                )
             arrays.append(array)
             expressions.append(f"{expression.format(quote(f'c{position}'))} AS {quote(name)}")
         arrays.append(pa.array(lsns, pa.int64()))
@@ -409,10 +437,12 @@ class DuckDBWriter(Writer):
         conn.register("_rosetta_stage", table)
         return f"(SELECT {', '.join(expressions)} FROM _rosetta_stage)"
 
-    def _delete(self, conn, relation, target: str, deletes: dict, duck_types: dict, soft_delete: bool) -> int:
+    def _delete(
+        self, conn, relation, target: str, deletes: dict, duck_types: dict, soft_delete: bool, text_oids
+    ) -> int:
         keys = relation.key_columns
         key_values = [list(values) for values in zip(*deletes.keys(), strict=True)]
-        stage = self._stage(conn, keys, duck_types, key_values, list(deletes.values()))
+        stage = self._stage(conn, keys, duck_types, key_values, list(deletes.values()), text_oids)
         match = " AND ".join(f"t.{quote(name)} = s.{quote(name)}" for name in keys)
         if soft_delete:
             statement = (
@@ -425,7 +455,9 @@ class DuckDBWriter(Writer):
         conn.unregister("_rosetta_stage")  # on error, the next register replaces it
         return count
 
-    def _upsert(self, conn, relation, target_table: str, upserts: dict, duck_types: dict, result) -> None:
+    def _upsert(
+        self, conn, relation, target_table: str, upserts: dict, duck_types: dict, result, text_oids
+    ) -> None:
         """One MERGE per group of rows that share the same unchanged (TOASTed)
         columns, so each group updates only the columns it has values for."""
         groups: dict[frozenset, list] = {}
@@ -442,7 +474,7 @@ class DuckDBWriter(Writer):
         for unchanged, rows in groups.items():
             columns = [name for name in relation.column_names if name not in unchanged]
             column_values = [[row.get(name) for row, _ in rows] for name in columns]
-            stage = self._stage(conn, columns, duck_types, column_values, [lsn for _, lsn in rows])
+            stage = self._stage(conn, columns, duck_types, column_values, [lsn for _, lsn in rows], text_oids)
             updates = [f"{quote(name)} = s.{quote(name)}" for name in columns if name not in keys]
             updates += [f"{LSN} = s.{LSN}", f"{SYNCED_AT} = now()", f"{DELETED_AT} = NULL"]
             insert_columns = ", ".join(quote(name) for name in [*columns, LSN])

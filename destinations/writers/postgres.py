@@ -20,6 +20,7 @@ same transaction as the rows.
 
 import hashlib
 import json
+from functools import partial
 from operator import itemgetter
 
 import psycopg
@@ -84,6 +85,8 @@ class PostgresWriter(Writer):
     # Binary COPY straight from the source into a table with the same column types:
     # no value is parsed on the way.
     snapshot_format = "binary"
+    # CDC values go into a text COPY: PostgreSQL's own text form needs no conversion.
+    accepts_text_values = True
 
     def __init__(self, settings: dict, connect_timeout: int = 10):
         super().__init__(settings, connect_timeout)
@@ -298,10 +301,15 @@ class PostgresWriter(Writer):
                 f"{self.schema}.{changes.target_table} emptied"
                 + (" (rows kept as soft-deleted)." if soft_delete else ".")
             )
+        # Text values (TableChanges.text_values) go into COPY as they are; typed
+        # json values need dumping back to JSON text first.
+        json_positions = (lambda columns: []) if changes.text_values else partial(_json_positions, relation)
         if changes.deletes:
-            result.deleted += self._delete(conn, relation, target, changes.deletes, soft_delete)
+            result.deleted += self._delete(
+                conn, relation, target, changes.deletes, soft_delete, json_positions
+            )
         if changes.upserts:
-            self._upsert(conn, relation, changes.target_table, changes.upserts, result)
+            self._upsert(conn, relation, changes.target_table, changes.upserts, result, json_positions)
 
     def _stage(self, conn, target, columns: list[str], rows, json_positions: list) -> sql.Identifier:
         """COPY rows into a temporary table shaped like the target's `columns`, in text
@@ -329,11 +337,10 @@ class PostgresWriter(Writer):
                 copy.write_row(values)
         return stage
 
-    def _delete(self, conn, relation, target, deletes: dict, soft_delete: bool) -> int:
+    def _delete(self, conn, relation, target, deletes: dict, soft_delete: bool, json_positions) -> int:
         keys = relation.key_columns
-        json_positions = _json_positions(relation, keys)
         rows = ([*key, lsn] for key, lsn in deletes.items())
-        stage = self._stage(conn, target, [*keys, LSN], rows, json_positions)
+        stage = self._stage(conn, target, [*keys, LSN], rows, json_positions(keys))
         match = sql.SQL(" AND ").join(sql.SQL("t.{0} = s.{0}").format(sql.Identifier(name)) for name in keys)
         if soft_delete:
             statement = sql.SQL(
@@ -352,7 +359,9 @@ class PostgresWriter(Writer):
             statement = sql.SQL("DELETE FROM {} AS t USING {} AS s WHERE {}").format(target, stage, match)
         return conn.execute(statement).rowcount
 
-    def _upsert(self, conn, relation, target_table: str, upserts: dict, result: ApplyResult) -> None:
+    def _upsert(
+        self, conn, relation, target_table: str, upserts: dict, result: ApplyResult, json_positions
+    ) -> None:
         """Merge per group of rows that share the same unchanged (TOASTed) columns,
         so each group updates only the columns it has values for."""
         groups: dict[frozenset, list] = {}
@@ -368,7 +377,7 @@ class PostgresWriter(Writer):
         for unchanged, rows in groups.items():
             columns = [name for name in relation.column_names if name not in unchanged]
             stage = self._stage(
-                conn, target, [*columns, LSN], _row_values(rows, columns), _json_positions(relation, columns)
+                conn, target, [*columns, LSN], _row_values(rows, columns), json_positions(columns)
             )
             updates = [
                 sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(name))

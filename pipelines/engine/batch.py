@@ -83,6 +83,11 @@ class TableChanges:
     bytes (bytea), and lists (possibly nested, with None) for arrays of those.
     Any other type (and a value these cannot hold, e.g. timestamp 'infinity')
     stays as PostgreSQL's text form, a str.
+
+    With `text_values` (for writers whose accepts_text_values is True), every
+    value and key is PostgreSQL's text form as pgoutput sent it (a str, with
+    the source session's TimeZone=UTC and DateStyle=ISO), None, or UNCHANGED:
+    the writer loads text as it is and lets its database parse it.
     """
 
     relation: Relation  # the newest shape seen in the batch
@@ -94,6 +99,7 @@ class TableChanges:
     upserts: dict[tuple, tuple[dict, int]] = field(default_factory=dict)
     # key tuple -> commit LSN of the delete
     deletes: dict[tuple, int] = field(default_factory=dict)
+    text_values: bool = False
     inserted: int = 0  # counts of source changes, before folding
     updated: int = 0
     deleted: int = 0

@@ -8,6 +8,7 @@ skipped, which makes a replay a no-op.
 import json
 import logging
 from dataclasses import dataclass, field, replace
+from operator import itemgetter
 
 from . import pgoutput
 from .batch import UNCHANGED, Batch, Relation, TableChanges
@@ -33,7 +34,7 @@ class TableSpec:
 
 
 class _RelationState:
-    __slots__ = ("relation", "spec", "names", "converters", "fast_converters", "key_names")
+    __slots__ = ("relation", "spec", "names", "converters", "fast_converters", "key_names", "key_getter")
 
     def __init__(self, relation: Relation, spec: TableSpec):
         if spec.primary_key:
@@ -45,6 +46,9 @@ class _RelationState:
         self.converters = [converter(c.type_oid) for c in relation.columns]
         self.fast_converters = [fast_converter(c.type_oid) for c in relation.columns]
         self.key_names = relation.key_columns
+        # row dict -> key tuple (text values are hashable as they are)
+        getter = itemgetter(*self.key_names) if self.key_names else None
+        self.key_getter = (lambda row: (getter(row),)) if len(self.key_names) == 1 else getter
 
 
 def _hashable(value):
@@ -72,6 +76,10 @@ class BatchBuilder:
     # key change: the old row is in the destination under another key, so the
     # runner reads these values from the source (see Engine._fill_moved_rows).
     moved_keys: dict[tuple[str, str], set] = field(default_factory=dict)
+    # Keep values in PostgreSQL's text form (str) instead of converting them, for
+    # writers that load text as it is (Writer.accepts_text_values): conversion
+    # is most of the decoding time. See TableChanges.text_values.
+    text_values: bool = False
 
     def __post_init__(self):
         self._relations: dict[int, _RelationState | None] = {}
@@ -86,7 +94,7 @@ class BatchBuilder:
     def feed(self, data) -> None:
         self.messages += 1
         self.batch.bytes_read += len(data)
-        message = pgoutput.decode(data)
+        message = pgoutput.decode(data, self.text_values)
         kind = type(message)
         if kind is pgoutput.Insert:
             self._insert(message)
@@ -152,12 +160,15 @@ class BatchBuilder:
         key = state.spec.key
         changes = tables.get(key)
         if changes is None:
-            changes = tables[key] = TableChanges(state.relation, state.spec.target_table)
+            changes = tables[key] = TableChanges(
+                state.relation, state.spec.target_table, text_values=self.text_values
+            )
         self.batch.changes += 1
         return changes
 
-    @staticmethod
-    def _row(state: _RelationState, values: list) -> dict:
+    def _row(self, state: _RelationState, values: list) -> dict:
+        if self.text_values:
+            return dict(zip(state.names, values, strict=False))
         try:
             return {
                 name: value if value is None or value is UNCHANGED else convert(value)
@@ -169,13 +180,15 @@ class BatchBuilder:
                 for name, convert, value in zip(state.names, state.converters, values, strict=False)
             }
 
-    @staticmethod
-    def _key(state: _RelationState, row: dict) -> tuple:
+    def _key(self, state: _RelationState, row: dict) -> tuple:
         try:
-            key = tuple(_hashable(row[name]) for name in state.key_names)
+            if self.text_values:
+                key = state.key_getter(row) if state.key_getter else ()
+            else:
+                key = tuple(_hashable(row[name]) for name in state.key_names)
         except KeyError:
             key = ()
-        if not key or any(value is None or value is UNCHANGED for value in key):
+        if not key or None in key or UNCHANGED in key:
             relation = state.relation
             raise pgoutput.DecodeError(
                 f"A change to {relation.schema}.{relation.name} does not carry its primary key "

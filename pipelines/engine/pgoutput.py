@@ -3,7 +3,8 @@
 Each message is one row of pg_logical_slot_peek_binary_changes (or one
 XLogData payload of a streaming connection). Layouts are from PostgreSQL's
 "Logical Replication Message Formats". Tuple values stay raw here (bytes for
-'t', None for 'n', UNCHANGED for 'u'); the fold converts them with the
+'t', None for 'n', UNCHANGED for 'u'; or str with text_values=True, for writers
+that load PostgreSQL's text form as it is); the fold converts them with the
 relation's column types, so skipped transactions cost no conversion.
 """
 
@@ -116,7 +117,7 @@ def _string(data, pos: int) -> tuple[str, int]:
     return bytes(data[pos:end]).decode("utf-8"), end + 1
 
 
-def _tuple(data, pos: int) -> tuple[list, int]:
+def _bytes_tuple(data, pos: int) -> tuple[list, int]:
     """TupleData -> (values, next position). 't' -> bytes, 'n' -> None, 'u' -> UNCHANGED."""
     (count,) = _int16.unpack_from(data, pos)
     pos += 2
@@ -134,10 +135,38 @@ def _tuple(data, pos: int) -> tuple[list, int]:
             append(None)
         elif kind == 117:  # 'u'
             append(UNCHANGED)
-        elif kind == 98:  # 'b': binary values only exist with the 'binary' option, never requested
-            raise DecodeError("binary tuple values are not supported (the 'binary' option is not used)")
         else:
-            raise DecodeError(f"unknown tuple value kind {chr(kind)!r}")
+            _bad_kind(kind)
+    return values, pos
+
+
+def _bad_kind(kind: int):
+    if kind == 98:  # 'b': binary values only exist with the 'binary' option, never requested
+        raise DecodeError("binary tuple values are not supported (the 'binary' option is not used)")
+    raise DecodeError(f"unknown tuple value kind {chr(kind)!r}")
+
+
+def _text_tuple(data, pos: int) -> tuple[list, int]:
+    """_bytes_tuple with 't' values decoded to str (a separate loop: this is the hot path)."""
+    (count,) = _int16.unpack_from(data, pos)
+    pos += 2
+    values = []
+    append = values.append
+    unpack = _int32.unpack_from
+    for _ in range(count):
+        kind = data[pos]
+        if kind == 116:  # 't'
+            (length,) = unpack(data, pos + 1)
+            pos += 5 + length
+            append(data[pos - length : pos].decode())
+        elif kind == 110:  # 'n'
+            pos += 1
+            append(None)
+        elif kind == 117:  # 'u'
+            pos += 1
+            append(UNCHANGED)
+        else:
+            _bad_kind(kind)
     return values, pos
 
 
@@ -159,14 +188,16 @@ def _relation(data) -> RelationMessage:
     return RelationMessage(Relation(oid, schema or "pg_catalog", name, columns, replica_identity))
 
 
-def decode(data) -> object:
-    """One pgoutput message (bytes) -> one of the message classes above."""
+def decode(data, text_values: bool = False) -> object:
+    """One pgoutput message (bytes) -> one of the message classes above.
+    text_values: tuple values as str (PostgreSQL's text form) instead of bytes."""
     kind = data[0]
+    read_tuple = _text_tuple if text_values else _bytes_tuple
     if kind == 73:  # 'I'
         (oid,) = _uint32.unpack_from(data, 1)
         if data[5] != 78:  # 'N'
             raise DecodeError("Insert without a new tuple")
-        values, _ = _tuple(data, 6)
+        values, _ = read_tuple(data, 6)
         return Insert(oid, values)
     if kind == 85:  # 'U'
         (oid,) = _uint32.unpack_from(data, 1)
@@ -174,16 +205,16 @@ def decode(data) -> object:
         old_kind, old, pos = None, None, 5
         if marker in (75, 79):  # 'K' / 'O'
             old_kind = chr(marker)
-            old, pos = _tuple(data, 6)
+            old, pos = read_tuple(data, 6)
             marker = data[pos]
         if marker != 78:
             raise DecodeError("Update without a new tuple")
-        new, _ = _tuple(data, pos + 1)
+        new, _ = read_tuple(data, pos + 1)
         return Update(oid, old_kind, old, new)
     if kind == 68:  # 'D'
         (oid,) = _uint32.unpack_from(data, 1)
         old_kind = chr(data[5])
-        old, _ = _tuple(data, 6)
+        old, _ = read_tuple(data, 6)
         return Delete(oid, old_kind, old)
     if kind == 66:  # 'B'
         final_lsn, timestamp, xid = _begin.unpack_from(data, 1)

@@ -112,7 +112,8 @@ class Engine:
         seconds["peek"] = time.perf_counter() - started
 
         started = time.perf_counter()
-        builder = BatchBuilder(checkpoint, self.tables)
+        text_values = getattr(self.writer, "accepts_text_values", False)
+        builder = BatchBuilder(checkpoint, self.tables, text_values=text_values)
         gc_was_enabled = gc.isenabled()
         gc.disable()  # a batch is many young objects that all live on: scanning them is waste
         try:
@@ -124,7 +125,7 @@ class Engine:
                 gc.enable()
         messages = len(peek.messages)
         del peek.messages
-        self._fill_moved_rows(batch, builder.moved_keys)
+        self._fill_moved_rows(batch, builder.moved_keys, text_values)
         seconds["decode"] = time.perf_counter() - started
 
         result = None
@@ -159,7 +160,7 @@ class Engine:
             seconds=seconds,
         )
 
-    def _fill_moved_rows(self, batch: Batch, moved_keys: dict) -> None:
+    def _fill_moved_rows(self, batch: Batch, moved_keys: dict, text_values: bool) -> None:
         """A primary-key change that left a TOASTed column unchanged: the value sits
         in the destination under the old key, which this batch deletes. Read it from
         the source instead; should the row have changed since, the later change is
@@ -171,7 +172,9 @@ class Engine:
             missing = sorted(
                 {name for key in keys for name, v in changes.upserts[key][0].items() if v is UNCHANGED}
             )
-            found = self.source.fetch_rows(relation, key_columns, sorted(keys, key=repr), missing)
+            found = self.source.fetch_rows(
+                relation, key_columns, sorted(keys, key=repr), missing, text_values=text_values
+            )
             for key in keys:
                 row = changes.upserts[key][0]
                 values = found.get(key, {})

@@ -343,10 +343,17 @@ class SourceDatabase:
         ).fetchone()
         return row[0] if row else 0
 
-    def fetch_rows(self, relation: Relation, key_columns: list[str], keys: list[tuple], columns: list[str]):
+    def fetch_rows(
+        self,
+        relation: Relation,
+        key_columns: list[str],
+        keys: list[tuple],
+        columns: list[str],
+        text_values: bool = False,
+    ):
         """Current values of `columns` for these keys: {key: {column: value}} (text
-        values converted like pgoutput's). Used for rows whose primary key changed
-        while a TOASTed column stayed unchanged."""
+        values converted like pgoutput's, or left as text with text_values). Used
+        for rows whose primary key changed while a TOASTed column stayed unchanged."""
         types = {c.name: c.type_oid for c in relation.columns}
         selected = key_columns + columns
         query = sql.SQL("SELECT {} FROM {} WHERE ({}) IN ({})").format(
@@ -360,8 +367,12 @@ class SourceDatabase:
         )
         params = [value for key in keys for value in key]
         found = {}
-        convert_key = [converter(types[c]) for c in key_columns]
-        convert_value = [converter(types[c]) for c in columns]
+        if text_values:
+            convert_key = [bytes.decode] * len(key_columns)
+            convert_value = [bytes.decode] * len(columns)
+        else:
+            convert_key = [converter(types[c]) for c in key_columns]
+            convert_value = [converter(types[c]) for c in columns]
         for row in self.conn.execute(query, params):
             key = tuple(f(v.encode()) for f, v in zip(convert_key, row[: len(key_columns)], strict=True))
             found[key] = {
