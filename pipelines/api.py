@@ -7,6 +7,7 @@ from rest_framework.decorators import action
 from rest_framework.response import Response
 
 from rosetta.api import CanChangeObject, StrictModelSerializer
+from rosetta.pagination import EstimatedCountPagination
 
 from . import services
 from .engine.source import SourceProblem
@@ -246,5 +247,7 @@ class PipelineRunSerializer(serializers.ModelSerializer):
 class PipelineRunViewSet(viewsets.ReadOnlyModelViewSet):
     queryset = PipelineRun.objects.select_related("pipeline")
     serializer_class = PipelineRunSerializer
+    # Runs accumulate without bound: no COUNT(*) over millions of rows (see the paginator).
+    pagination_class = EstimatedCountPagination
     filterset_fields = ["pipeline", "outcome"]
     ordering_fields = ["started_at", "finished_at"]

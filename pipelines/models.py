@@ -193,6 +193,8 @@ class PipelineRun(models.Model):
         indexes = [
             models.Index(fields=["pipeline", "-started_at"]),
             models.Index(fields=["outcome", "-started_at"]),
+            # Newest first across pipelines: the API and admin lists of runs.
+            models.Index(fields=["-started_at"], name="pipelinerun_started"),
         ]
 
     def __str__(self):
