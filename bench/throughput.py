@@ -1,24 +1,30 @@
 """End-to-end snapshot and CDC throughput of the engine, beside the raw limits of the same run.
 
     .venv/bin/python bench/throughput.py [--rows 300000] [--changes 300000] [--batch-size 100000]
+        [--read-path stream|peek] [--dlt-backend pyarrow|sqlalchemy|none]
 
 Starts a throwaway PostgreSQL cluster (rosetta/pgcluster.py) and a source table
 of --rows rows of ~330 bytes (bigint key, int, numeric(12,2), text, ~230 B
 jsonb, two timestamptz), then prints, for the PostgreSQL and DuckDB destinations:
 
 - snapshot: the engine's snapshot (source COPY -> writer.load_snapshot) beside
-  `COPY TO STDOUT` read and discarded (binary and CSV);
+  `COPY TO STDOUT` read and discarded (binary and CSV), with the time spent
+  waiting for the source's COPY and the peak RSS of this process; and, when
+  dlt is installed (bench/requirements.txt), dlt's sql_database source into
+  DuckDB on the same table, with Rosetta's rate as a ratio to dlt's;
 - CDC: a backlog of --changes changes (70% inserts, 25% updates, 5% deletes, in
-  transactions of 1,000) caught up batch by batch (peek, decode + fold,
+  transactions of 1,000) caught up batch by batch (read + decode + fold,
   apply_batch, advance), beside one `pg_logical_slot_peek_binary_changes` of
   the whole backlog read and discarded, with where the time went.
 """
 
 import argparse
 import gc
+import logging
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -73,6 +79,79 @@ def workload(conn, rows: int, changes: int) -> int:
     return done
 
 
+class PeakRSS:
+    """Samples this process's resident set size in a thread."""
+
+    def __init__(self):
+        self.peak = 0.0
+        threading.Thread(target=self._sample, daemon=True).start()
+
+    @staticmethod
+    def now() -> float:
+        with open("/proc/self/status") as status:
+            for row in status:
+                if row.startswith("VmRSS:"):
+                    return int(row.split()[1]) / 1024
+        return 0.0
+
+    def reset(self) -> float:
+        self.peak = self.now()
+        return self.peak
+
+    def _sample(self) -> None:
+        while True:
+            self.peak = max(self.peak, self.now())
+            time.sleep(0.02)
+
+
+class TimedChunks:
+    """Wraps the snapshot's chunk iterator to count the time spent waiting for the source."""
+
+    def __init__(self, chunks):
+        self.chunks = iter(chunks)
+        self.seconds = 0.0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        started = time.perf_counter()
+        try:
+            return next(self.chunks)
+        finally:
+            self.seconds += time.perf_counter() - started
+
+
+def dlt_snapshot(port: int, work: Path, backend: str) -> tuple[int, float] | None:
+    """dlt's sql_database source into a DuckDB file; None when dlt is not installed."""
+    try:
+        import dlt
+        from dlt.sources.sql_database import sql_table
+    except ImportError:
+        return None
+    import duckdb
+
+    logging.getLogger("dlt").setLevel(logging.ERROR)
+    path = work / f"dlt_{backend}.duckdb"
+    started = time.perf_counter()
+    source = sql_table(
+        credentials=f"postgresql+psycopg://postgres@127.0.0.1:{port}/bench_src",
+        table="orders",
+        backend=backend,
+    )
+    pipeline = dlt.pipeline(
+        pipeline_name=f"bench_{backend}",
+        destination=dlt.destinations.duckdb(str(path)),
+        dataset_name="dlt",
+        pipelines_dir=str(work / "dlt"),
+    )
+    pipeline.run(source, write_disposition="replace")
+    seconds = time.perf_counter() - started
+    with duckdb.connect(str(path)) as conn:
+        (count,) = conn.execute("SELECT count(*) FROM dlt.orders").fetchone()
+    return count, seconds
+
+
 def rate(count: float, seconds: float) -> str:
     return f"{count / seconds:>11,.0f}/s" if seconds else "          -"
 
@@ -120,7 +199,7 @@ def decode_only(kwargs: dict, slot: str) -> tuple[int, float]:
         messages = [data for (data,) in cur]
     started = time.perf_counter()
     gc.disable()  # as the engine does while it builds a batch
-    builder = BatchBuilder(0, {TABLE.key: TABLE})
+    builder = BatchBuilder(0, {TABLE.key: TABLE}, text_values=True)  # what both writers take
     for data in messages:
         builder.feed(data)
     batch = builder.finish()
@@ -133,7 +212,10 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=300_000)
     parser.add_argument("--changes", type=int, default=300_000)
     parser.add_argument("--batch-size", type=int, default=100_000)
+    parser.add_argument("--read-path", choices=["stream", "peek"], default="stream")
+    parser.add_argument("--dlt-backend", choices=["pyarrow", "sqlalchemy", "none"], default="pyarrow")
     args = parser.parse_args()
+    rss = PeakRSS()
 
     work = Path(tempfile.mkdtemp(prefix="rosetta-bench-"))
     cluster = Cluster().start()
@@ -177,6 +259,7 @@ def main() -> None:
         line("limit: COPY TO STDOUT binary, discarded", count, copy_bytes, seconds)
         count, nbytes, seconds = copy_discarded(source_kwargs, "csv")
         line("limit: COPY TO STDOUT csv, discarded", count, nbytes, seconds)
+        rates = {}
         for name, writer in writers.items():
             with SourceDatabase(source_kwargs) as source:
                 engine = Engine(
@@ -184,9 +267,18 @@ def main() -> None:
                     tables=[TableSpec("public", "orders", "orders")], batch_size=args.batch_size,
                 )  # fmt: skip
                 engine.prepare()
+                writer.read_checkpoint("bench")  # connected before the clock starts
+                spec = engine.tables[TABLE.key]
+                relation = source.describe_table(spec.schema, spec.table)
+                select_list = writer.snapshot_columns(relation)
+                baseline = rss.reset()
                 started = time.perf_counter()
-                loaded = engine.snapshot_table(engine.tables[TABLE.key])
+                # what Engine.snapshot_table does, with the source's share of the time counted
+                with source.snapshot(relation, writer.snapshot_format, select_list) as chunks:
+                    timed = TimedChunks(chunks)
+                    loaded = writer.load_snapshot(relation, spec.target_table, timed, 0)
                 seconds = time.perf_counter() - started
+            rates[name] = loaded / seconds
             line(
                 f"Rosetta snapshot into {name} ({writer.snapshot_format})",
                 loaded,
@@ -194,24 +286,47 @@ def main() -> None:
                 seconds,
                 copy_limit,
             )
+            print(
+                f"    time went to: waiting for the source COPY {timed.seconds:.2f} s, "
+                f"writer (destination load, key/index, swap) {seconds - timed.seconds:.2f} s; "
+                f"RSS {baseline:.0f} -> peak {rss.peak:.0f} MB"
+            )
+        if args.dlt_backend != "none":
+            found = dlt_snapshot(cluster.port, work, args.dlt_backend)
+            if found is None:
+                print("  (dlt is not installed: .venv/bin/pip install -r bench/requirements.txt to compare)")
+            else:
+                count, seconds = found
+                line(
+                    f"dlt sql_database ({args.dlt_backend}) into DuckDB",
+                    count,
+                    copy_bytes,
+                    seconds,
+                    copy_limit,
+                )
+                print(f"    Rosetta into DuckDB is {rates['DuckDB'] / (count / seconds):.1f}x dlt's rate")
 
         # synchronous_commit on: every change is flushed, so one peek can see all of them.
         with psycopg.connect(**source_kwargs, autocommit=True, options="-c synchronous_commit=on") as conn:
             changes = workload(conn, args.rows, args.changes)
-        print(f"\nCDC catch-up of {changes:,} changes (batch size {args.batch_size:,})")
+        print(
+            f"\nCDC catch-up of {changes:,} changes (batch size {args.batch_size:,}, read path {args.read_path})"
+        )
         count, nbytes, seconds = peek_discarded(source_kwargs, slots["DuckDB"])
         peek_limit = count / seconds
         line("limit: one peek of everything, discarded", count, nbytes, seconds)
         decoded, seconds = decode_only(source_kwargs, slots["DuckDB"])
-        line("decode + fold only (client side)", decoded, nbytes, seconds)
+        line("decode + fold only, text values (client side)", decoded, nbytes, seconds, peek_limit)
         for name, writer in writers.items():
             totals = {}
             applied = 0
+            baseline = rss.reset()
             started = time.perf_counter()
             with SourceDatabase(source_kwargs) as source:
                 engine = Engine(
                     source, writer, pipeline_key="bench", slot=slots[name], publication="bench",
                     tables=[TableSpec("public", "orders", "orders")], batch_size=args.batch_size,
+                    read_path=args.read_path,
                 )  # fmt: skip
                 engine.prepare()
                 while True:
@@ -224,7 +339,11 @@ def main() -> None:
             seconds = time.perf_counter() - started
             line(f"Rosetta CDC into {name}", applied, nbytes, seconds, peek_limit)
             print(
-                "    time went to: " + ", ".join(f"{stage} {spent:.2f} s" for stage, spent in totals.items())
+                "    time went to: "
+                + ", ".join(
+                    f"{stage} {spent:.2f} s ({spent / seconds:.0%})" for stage, spent in totals.items()
+                )
+                + f"; RSS {baseline:.0f} -> peak {rss.peak:.0f} MB"
             )
         for writer in writers.values():
             writer.close()

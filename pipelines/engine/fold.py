@@ -80,9 +80,12 @@ class BatchBuilder:
     # writers that load text as it is (Writer.accepts_text_values): conversion
     # is most of the decoding time. See TableChanges.text_values.
     text_values: bool = False
+    # Relation messages seen so far, by OID. A streaming connection sends each
+    # relation once per connection, so the runner keeps this across its batches.
+    relations: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        self._relations: dict[int, _RelationState | None] = {}
+        self._relations: dict[int, _RelationState | None] = self.relations
         self._in_transaction = False
         self._skip = False
         self._lsn = 0

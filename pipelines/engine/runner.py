@@ -56,6 +56,7 @@ class Engine:
         batch_size: int,
         soft_delete: bool = False,
         after_apply: Callable[[Batch], None] | None = None,
+        read_path: str = "stream",
     ):
         self.source = source
         self.writer = writer
@@ -68,6 +69,12 @@ class Engine:
         # Fault injection for tests: runs after the destination commit, before
         # the slot advance.
         self.after_apply = after_apply
+        # "stream": a walsender connection, kept open across batches (stream.py);
+        # "peek": pg_logical_slot_peek_binary_changes, one SQL call per batch.
+        if read_path not in ("stream", "peek"):
+            raise ValueError(f"unknown read path {read_path!r}")
+        self.read_path = read_path
+        self._relations = {}  # Relation messages of the open stream (BatchBuilder.relations)
 
     def prepare(self) -> tuple[list[str], bool]:
         """Make sure the publication holds exactly our tables and the slot exists.
@@ -105,28 +112,47 @@ class Engine:
 
     def run_batch(self) -> BatchOutcome:
         """Read one batch from the slot, apply it, then advance the slot."""
+        try:
+            return self._run_batch()
+        except BaseException:
+            # An open stream has moved past this batch, the slot has not: the
+            # next read must start over from the slot, or the batch would be lost.
+            self.source.close_stream()
+            raise
+
+    def _run_batch(self) -> BatchOutcome:
         seconds = {}
         started = time.perf_counter()
         checkpoint = self.writer.read_checkpoint(self.pipeline_key)
-        peek = self.source.peek(self.slot, self.publication, self.batch_size)
-        seconds["peek"] = time.perf_counter() - started
-
-        started = time.perf_counter()
         text_values = getattr(self.writer, "accepts_text_values", False)
-        builder = BatchBuilder(checkpoint, self.tables, text_values=text_values)
+        if self.read_path != "stream" or not self.source.streaming(self.slot):
+            self._relations = {}  # a new decoding session sends every relation again
+        builder = BatchBuilder(checkpoint, self.tables, text_values=text_values, relations=self._relations)
         gc_was_enabled = gc.isenabled()
         gc.disable()  # a batch is many young objects that all live on: scanning them is waste
         try:
-            for message in peek.messages:
-                builder.feed(message)
+            if self.read_path == "stream":
+                # Decoded as they arrive, while the server decodes the next ones.
+                messages, caught_up = self.source.stream(
+                    self.slot, self.publication, self.batch_size, builder.feed
+                )
+                stage = "read + decode"
+            else:
+                peek = self.source.peek(self.slot, self.publication, self.batch_size)
+                seconds["read"] = time.perf_counter() - started
+                started = time.perf_counter()
+                stage = "decode"
+                for message in peek.messages:
+                    builder.feed(message)
+                messages = len(peek.messages)
+                caught_up = messages < self.batch_size
+                del peek
             batch = builder.finish()
         finally:
             if gc_was_enabled:
                 gc.enable()
-        messages = len(peek.messages)
-        del peek.messages
         self._fill_moved_rows(batch, builder.moved_keys, text_values)
-        seconds["decode"] = time.perf_counter() - started
+        seconds[stage] = time.perf_counter() - started
 
         result = None
         started = time.perf_counter()
@@ -141,7 +167,6 @@ class Engine:
         started = time.perf_counter()
         target = max(batch.end_lsn, builder.read_position, builder.skipped_end_lsn)
         advanced = target if target and self.source.advance(self.slot, target) else 0
-        caught_up = messages < self.batch_size
         if caught_up:
             # Leave a marker that the next peek returns: the slot can then move past
             # the WAL written meanwhile for other tables and databases, so that an

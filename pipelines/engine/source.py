@@ -5,7 +5,8 @@ also passed as values where PostgreSQL takes them as text.
 """
 
 import logging
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -16,10 +17,16 @@ from sources.preflight import describe_connection_error
 
 from .batch import Column, Relation, lsn_to_int, lsn_to_str
 from .pgtypes import SESSION_SETTINGS, converter
+from .stream import ReplicationStream, StreamError
 
 log = logging.getLogger(__name__)
 
 SNAPSHOT_CHUNK_BYTES = 4 * 1024 * 1024
+# A walsender drops a client that has not answered for wal_sender_timeout (60 s by
+# default); a stream left alone longer than this (a long apply) is reopened.
+STREAM_IDLE_REOPEN_SECONDS = 20
+STREAM_IDLE_SECONDS = 10  # no message for this long outside a transaction: caught up
+CONFIRM_WAIT_SECONDS = 10
 SLOT_CREATE_TIMEOUT_MS = 5 * 60 * 1000
 
 
@@ -58,6 +65,7 @@ class SourceDatabase:
         self.connect_kwargs = dict(connect_kwargs)
         self.statement_timeout_ms = statement_timeout_ms
         self._conn: psycopg.Connection | None = None
+        self._stream: ReplicationStream | None = None
 
     # -- connections ----------------------------------------------------------
 
@@ -79,9 +87,15 @@ class SourceDatabase:
         return self._conn
 
     def close(self) -> None:
+        self.close_stream()
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+    def close_stream(self) -> None:
+        if self._stream is not None:
+            stream, self._stream = self._stream, None
+            stream.close()
 
     def __enter__(self):
         return self
@@ -282,6 +296,7 @@ class SourceDatabase:
 
     def drop_slot(self, slot: str) -> bool:
         """Drop the slot if it exists. Refuses (SourceProblem) while a reader holds it."""
+        self.close_stream()
         try:
             dropped = self.conn.execute(
                 "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = %s",
@@ -401,6 +416,44 @@ class SourceDatabase:
             messages = [data for (data,) in cursor]
         return PeekResult(messages, lsn_to_int(flush))
 
+    def flush_lsn(self) -> int:
+        """The source's WAL flush position (replay position on a standby)."""
+        (flush,) = self.conn.execute(
+            "SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() "
+            "ELSE pg_current_wal_flush_lsn() END::text"
+        ).fetchone()
+        return lsn_to_int(flush)
+
+    def streaming(self, slot: str) -> bool:
+        """True while a stream of this slot is open (its relation messages still count)."""
+        return self._stream is not None and self._stream.slot == slot
+
+    def stream(self, slot: str, publication: str, upto_changes: int, feed: Callable[[bytes], None]):
+        """Like peek(), over a streaming replication connection that stays open for
+        the next call (see stream.py), handing each message to `feed` as it
+        arrives. Returns (messages, caught up): caught up when every transaction
+        committed before the call has been read."""
+        flush = self.flush_lsn()
+        stream = self._stream
+        if stream is not None and (
+            (stream.slot, stream.publication) != (slot, publication)
+            or time.monotonic() - stream.last_activity > STREAM_IDLE_REOPEN_SECONDS
+        ):
+            self.close_stream()
+            stream = None
+        try:
+            if stream is None:
+                stream = self._stream = ReplicationStream(
+                    self.connect_kwargs, _options(0), slot, publication
+                ).open()
+            return stream.read(upto_changes, flush, STREAM_IDLE_SECONDS, feed)
+        except StreamError as error:
+            self._stream = None
+            raise SourceProblem(str(error)) from None
+        except BaseException:
+            self.close_stream()  # mid-transaction: the next read starts over from the slot
+            raise
+
     def emit_heartbeat(self) -> None:
         """Write a tiny non-transactional logical message. The next peek returns it
         with its LSN: a position the decoder has certainly read past, so an idle
@@ -410,7 +463,30 @@ class SourceDatabase:
         self.conn.execute("SELECT pg_logical_emit_message(false, 'rosetta', 'heartbeat')")
 
     def advance(self, slot: str, lsn: int) -> bool:
-        """Move the slot's confirmed position to `lsn` (never backwards), releasing WAL."""
+        """Move the slot's confirmed position to `lsn` (never backwards), releasing WAL.
+        While a stream holds the slot, through the stream (then wait until the
+        slot shows it, so that whoever looks next sees the new position)."""
+        stream = self._stream
+        if stream is not None and stream.slot == slot:
+            state = self.slot_state(slot)
+            if state is None or state.confirmed_flush_lsn >= lsn:
+                return False
+            try:
+                stream.acknowledge(lsn)
+            except (StreamError, psycopg.Error) as error:
+                self.close_stream()
+                raise SourceProblem(
+                    f"Source: could not confirm position {lsn_to_str(lsn)} on slot {slot}: {error}"
+                ) from None
+            deadline = time.monotonic() + CONFIRM_WAIT_SECONDS
+            while (state := self.slot_state(slot)) is not None and state.confirmed_flush_lsn < lsn:
+                if time.monotonic() > deadline:
+                    raise SourceProblem(
+                        f"Source: the walsender did not confirm position {lsn_to_str(lsn)} on slot {slot} "
+                        f"within {CONFIRM_WAIT_SECONDS} s; the next run applies nothing twice."
+                    )
+                time.sleep(0.005)
+            return True
         row = self.conn.execute(
             """
             SELECT pg_replication_slot_advance(slot_name, %s::pg_lsn)
