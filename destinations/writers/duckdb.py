@@ -49,7 +49,7 @@ LOCK_WAIT_SECONDS = 30
 # and, lower, for snapshot loads, where the cache would otherwise grow with the table.
 # settings["memory_limit"] / settings["snapshot_memory_limit"] override them.
 MEMORY_LIMIT = "1GB"
-SNAPSHOT_MEMORY_LIMIT = "128MB"
+SNAPSHOT_MEMORY_LIMIT = "64MB"
 CSV_BLOCK_SIZE = 1 << 20
 
 _INTEGER_RANK = {"SMALLINT": 1, "INTEGER": 2, "BIGINT": 3}
@@ -346,7 +346,10 @@ class DuckDBWriter(Writer):
                 positional = [f"c{position}" for position in range(len(names))]
                 reader = pa_csv.open_csv(
                     stream,
-                    read_options=pa_csv.ReadOptions(column_names=positional, block_size=CSV_BLOCK_SIZE),
+                    # one block parsed at a time, in DuckDB's scan: no read-ahead to hold in memory
+                    read_options=pa_csv.ReadOptions(
+                        column_names=positional, block_size=CSV_BLOCK_SIZE, use_threads=False
+                    ),
                     parse_options=pa_csv.ParseOptions(newlines_in_values=True),
                     convert_options=pa_csv.ConvertOptions(
                         column_types={name: pa.string() for name in positional},

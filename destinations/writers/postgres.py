@@ -37,6 +37,8 @@ CHECKPOINTS = "_rosetta_checkpoints"
 LSN, SYNCED_AT, DELETED_AT = "_rosetta_lsn", "_rosetta_synced_at", "_rosetta_deleted_at"
 META_COLUMNS = {LSN: "bigint", SYNCED_AT: "timestamp with time zone", DELETED_AT: "timestamp with time zone"}
 DROPPED_COMMENT = "Rosetta: dropped on the source; kept here, no longer updated."
+# maintenance_work_mem for building a snapshot's primary key, for that transaction only.
+SNAPSHOT_INDEX_MEMORY = "256MB"
 
 _INTEGER_RANK = {types.INT2: 1, types.INT4: 2, types.INT8: 3}
 _INTEGER_DIGITS = {types.INT2: 5, types.INT4: 10, types.INT8: 19}
@@ -232,6 +234,10 @@ class PostgresWriter(Writer):
                         for chunk in chunks:
                             copy.write(chunk)
                     rows = cur.rowcount
+                # The key's sort in memory (and in parallel workers) rather than on disk.
+                conn.execute(
+                    "SELECT set_config('maintenance_work_mem', %s, true)", [SNAPSHOT_INDEX_MEMORY]
+                )
                 conn.execute(
                     sql.SQL(
                         "ALTER TABLE {} ALTER {} DROP DEFAULT, ALTER {} DROP DEFAULT, "
