@@ -16,13 +16,19 @@ import gc
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from .batch import UNCHANGED, ApplyResult, Batch
+from .batch import UNCHANGED, ApplyResult, Batch, TableChanges
 from .fold import BatchBuilder, TableSpec
 from .source import SlotState, SourceDatabase, SourceProblem
 
 log = logging.getLogger(__name__)
+
+# The streaming path applies a batch as this many destination transactions (cut
+# between source transactions, each with its checkpoint and acknowledged after
+# its commit), applying one part while the next is read and decoded.
+STREAM_PARTS = 4
 
 
 @dataclass
@@ -121,38 +127,30 @@ class Engine:
             raise
 
     def _run_batch(self) -> BatchOutcome:
+        if self.read_path == "stream":
+            return self._run_stream_batch()
         seconds = {}
         started = time.perf_counter()
         checkpoint = self.writer.read_checkpoint(self.pipeline_key)
         text_values = getattr(self.writer, "accepts_text_values", False)
-        if self.read_path != "stream" or not self.source.streaming(self.slot):
-            self._relations = {}  # a new decoding session sends every relation again
-        builder = BatchBuilder(checkpoint, self.tables, text_values=text_values, relations=self._relations)
+        builder = BatchBuilder(checkpoint, self.tables, text_values=text_values)
         gc_was_enabled = gc.isenabled()
         gc.disable()  # a batch is many young objects that all live on: scanning them is waste
         try:
-            if self.read_path == "stream":
-                # Decoded as they arrive, while the server decodes the next ones.
-                messages, caught_up = self.source.stream(
-                    self.slot, self.publication, self.batch_size, builder.feed
-                )
-                stage = "read + decode"
-            else:
-                peek = self.source.peek(self.slot, self.publication, self.batch_size)
-                seconds["read"] = time.perf_counter() - started
-                started = time.perf_counter()
-                stage = "decode"
-                for message in peek.messages:
-                    builder.feed(message)
-                messages = len(peek.messages)
-                caught_up = messages < self.batch_size
-                del peek
+            peek = self.source.peek(self.slot, self.publication, self.batch_size)
+            seconds["read"] = time.perf_counter() - started
+            started = time.perf_counter()
+            for message in peek.messages:
+                builder.feed(message)
+            messages = len(peek.messages)
+            caught_up = messages < self.batch_size
+            del peek
             batch = builder.finish()
         finally:
             if gc_was_enabled:
                 gc.enable()
         self._fill_moved_rows(batch, builder.moved_keys, text_values)
-        seconds[stage] = time.perf_counter() - started
+        seconds["decode"] = time.perf_counter() - started
 
         result = None
         started = time.perf_counter()
@@ -185,6 +183,86 @@ class Engine:
             seconds=seconds,
         )
 
+    def _run_stream_batch(self) -> BatchOutcome:
+        """run_batch over the stream, in STREAM_PARTS parts: a thread applies part n
+        (its own destination transaction with its checkpoint) while this one reads
+        and decodes part n + 1; part n is acknowledged once its commit is done.
+        Source transactions are never cut, so a part may exceed its share."""
+        seconds = {"read + decode": 0.0, "apply": 0.0, "waiting for apply": 0.0, "advance": 0.0}
+        checkpoint = self.writer.read_checkpoint(self.pipeline_key)
+        text_values = getattr(self.writer, "accepts_text_values", False)
+        if not self.source.streaming(self.slot):
+            self._relations = {}  # a new stream sends every relation again
+        part_size = max(1, -(-self.batch_size // STREAM_PARTS))
+        total = _Totals()
+        messages = 0
+        caught_up = False
+        pending = None  # (future, part, builder) being applied
+        gc_was_enabled = gc.isenabled()
+        gc.disable()  # a batch is many young objects that all live on: scanning them is waste
+        try:
+            with ThreadPoolExecutor(1, thread_name_prefix="rosetta-apply") as applier:
+                while messages < self.batch_size and not caught_up:
+                    started = time.perf_counter()
+                    builder = BatchBuilder(
+                        checkpoint, self.tables, text_values=text_values, relations=self._relations
+                    )
+                    read, caught_up = self.source.stream(
+                        self.slot, self.publication, min(part_size, self.batch_size - messages), builder.feed
+                    )
+                    messages += read
+                    part = builder.finish()
+                    self._fill_moved_rows(part, builder.moved_keys, text_values)
+                    seconds["read + decode"] += time.perf_counter() - started
+                    if pending:
+                        self._finish_part(pending, total, seconds)
+                    pending = (applier.submit(self._apply_part, part), part, builder)
+                if pending:
+                    self._finish_part(pending, total, seconds)
+        finally:
+            if gc_was_enabled:
+                gc.enable()
+        started = time.perf_counter()
+        if caught_up:
+            self.source.emit_heartbeat()  # see _run_batch
+        slot = self.source.slot_state(self.slot)
+        seconds["advance"] += time.perf_counter() - started
+        return BatchOutcome(
+            batch=total.batch,
+            result=total.result,
+            messages=messages,
+            skipped_transactions=total.skipped_transactions,
+            caught_up=caught_up,
+            advanced_to=total.advanced_to,
+            slot=slot,
+            seconds=seconds,
+        )
+
+    def _apply_part(self, part: Batch) -> tuple[ApplyResult | None, float]:
+        """In the applier thread: the writer's connection is used by this thread only
+        while a part is applied; the source's connections never are."""
+        started = time.perf_counter()
+        result = None
+        if part.transactions:
+            result = self.writer.apply_batch(self.pipeline_key, part, soft_delete=self.soft_delete)
+            if self.after_apply:
+                self.after_apply(part)
+        return result, time.perf_counter() - started
+
+    def _finish_part(self, pending, total: "_Totals", seconds: dict) -> None:
+        """Wait for a part's commit, then move the slot past it."""
+        future, part, builder = pending
+        started = time.perf_counter()
+        result, applying = future.result()
+        seconds["waiting for apply"] += time.perf_counter() - started
+        seconds["apply"] += applying
+        started = time.perf_counter()
+        target = max(part.end_lsn, builder.read_position, builder.skipped_end_lsn)
+        if target and self.source.advance(self.slot, target):
+            total.advanced_to = target
+        seconds["advance"] += time.perf_counter() - started
+        total.add(part, result, builder.skipped_transactions)
+
     def _fill_moved_rows(self, batch: Batch, moved_keys: dict, text_values: bool) -> None:
         """A primary-key change that left a TOASTed column unchanged: the value sits
         in the destination under the old key, which this batch deletes. Read it from
@@ -206,6 +284,46 @@ class Engine:
                 for name in missing:
                     if row.get(name) is UNCHANGED:
                         row[name] = values.get(name)
+
+
+class _Totals:
+    """The parts of a streamed batch, summed up for the run's record."""
+
+    def __init__(self):
+        self.batch = Batch()
+        self.result: ApplyResult | None = None
+        self.skipped_transactions = 0
+        self.advanced_to = 0
+
+    def add(self, part: Batch, result: ApplyResult | None, skipped: int) -> None:
+        batch = self.batch
+        for key, changes in part.tables.items():
+            mine = batch.tables.get(key)
+            if mine is None:
+                mine = batch.tables[key] = TableChanges(
+                    changes.relation, changes.target_table, text_values=changes.text_values
+                )
+            mine.relation = changes.relation
+            mine.truncated = mine.truncated or changes.truncated
+            mine.inserted += changes.inserted
+            mine.updated += changes.updated
+            mine.deleted += changes.deleted
+        if part.transactions:
+            batch.start_lsn = batch.start_lsn or part.start_lsn
+            batch.end_lsn = part.end_lsn
+            batch.last_commit_time = part.last_commit_time
+        batch.transactions += part.transactions
+        batch.changes += part.changes
+        batch.bytes_read += part.bytes_read
+        batch.notes += part.notes
+        self.skipped_transactions += skipped
+        if result is not None:
+            if self.result is None:
+                self.result = ApplyResult()
+            self.result.inserted += result.inserted
+            self.result.updated += result.updated
+            self.result.deleted += result.deleted
+            self.result.notes += result.notes
 
 
 def _counting(chunks, copy_format: str, estimate: int, progress: Callable[[int, int], None]):
