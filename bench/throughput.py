@@ -13,14 +13,16 @@ jsonb, two timestamptz), then prints, for the PostgreSQL and DuckDB destinations
   dlt is installed (bench/requirements.txt), dlt's sql_database source into
   DuckDB on the same table, with Rosetta's rate as a ratio to dlt's;
 - CDC: a backlog of --changes changes (70% inserts, 25% updates, 5% deletes, in
-  transactions of 1,000) caught up batch by batch (read + decode + fold,
-  apply_batch, advance), beside one `pg_logical_slot_peek_binary_changes` of
-  the whole backlog read and discarded, with where the time went.
+  transactions of 1,000) caught up one run per batch as pipelines.services
+  runs them (new connections, read + decode + fold, apply_batch, advance),
+  beside one `pg_logical_slot_peek_binary_changes` of the whole backlog read
+  and discarded, with where the time went.
 """
 
 import argparse
 import gc
 import logging
+import os
 import shutil
 import sys
 import tempfile
@@ -124,6 +126,7 @@ class TimedChunks:
 
 def dlt_snapshot(port: int, work: Path, backend: str) -> tuple[int, float] | None:
     """dlt's sql_database source into a DuckDB file; None when dlt is not installed."""
+    os.environ.setdefault("RUNTIME__LOG_LEVEL", "ERROR")  # dlt warns per batch about jsonb as text
     try:
         import dlt
         from dlt.sources.sql_database import sql_table
@@ -320,29 +323,36 @@ def main() -> None:
         for name, writer in writers.items():
             totals = {}
             applied = 0
+            gc.collect()
             baseline = rss.reset()
             started = time.perf_counter()
-            with SourceDatabase(source_kwargs) as source:
-                engine = Engine(
-                    source, writer, pipeline_key="bench", slot=slots[name], publication="bench",
-                    tables=[TableSpec("public", "orders", "orders")], batch_size=args.batch_size,
-                    read_path=args.read_path,
-                )  # fmt: skip
-                engine.prepare()
-                while True:
+            runs = 0
+            while True:
+                # One run per batch, as pipelines.services does it: a new source
+                # connection (and stream) and a new writer connection each time.
+                runs += 1
+                with SourceDatabase(source_kwargs) as source:
+                    engine = Engine(
+                        source, writer, pipeline_key="bench", slot=slots[name], publication="bench",
+                        tables=[TableSpec("public", "orders", "orders")], batch_size=args.batch_size,
+                        read_path=args.read_path,
+                    )  # fmt: skip
+                    engine.prepare()
                     outcome = engine.run_batch()
-                    applied += outcome.batch.changes
-                    for stage, spent in outcome.seconds.items():
-                        totals[stage] = totals.get(stage, 0) + spent
-                    if outcome.caught_up:
-                        break
+                writer.close()
+                applied += outcome.batch.changes
+                for stage, spent in outcome.seconds.items():
+                    totals[stage] = totals.get(stage, 0) + spent
+                if outcome.caught_up:
+                    break
             seconds = time.perf_counter() - started
-            line(f"Rosetta CDC into {name}", applied, nbytes, seconds, peek_limit)
+            line(f"Rosetta CDC into {name} ({runs} runs)", applied, nbytes, seconds, peek_limit)
             print(
                 "    time went to: "
                 + ", ".join(
                     f"{stage} {spent:.2f} s ({spent / seconds:.0%})" for stage, spent in totals.items()
                 )
+                + f"; other (connect, prepare, checkpoint) {seconds - sum(totals.values()):.2f} s"
                 + f"; RSS {baseline:.0f} -> peak {rss.peak:.0f} MB"
             )
         for writer in writers.values():

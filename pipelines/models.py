@@ -33,9 +33,13 @@ class Pipeline(models.Model):
     destination = models.ForeignKey(Destination, on_delete=models.PROTECT, related_name="pipelines")
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.CREATED, editable=False)
     batch_size = models.PositiveIntegerField(
-        default=100_000,
+        default=1_000_000,
         validators=[MinValueValidator(1)],
-        help_text="The most changes one run reads from the replication slot.",
+        help_text=(
+            "The most changes one run reads from the replication slot. They are applied in parts "
+            "of 50,000 (each its own destination transaction), so memory does not grow with it; "
+            "a large value saves re-reading the WAL at the start of every run."
+        ),
     )
     soft_delete = models.BooleanField(
         default=False,

@@ -10,6 +10,11 @@ duplicates nothing:
     fold, skipping commits below the checkpoint
     writer.apply_batch()                       # ONE destination transaction
     advance the slot                           # only after that commit
+
+The streaming read path (the default) follows the same order per part: it
+applies a batch in parts of STREAM_PART_CHANGES changes, each a destination
+transaction cut between source transactions and carrying its own checkpoint,
+and acknowledges each part only after its commit.
 """
 
 import gc
@@ -25,10 +30,12 @@ from .source import SlotState, SourceDatabase, SourceProblem
 
 log = logging.getLogger(__name__)
 
-# The streaming path applies a batch as this many destination transactions (cut
-# between source transactions, each with its checkpoint and acknowledged after
-# its commit), applying one part while the next is read and decoded.
-STREAM_PARTS = 4
+# The streaming path applies a batch in parts of about this many changes, each
+# its own destination transaction (cut between source transactions, with its
+# checkpoint, acknowledged after its commit), one part applied while the next is
+# read and decoded. Memory holds two parts whatever the batch size, so a run may
+# read a large batch: each new stream re-reads the WAL from the slot's restart_lsn.
+STREAM_PART_CHANGES = 50_000
 
 
 @dataclass
@@ -184,7 +191,7 @@ class Engine:
         )
 
     def _run_stream_batch(self) -> BatchOutcome:
-        """run_batch over the stream, in STREAM_PARTS parts: a thread applies part n
+        """run_batch over the stream, in parts of STREAM_PART_CHANGES: a thread applies part n
         (its own destination transaction with its checkpoint) while this one reads
         and decodes part n + 1; part n is acknowledged once its commit is done.
         Source transactions are never cut, so a part may exceed its share."""
@@ -193,7 +200,7 @@ class Engine:
         text_values = getattr(self.writer, "accepts_text_values", False)
         if not self.source.streaming(self.slot):
             self._relations = {}  # a new stream sends every relation again
-        part_size = max(1, -(-self.batch_size // STREAM_PARTS))
+        part_size = STREAM_PART_CHANGES
         total = _Totals()
         messages = 0
         caught_up = False

@@ -1,11 +1,13 @@
 """The streaming read path kept open across batches (one Engine, many run_batch
-calls), beside the SQL peek path: same destination, nothing lost or doubled when
-a batch fails after its read, and the slot is free again once the run ends."""
+calls) and applying each batch in parts, beside the SQL peek path: same
+destination, nothing lost or doubled when a part fails after its read, and the
+slot is free again once the run ends."""
 
 import psycopg
 import pytest
 
 from destinations.writers.duckdb import DuckDBWriter
+from pipelines.engine import runner
 from pipelines.engine.fold import TableSpec
 from pipelines.engine.runner import Engine
 from pipelines.engine.source import SourceDatabase
@@ -22,6 +24,12 @@ def source(source_database):
     )
     yield conn
     conn.close()
+
+
+@pytest.fixture(autouse=True)
+def small_parts(monkeypatch):
+    """Parts of 2 changes: a batch of 5 is applied as several destination transactions."""
+    monkeypatch.setattr(runner, "STREAM_PART_CHANGES", 2)
 
 
 def make_engine(source_database, tmp_path, read_path="stream", batch_size=5, writer=None):
