@@ -1,6 +1,6 @@
 """End-to-end snapshot and CDC throughput of the engine, beside the raw limits of the same run.
 
-    .venv/bin/python bench/throughput.py [--rows 300000] [--changes 300000] [--batch-size 100000]
+    .venv/bin/python bench/throughput.py [--rows 300000] [--changes 300000] [--batch-size 1000000]
         [--read-path stream|peek] [--dlt-backend pyarrow|sqlalchemy|none]
 
 Starts a throwaway PostgreSQL cluster (rosetta/pgcluster.py) and a source table
@@ -16,7 +16,8 @@ jsonb, two timestamptz), then prints, for the PostgreSQL and DuckDB destinations
   transactions of 1,000) caught up one run per batch as pipelines.services
   runs them (new connections, read + decode + fold, apply_batch, advance),
   beside one `pg_logical_slot_peek_binary_changes` of the whole backlog read
-  and discarded, with where the time went.
+  and discarded, with where the time went; then the client's share alone
+  (decode + fold of the whole backlog, nothing applied). --changes 0 skips CDC.
 """
 
 import argparse
@@ -86,6 +87,7 @@ class PeakRSS:
 
     def __init__(self):
         self.peak = 0.0
+        self.lock = threading.Lock()
         threading.Thread(target=self._sample, daemon=True).start()
 
     @staticmethod
@@ -97,12 +99,14 @@ class PeakRSS:
         return 0.0
 
     def reset(self) -> float:
-        self.peak = self.now()
-        return self.peak
+        with self.lock:
+            self.peak = self.now()
+            return self.peak
 
     def _sample(self) -> None:
         while True:
-            self.peak = max(self.peak, self.now())
+            with self.lock:
+                self.peak = max(self.peak, self.now())
             time.sleep(0.02)
 
 
@@ -214,7 +218,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=300_000)
     parser.add_argument("--changes", type=int, default=300_000)
-    parser.add_argument("--batch-size", type=int, default=100_000)
+    parser.add_argument("--batch-size", type=int, default=1_000_000)  # the Pipeline default
     parser.add_argument("--read-path", choices=["stream", "peek"], default="stream")
     parser.add_argument("--dlt-backend", choices=["pyarrow", "sqlalchemy", "none"], default="pyarrow")
     args = parser.parse_args()
@@ -253,7 +257,7 @@ def main() -> None:
                 fill(conn, start + 1, min(start + 100_000, args.rows))
             conn.execute("VACUUM ANALYZE orders")
             conn.execute("CREATE PUBLICATION bench FOR TABLE orders")
-            for slot in slots.values():
+            for slot in [*slots.values(), "bench_decode"]:  # the last for the decode-only figure
                 conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", [slot])
 
         print(f"Snapshot of {args.rows:,} rows")
@@ -309,52 +313,58 @@ def main() -> None:
                 )
                 print(f"    Rosetta into DuckDB is {rates['DuckDB'] / (count / seconds):.1f}x dlt's rate")
 
-        # synchronous_commit on: every change is flushed, so one peek can see all of them.
-        with psycopg.connect(**source_kwargs, autocommit=True, options="-c synchronous_commit=on") as conn:
-            changes = workload(conn, args.rows, args.changes)
-        print(
-            f"\nCDC catch-up of {changes:,} changes (batch size {args.batch_size:,}, read path {args.read_path})"
-        )
-        count, nbytes, seconds = peek_discarded(source_kwargs, slots["DuckDB"])
-        peek_limit = count / seconds
-        line("limit: one peek of everything, discarded", count, nbytes, seconds)
-        decoded, seconds = decode_only(source_kwargs, slots["DuckDB"])
-        line("decode + fold only, text values (client side)", decoded, nbytes, seconds, peek_limit)
-        for name, writer in writers.items():
-            totals = {}
-            applied = 0
-            gc.collect()
-            baseline = rss.reset()
-            started = time.perf_counter()
-            runs = 0
-            while True:
-                # One run per batch, as pipelines.services does it: a new source
-                # connection (and stream) and a new writer connection each time.
-                runs += 1
-                with SourceDatabase(source_kwargs) as source:
-                    engine = Engine(
-                        source, writer, pipeline_key="bench", slot=slots[name], publication="bench",
-                        tables=[TableSpec("public", "orders", "orders")], batch_size=args.batch_size,
-                        read_path=args.read_path,
-                    )  # fmt: skip
-                    engine.prepare()
-                    outcome = engine.run_batch()
-                writer.close()
-                applied += outcome.batch.changes
-                for stage, spent in outcome.seconds.items():
-                    totals[stage] = totals.get(stage, 0) + spent
-                if outcome.caught_up:
-                    break
-            seconds = time.perf_counter() - started
-            line(f"Rosetta CDC into {name} ({runs} runs)", applied, nbytes, seconds, peek_limit)
+        if args.changes:  # --changes 0: snapshots only
+            # synchronous_commit on: every change is flushed, so one peek can see all of them.
+            with psycopg.connect(
+                **source_kwargs, autocommit=True, options="-c synchronous_commit=on"
+            ) as conn:
+                changes = workload(conn, args.rows, args.changes)
             print(
-                "    time went to: "
-                + ", ".join(
-                    f"{stage} {spent:.2f} s ({spent / seconds:.0%})" for stage, spent in totals.items()
-                )
-                + f"; other (connect, prepare, checkpoint) {seconds - sum(totals.values()):.2f} s"
-                + f"; RSS {baseline:.0f} -> peak {rss.peak:.0f} MB"
+                f"\nCDC catch-up of {changes:,} changes (batch size {args.batch_size:,}, read path {args.read_path})"
             )
+            count, nbytes, seconds = peek_discarded(source_kwargs, slots["DuckDB"])
+            peek_limit = count / seconds
+            line("limit: one peek of everything, discarded", count, nbytes, seconds)
+            for name, writer in writers.items():
+                totals = {}
+                applied = 0
+                gc.collect()
+                baseline = rss.reset()
+                started = time.perf_counter()
+                runs = 0
+                while True:
+                    # One run per batch, as pipelines.services does it: a new source
+                    # connection (and stream) and a new writer connection each time.
+                    runs += 1
+                    with SourceDatabase(source_kwargs) as source:
+                        engine = Engine(
+                            source, writer, pipeline_key="bench", slot=slots[name], publication="bench",
+                            tables=[TableSpec("public", "orders", "orders")], batch_size=args.batch_size,
+                            read_path=args.read_path,
+                        )  # fmt: skip
+                        engine.prepare()
+                        outcome = engine.run_batch()
+                    writer.close()
+                    applied += outcome.batch.changes
+                    for stage, spent in outcome.seconds.items():
+                        totals[stage] = totals.get(stage, 0) + spent
+                    if outcome.caught_up:
+                        break
+                seconds = time.perf_counter() - started
+                line(f"Rosetta CDC into {name} ({runs} runs)", applied, nbytes, seconds, peek_limit)
+                print(
+                    "    time went to: "
+                    + ", ".join(
+                        f"{stage}{' (in a thread, overlapping the next read)' if stage == 'apply' and args.read_path == 'stream' else ''} {spent:.2f} s ({spent / seconds:.0%})"
+                        for stage, spent in totals.items()
+                    )
+                    + f"; other (connect, prepare, checkpoint) {seconds - sum(v for k, v in totals.items() if k != 'apply' or args.read_path == 'peek'):.2f} s"
+                    + f"; RSS {baseline:.0f} -> peak {rss.peak:.0f} MB"
+                )
+            # Last: one list of every message and one batch of the whole backlog swell this
+            # process (Python keeps the memory), which would blur the RSS figures above.
+            decoded, seconds = decode_only(source_kwargs, "bench_decode")
+            line("decode + fold only, text values (client side)", decoded, nbytes, seconds, peek_limit)
         for writer in writers.values():
             writer.close()
     finally:

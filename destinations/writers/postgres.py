@@ -235,9 +235,7 @@ class PostgresWriter(Writer):
                             copy.write(chunk)
                     rows = cur.rowcount
                 # The key's sort in memory (and in parallel workers) rather than on disk.
-                conn.execute(
-                    "SELECT set_config('maintenance_work_mem', %s, true)", [SNAPSHOT_INDEX_MEMORY]
-                )
+                conn.execute("SELECT set_config('maintenance_work_mem', %s, true)", [SNAPSHOT_INDEX_MEMORY])
                 conn.execute(
                     sql.SQL(
                         "ALTER TABLE {} ALTER {} DROP DEFAULT, ALTER {} DROP DEFAULT, "

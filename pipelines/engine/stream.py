@@ -38,6 +38,10 @@ _status_update = struct.Struct("!cQQQqB")
 POSTGRES_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 SLOT_BUSY_WAIT_SECONDS = 10  # a walsender that just ended may hold the slot a moment longer
 IDLE_WAIT_SECONDS = 1.0  # poll interval while waiting for the walsender
+COMMAND_TIMEOUT_SECONDS = 60
+# Inside a transaction the walsender sends without pause (it decoded the whole
+# transaction before its Begin): silence this many times the idle timeout is a fault.
+STALL_FACTOR = 6
 
 
 class StreamError(Exception):
@@ -98,8 +102,8 @@ class ReplicationStream:
         self.last_activity = time.monotonic()
         return self
 
-    @staticmethod
-    def _command(pgconn, query: bytes):
+    def _command(self, pgconn, query: bytes):
+        deadline = time.monotonic() + COMMAND_TIMEOUT_SECONDS
         pgconn.send_query(query)
         while pgconn.flush():
             select.select([], [pgconn.socket], [], IDLE_WAIT_SECONDS)
@@ -107,6 +111,12 @@ class ReplicationStream:
             pgconn.consume_input()
             if not pgconn.is_busy():
                 return pgconn.get_result()
+            if time.monotonic() > deadline:
+                pgconn.finish()
+                raise StreamError(
+                    f"Source: starting to stream replication slot {self.slot} got no answer "
+                    f"in {COMMAND_TIMEOUT_SECONDS} s."
+                )
             select.select([pgconn.socket], [], [], IDLE_WAIT_SECONDS)
 
     def close(self) -> None:
@@ -185,13 +195,13 @@ class ReplicationStream:
                 self.last_activity = now
                 if idle_since is None:
                     idle_since = now
-                elif now - idle_since > timeout:
-                    if in_transaction:
-                        raise StreamError(
-                            f"Source: the replication stream of slot {self.slot} stalled inside a transaction "
-                            f"for {timeout:.0f} s."
-                        )
+                elif not in_transaction and now - idle_since > timeout:
                     return count, True
+                elif now - idle_since > timeout * STALL_FACTOR:
+                    raise StreamError(
+                        f"Source: the replication stream of slot {self.slot} stalled inside a transaction "
+                        f"for {timeout * STALL_FACTOR:.0f} s."
+                    )
                 select.select([pgconn.socket], [], [], IDLE_WAIT_SECONDS)
                 with contextlib.suppress(psycopg.OperationalError):  # get_copy_data reports it
                     pgconn.consume_input()

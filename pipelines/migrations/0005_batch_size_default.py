@@ -5,15 +5,18 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('pipelines', '0004_run_started_index'),
+        ("pipelines", "0004_run_started_index"),
     ]
 
     operations = [
         migrations.AlterField(
-            model_name='pipeline',
-            name='batch_size',
-            field=models.PositiveIntegerField(default=1000000, help_text='The most changes one run reads from the replication slot. They are applied in parts of 50,000 (each its own destination transaction), so memory does not grow with it; a large value saves re-reading the WAL at the start of every run.', validators=[django.core.validators.MinValueValidator(1)]),
+            model_name="pipeline",
+            name="batch_size",
+            field=models.PositiveIntegerField(
+                default=1000000,
+                help_text="The most changes one run reads from the replication slot. They are applied in parts of 50,000 (each its own destination transaction), so memory does not grow with it; a large value saves re-reading the WAL at the start of every run.",
+                validators=[django.core.validators.MinValueValidator(1)],
+            ),
         ),
     ]
