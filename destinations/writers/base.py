@@ -13,6 +13,15 @@ class IncompatibleSchemaChange(Exception):
     message names the table, the column, both types and what the operator should do."""
 
 
+def unchanged_columns_stored_as_null(count: int, source_table: str, columns: str, target: str) -> str:
+    """The run note for updates whose unchanged TOAST columns had no destination value to keep."""
+    return (
+        f"{count} row(s) of {source_table} arrived as updates that left {columns} unchanged (TOASTed) "
+        f"for keys the destination did not have: those columns are NULL in {target} until they change "
+        "(refresh the table to fill them now)."
+    )
+
+
 class Writer:
     """What every destination kind implements.
 

@@ -31,7 +31,7 @@ from pipelines.engine.batch import UNCHANGED, ApplyResult, lsn_to_str
 from sources.preflight import describe_connection_error
 
 from . import types
-from .base import ConnectionProblem, IncompatibleSchemaChange, Writer
+from .base import ConnectionProblem, IncompatibleSchemaChange, Writer, unchanged_columns_stored_as_null
 
 CHECKPOINTS = "_rosetta_checkpoints"
 LSN, SYNCED_AT, DELETED_AT = "_rosetta_lsn", "_rosetta_synced_at", "_rosetta_deleted_at"
@@ -409,10 +409,12 @@ class PostgresWriter(Writer):
             result.updated += updated
             if unchanged and inserted:
                 result.notes.append(
-                    f"{inserted} row(s) of {relation.schema}.{relation.name} arrived as updates that left "
-                    f"{', '.join(sorted(unchanged))} unchanged (TOASTed) for keys the destination did not "
-                    f"have: those columns are NULL in {self.schema}.{target_table} until they change "
-                    "(refresh the table to fill them now)."
+                    unchanged_columns_stored_as_null(
+                        inserted,
+                        f"{relation.schema}.{relation.name}",
+                        ", ".join(sorted(unchanged)),
+                        f"{self.schema}.{target_table}",
+                    )
                 )
 
     # -- target tables ------------------------------------------------------------

@@ -42,7 +42,7 @@ from psycopg import sql as pg_sql
 from pipelines.engine.batch import UNCHANGED, ApplyResult, lsn_to_str
 
 from . import types
-from .base import ConnectionProblem, IncompatibleSchemaChange, Writer
+from .base import ConnectionProblem, IncompatibleSchemaChange, Writer, unchanged_columns_stored_as_null
 
 CHECKPOINTS = "_rosetta_checkpoints"
 LSN, SYNCED_AT, DELETED_AT = "_rosetta_lsn", "_rosetta_synced_at", "_rosetta_deleted_at"
@@ -796,9 +796,7 @@ class SnowflakeWriter(Writer):
             ).fetchone()[0]
             if missing:
                 result.notes.append(
-                    f"{missing} row(s) of {source_name} arrived as updates that left some columns "
-                    "unchanged (TOASTed) for keys the destination did not have: those columns are NULL in "
-                    f"{where} until they change (refresh the table to fill them now)."
+                    unchanged_columns_stored_as_null(missing, source_name, "some columns", where)
                 )
 
         on = " AND ".join(f"t.{quote(k)} = s.{quote(k)}" for k in keys)
