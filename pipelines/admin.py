@@ -48,23 +48,7 @@ class PipelineAdmin(admin.ModelAdmin):
         "created_at",
         "updated_at",
     ]
-    fields = [
-        "name",
-        "source",
-        "destination",
-        "batch_size",
-        "soft_delete",
-        "status_badge",
-        "last_error",
-        "consecutive_failures",
-        "next_run_at",
-        "lag",
-        "last_applied_lsn",
-        "last_applied_commit_at",
-        "recent_runs",
-        "created_at",
-        "updated_at",
-    ]
+    fields = ["name", "source", "destination", "batch_size", "soft_delete", *readonly_fields]
     actions = ["start", "pause", "refresh"]
 
     def get_queryset(self, request):
