@@ -21,6 +21,15 @@ class Level(models.TextChoices):
 LEVEL_RANK = {Level.OK: 0, Level.WARN: 1, Level.CRITICAL: 2}
 
 
+def retained_wal_level(source: Source, retained_bytes: int) -> Level:
+    """Where a slot's retained WAL stands against the source's thresholds."""
+    if retained_bytes >= source.wal_critical_bytes:
+        return Level.CRITICAL
+    if retained_bytes >= source.wal_warn_bytes:
+        return Level.WARN
+    return Level.OK
+
+
 class Condition(models.TextChoices):
     RETAINED_WAL = "retained_wal", "retained WAL over threshold"
     SLOT_INACTIVE = "slot_inactive", "slot inactive"

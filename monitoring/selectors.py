@@ -21,7 +21,7 @@ from django.utils import timezone
 from sources.models import Source
 
 from .forecast import human_bytes
-from .models import LEVEL_RANK, AlertState, Level, SlotMetric, WalMetric, WalSettings
+from .models import LEVEL_RANK, AlertState, Level, SlotMetric, WalMetric, WalSettings, retained_wal_level
 
 UNKNOWN = "unknown"
 RANK_LEVEL = {rank: level for level, rank in LEVEL_RANK.items()}
@@ -92,14 +92,7 @@ def source_wal_state(source: Source, now: dt.datetime | None = None) -> dict:
         ):
             forecast = slot_forecast(source, slot, now)
             retained = slot.retained_bytes
-            if retained is None:
-                level = UNKNOWN
-            elif retained >= source.wal_critical_bytes:
-                level = Level.CRITICAL
-            elif retained >= source.wal_warn_bytes:
-                level = Level.WARN
-            else:
-                level = Level.OK
+            level = UNKNOWN if retained is None else retained_wal_level(source, retained)
             slots.append(
                 {
                     "slot_name": slot.slot_name,

@@ -28,6 +28,7 @@ from .models import (
     SlotMetric,
     WalMetric,
     WalSettings,
+    retained_wal_level,
 )
 from .notifications import send_pending_notifications
 from .probe import ProbeResult, parse_lsn, probe_many, wal_rate
@@ -232,12 +233,7 @@ def _evaluate_retained(source, slots, now):
         )
     worst = max(measured, key=lambda slot: slot.retained_bytes)
     retained = worst.retained_bytes
-    if retained >= source.wal_critical_bytes:
-        level = Level.CRITICAL
-    elif retained >= source.wal_warn_bytes:
-        level = Level.WARN
-    else:
-        level = Level.OK
+    level = retained_wal_level(source, retained)
     limits = f"warning at {human_bytes(source.wal_warn_bytes)}, critical at {human_bytes(source.wal_critical_bytes)}"
     if level == Level.OK:
         message = f"Retained WAL is under the thresholds: the largest is slot {worst.slot_name}, {human_bytes(retained)} ({limits})."
