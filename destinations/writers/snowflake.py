@@ -94,12 +94,11 @@ def snowflake_type(oid: int, typmod: int = -1) -> str:
     if types.is_array(oid):
         return "VARIANT"
     if oid == types.NUMERIC:
-        precision_scale = types.numeric_precision_scale(typmod)
-        if precision_scale:
-            precision, scale = precision_scale
-            if 1 <= precision <= 38 and 0 <= scale <= precision:
-                return f"NUMBER({precision},{scale})"
-        return "VARCHAR"
+        precision_scale = types.decimal38_precision_scale(typmod)
+        if precision_scale is None:
+            return "VARCHAR"
+        precision, scale = precision_scale
+        return f"NUMBER({precision},{scale})"
     return _SCALAR_TYPES.get(oid, "VARCHAR")
 
 

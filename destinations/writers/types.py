@@ -12,7 +12,7 @@ columns to cast, so the facts live here, with no database access:
   composites, extension types such as citext or hstore). The source converts
   those to text, and the writers store them as text.
 - `LIST_ELEMENT_TYPES`: arrays of these arrive as Python lists, others as text.
-- `numeric_precision_scale(typmod)`, `character_length(typmod)`: decode modifiers.
+- `numeric_precision_scale(typmod)`, `decimal38_precision_scale(typmod)`, `character_length(typmod)`: decode modifiers.
 - `duckdb_type(oid, typmod)`: the DuckDB column type (also a reasonable start for
   other warehouses: JSON for json/jsonb, DECIMAL(p,s) up to 38 digits, LIST for
   arrays, VARCHAR for anything else).
@@ -153,6 +153,16 @@ def numeric_precision_scale(typmod: int) -> tuple[int, int] | None:
     return precision, scale
 
 
+def decimal38_precision_scale(typmod: int) -> tuple[int, int] | None:
+    """(p, s) when numeric(p,s) fits a 38-digit decimal type (DuckDB DECIMAL,
+    Snowflake NUMBER); None when it does not, and the exact text must be kept."""
+    precision_scale = numeric_precision_scale(typmod)
+    if precision_scale is None:
+        return None
+    precision, scale = precision_scale
+    return precision_scale if 1 <= precision <= 38 and 0 <= scale <= precision else None
+
+
 def character_length(typmod: int) -> int | None:
     """varchar(n)/char(n) -> n; None when unbounded."""
     return typmod - 4 if typmod >= 4 else None
@@ -193,10 +203,9 @@ def duckdb_type(oid: int, typmod: int = -1) -> str:
             return duckdb_type(ARRAY_ELEMENT[oid], typmod) + "[]"
         return "VARCHAR"
     if oid == NUMERIC:
-        precision_scale = numeric_precision_scale(typmod)
-        if precision_scale:
-            precision, scale = precision_scale
-            if 1 <= precision <= 38 and 0 <= scale <= precision:
-                return f"DECIMAL({precision},{scale})"
-        return "VARCHAR"
+        precision_scale = decimal38_precision_scale(typmod)
+        if precision_scale is None:
+            return "VARCHAR"
+        precision, scale = precision_scale
+        return f"DECIMAL({precision},{scale})"
     return _DUCKDB_SCALAR.get(oid, "VARCHAR")
