@@ -1,7 +1,7 @@
 from django import forms
 from django.contrib import admin, messages
 
-from rosetta.admin_utils import SecretFieldsForm
+from rosetta.admin_utils import SecretFieldsAdminMixin, SecretFieldsForm
 
 from .models import Destination
 from .services import test_destination_connection
@@ -17,7 +17,7 @@ class DestinationForm(SecretFieldsForm):
 
 
 @admin.register(Destination)
-class DestinationAdmin(admin.ModelAdmin):
+class DestinationAdmin(SecretFieldsAdminMixin, admin.ModelAdmin):
     form = DestinationForm
     list_display = ["name", "kind", "target", "updated_at"]
     list_filter = ["kind"]

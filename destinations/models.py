@@ -85,6 +85,20 @@ class Destination(models.Model):
         if errors:
             raise ValidationError(errors)
 
+    def secret_state(self, field_name: str) -> str:
+        """What an admin page may say of a stored secret: "set" / "not set", and a key's fingerprint."""
+        if not getattr(self, field_name):
+            return "not set"
+        if field_name == "snowflake_private_key":
+            from destinations.writers.snowflake import load_private_key, public_key_fingerprint
+
+            try:
+                der = load_private_key(self.snowflake_private_key, None, self.snowflake_private_key_passphrase)
+            except Exception:
+                return "set (cannot be read with the stored passphrase)"
+            return f"set, public key fingerprint {public_key_fingerprint(der)}"
+        return "set"
+
     def writer_settings(self) -> dict:
         """This kind's settings as plain values, for the writer modules (which know no Django)."""
         prefix = {"snowflake": "snowflake_", "postgres": "pg_", "duckdb": "duckdb_"}[self.kind]

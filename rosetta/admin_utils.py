@@ -29,6 +29,13 @@ def badge(text: str, key: str | None = None):
     )
 
 
+class SecretTextarea(forms.Textarea):
+    """A textarea that never renders a value, not even the one just typed into a form with errors."""
+
+    def format_value(self, value):
+        return None
+
+
 class SecretFieldsForm(forms.ModelForm):
     """A ModelForm whose secret fields are "set / change" fields.
 
@@ -51,12 +58,13 @@ class SecretFieldsForm(forms.ModelForm):
             field.required = False
             is_multiline = isinstance(field.widget, forms.Textarea)
             field.widget = (
-                forms.Textarea(attrs={"rows": 4, "autocomplete": "off"})
+                SecretTextarea(attrs={"rows": 4, "autocomplete": "off"})
                 if is_multiline
                 else forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"})
             )
             field.help_text = (
-                "A value is stored. Type a new one to change it; leave blank to keep it."
+                f"A value is stored ({secret_state(self.instance, name)}). "
+                "Type a new one to change it; leave blank to keep it."
                 if stored
                 else "Not set."
             )
@@ -75,6 +83,49 @@ class SecretFieldsForm(forms.ModelForm):
         for name, stored in self._stored_secrets.items():
             if not self.cleaned_data.get(name) and stored:
                 setattr(self.instance, name, stored)
+
+
+def secret_state(obj, field_name: str) -> str:
+    """ "set" / "not set", or the model's own wording (e.g. a key's fingerprint); never the value."""
+    if hasattr(obj, "secret_state"):
+        return obj.secret_state(field_name)
+    return "set" if getattr(obj, field_name) else "not set"
+
+
+class SecretFieldsAdminMixin:
+    """Admin pages never render a secret.
+
+    A user without the change permission gets every field read-only, and Django's read-only
+    display shows a field's value: for each of the form's `secret_fields` this shows its
+    state ("set" / "not set") instead.
+    """
+
+    def __init__(self, model, admin_site):
+        super().__init__(model, admin_site)
+        for name in self.form.secret_fields:
+            setattr(self, self._state_name(name), self._state_display(model, name))
+
+    @staticmethod
+    def _state_name(field_name: str) -> str:
+        return f"{field_name}_state"
+
+    @staticmethod
+    def _state_display(model, field_name: str):
+        def display(obj):
+            return secret_state(obj, field_name) if obj is not None else "not set"
+
+        display.short_description = model._meta.get_field(field_name).verbose_name
+        return display
+
+    def get_fieldsets(self, request, obj=None):
+        fieldsets = super().get_fieldsets(request, obj)
+        if self.has_change_permission(request, obj):
+            return fieldsets
+        secrets = set(self.form.secret_fields)
+        return [
+            (title, {**options, "fields": [self._state_name(f) if f in secrets else f for f in options["fields"]]})
+            for title, options in fieldsets
+        ]
 
 
 def report_per_object(outcomes: dict[str, list[str]]) -> str:

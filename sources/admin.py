@@ -1,7 +1,7 @@
 from django.contrib import admin, messages
 
 from monitoring.admin import SourceWalMonitoringMixin
-from rosetta.admin_utils import SecretFieldsForm
+from rosetta.admin_utils import SecretFieldsAdminMixin, SecretFieldsForm
 
 from .models import Source
 from .services import test_source_connection
@@ -16,7 +16,7 @@ class SourceForm(SecretFieldsForm):
 
 
 @admin.register(Source)
-class SourceAdmin(SourceWalMonitoringMixin, admin.ModelAdmin):
+class SourceAdmin(SecretFieldsAdminMixin, SourceWalMonitoringMixin, admin.ModelAdmin):
     form = SourceForm
     list_display = [
         "name",

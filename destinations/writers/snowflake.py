@@ -23,7 +23,9 @@ becomes "Orders"."order" in Snowflake, exactly as spelled in PostgreSQL (query
 it with the quotes).
 """
 
+import base64
 import datetime
+import hashlib
 import io
 import json
 import math
@@ -158,6 +160,15 @@ def load_private_key(pem: str | None, path: str | None, passphrase: str | None) 
         format=serialization.PrivateFormat.PKCS8,
         encryption_algorithm=serialization.NoEncryption(),
     )
+
+
+def public_key_fingerprint(private_key_der: bytes) -> str:
+    """Snowflake's RSA_PUBLIC_KEY_FP of the key ("SHA256:..."), to compare with DESC USER."""
+    key = serialization.load_der_private_key(private_key_der, password=None)
+    public_der = key.public_key().public_bytes(
+        encoding=serialization.Encoding.DER, format=serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return "SHA256:" + base64.b64encode(hashlib.sha256(public_der).digest()).decode()
 
 
 def describe_snowflake_error(error: Exception, settings: dict) -> str:
