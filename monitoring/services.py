@@ -352,6 +352,24 @@ def set_alert_state(
     return event
 
 
+def raise_pipeline_alert(source: Source, message: str, *, slot_name: str = "") -> AlertEvent:
+    """A critical alert raised by a pipeline run rather than by a probe (a lost or
+    dropped replication slot). Only an event: it is notified like any other and
+    leaves the probe's alert states alone."""
+    now = timezone.now()
+    return AlertEvent.objects.create(
+        source=source,
+        created_at=now,
+        condition=Condition.WAL_STATUS,
+        kind=AlertEvent.Kind.CHANGE,
+        previous_level=Level.OK,
+        level=Level.CRITICAL,
+        message=message,
+        slot_name=slot_name,
+        next_attempt_at=now,
+    )
+
+
 # --- history -------------------------------------------------------------------------
 
 WAL_STATUS_RANK = {"": 0, "reserved": 1, "extended": 2, "unreserved": 3, "lost": 4}

@@ -39,6 +39,8 @@ class PipelineAdmin(admin.ModelAdmin):
     readonly_fields = [
         "status_badge",
         "last_error",
+        "last_alert",
+        "last_alert_at",
         "consecutive_failures",
         "next_run_at",
         "lag",
@@ -48,7 +50,7 @@ class PipelineAdmin(admin.ModelAdmin):
         "created_at",
         "updated_at",
     ]
-    fields = ["name", "source", "destination", "batch_size", "soft_delete", *readonly_fields]
+    fields = ["name", "source", "destination", "batch_size", "soft_delete", "on_slot_lost", *readonly_fields]
     actions = ["start", "pause", "refresh"]
 
     def get_queryset(self, request):

@@ -6,6 +6,7 @@ from rest_framework import serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
+from destinations.models import Destination
 from rosetta.api import CanChangeObject, StrictModelSerializer
 from rosetta.pagination import EstimatedCountPagination
 
@@ -72,9 +73,12 @@ class PipelineSerializer(StrictModelSerializer):
             "status",
             "batch_size",
             "soft_delete",
+            "on_slot_lost",
             "tables",
             "table_progress",
             "last_error",
+            "last_alert",
+            "last_alert_at",
             "consecutive_failures",
             "next_run_at",
             "last_run_at",
@@ -89,6 +93,8 @@ class PipelineSerializer(StrictModelSerializer):
         read_only_fields = [
             "status",
             "last_error",
+            "last_alert",
+            "last_alert_at",
             "consecutive_failures",
             "next_run_at",
             "lag_bytes",
@@ -127,6 +133,12 @@ class RefreshSerializer(serializers.Serializer):
         child=serializers.CharField(),
         required=False,
         help_text='Re-copy only these tables ("schema.table"); all when left out.',
+    )
+
+
+class MoveSerializer(serializers.Serializer):
+    destination = serializers.PrimaryKeyRelatedField(
+        queryset=Destination.objects.all(), help_text="The destination to copy every table into from now on."
     )
 
 
@@ -217,6 +229,23 @@ class PipelineViewSet(viewsets.ModelViewSet):
         except ValueError as error:
             raise serializers.ValidationError({"tables": [str(error)]}) from None
 
+    @extend_schema(request=MoveSerializer, responses={200: PipelineSerializer, 409: TransitionResult})
+    @action(detail=True, methods=["post"], permission_classes=[CanChangeObject])
+    def move(self, request, pk=None):
+        """Write to another destination: every table is re-copied there, then changes go on."""
+        pipeline = self.get_object()
+        body = MoveSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        try:
+            services.move_pipeline(pipeline, body.validated_data["destination"])
+        except IllegalTransition as refusal:
+            return Response(
+                {"detail": f"Cannot move {pipeline.name}: {refusal}."}, status=status.HTTP_409_CONFLICT
+            )
+        except ValueError as error:
+            raise serializers.ValidationError({"destination": [str(error)]}) from None
+        return Response(self.get_serializer(self.get_queryset().get(pk=pipeline.pk)).data)
+
 
 class PipelineRunSerializer(serializers.ModelSerializer):
     pipeline_name = serializers.CharField(source="pipeline.name", read_only=True)
@@ -241,6 +270,7 @@ class PipelineRunSerializer(serializers.ModelSerializer):
             "bytes_read",
             "notes",
             "error",
+            "slot_lost",
         ]
 
 

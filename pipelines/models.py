@@ -1,5 +1,8 @@
+import uuid
+
+from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator, RegexValidator
-from django.db import models
+from django.db import IntegrityError, models
 from django.utils import timezone
 
 from destinations.models import Destination
@@ -10,8 +13,17 @@ class IllegalTransition(Exception):
     """A start / pause / refresh that the pipeline's current status does not allow."""
 
 
+def new_checkpoint_key() -> str:
+    return uuid.uuid4().hex
+
+
 class Pipeline(models.Model):
-    """Copies a set of tables from one source to one destination: snapshot, then CDC."""
+    """Copies a set of tables from one source to one destination: snapshot, then CDC.
+
+    Once started, its replication identity (source, destination, checkpoint key) is
+    frozen: the slot and the destination's checkpoint only make sense together.
+    Moving to another destination is an explicit action that re-snapshots.
+    """
 
     class Status(models.TextChoices):
         CREATED = "created"
@@ -25,8 +37,17 @@ class Pipeline(models.Model):
     TRANSITIONS = {
         "start": ({Status.CREATED, Status.PAUSED, Status.FAILED}, Status.RUNNING),
         "pause": ({Status.RUNNING, Status.REFRESHING}, Status.PAUSED),
-        "refresh": ({Status.RUNNING, Status.PAUSED}, Status.REFRESHING),
+        # From failed too: a pipeline stopped by a lost slot is refreshed to go on.
+        "refresh": ({Status.RUNNING, Status.PAUSED, Status.FAILED}, Status.REFRESHING),
     }
+
+    class OnSlotLost(models.TextChoices):
+        RECOPY = "recopy", "re-copy every table automatically"
+        FAIL = "fail", "stop as failed until an operator refreshes"
+
+    # Changing these after the start would read another slot or write another
+    # destination under the same checkpoint: see frozen_field_errors().
+    FROZEN_FIELDS = ("source", "destination")
 
     name = models.SlugField(max_length=100, unique=True)
     source = models.ForeignKey(Source, on_delete=models.PROTECT, related_name="pipelines")
@@ -45,6 +66,21 @@ class Pipeline(models.Model):
         default=False,
         help_text="Keep deleted rows in the destination with _rosetta_deleted_at set.",
     )
+    # The destination's checkpoint row is keyed by this, never by the (editable) name.
+    # Pipelines created before it existed keep their name as key (see the migration).
+    checkpoint_key = models.CharField(max_length=100, unique=True, default=new_checkpoint_key, editable=False)
+    on_slot_lost = models.CharField(
+        "when the replication slot is lost",
+        max_length=8,
+        choices=OnSlotLost.choices,
+        default=OnSlotLost.RECOPY,
+        help_text="A lost (or dropped) slot has missed changes: re-copy every table, or stop and wait for "
+        "a refresh. Either way a critical alert is raised.",
+    )
+    last_alert = models.TextField(
+        blank=True, default="", editable=False, help_text="The last critical alert this pipeline raised."
+    )
+    last_alert_at = models.DateTimeField(null=True, blank=True, editable=False)
     last_error = models.TextField(blank=True, default="", editable=False)
     consecutive_failures = models.PositiveIntegerField(default=0, editable=False)
     next_run_at = models.DateTimeField(null=True, blank=True, editable=False)
@@ -69,9 +105,48 @@ class Pipeline(models.Model):
     class Meta:
         ordering = ["name"]
         indexes = [models.Index(fields=["status"])]
+        constraints = [
+            # A source is one replication slot: two started pipelines on it would take
+            # turns reading it, each missing the other's changes.
+            models.UniqueConstraint(
+                fields=["source"],
+                condition=~models.Q(status="created"),
+                name="pipeline_one_started_per_source",
+                violation_error_message="Another started pipeline already reads this source's replication slot.",
+            )
+        ]
 
     def __str__(self):
         return self.name
+
+    @property
+    def has_started(self) -> bool:
+        return self.status != self.Status.CREATED
+
+    def frozen_field_errors(self) -> dict[str, str]:
+        """Errors for a source or destination changed on a started pipeline (as stored)."""
+        if self.pk is None:
+            return {}
+        stored = Pipeline.objects.filter(pk=self.pk).values("status", "source_id", "destination_id").first()
+        if stored is None or stored["status"] == self.Status.CREATED:
+            return {}
+        errors = {}
+        if stored["source_id"] != self.source_id:
+            errors["source"] = (
+                "A started pipeline's source cannot change: its replication slot and the destination's "
+                "checkpoint belong together. Create a new pipeline for the other source."
+            )
+        if stored["destination_id"] != self.destination_id:
+            errors["destination"] = (
+                "A started pipeline's destination cannot change here: use the move action "
+                "(POST /api/pipelines/{id}/move/), which re-copies every table into the new destination."
+            )
+        return errors
+
+    def clean(self):
+        errors = self.frozen_field_errors()
+        if errors:
+            raise ValidationError(errors)
 
     def refusal_reason(self, action: str) -> str | None:
         """Why `action` is not allowed now, in the operator's words; None if it is."""
@@ -86,7 +161,6 @@ class Pipeline(models.Model):
             ("pause", self.Status.FAILED): "failed; start it again or leave it",
             ("refresh", self.Status.REFRESHING): "a refresh is already in progress",
             ("refresh", self.Status.CREATED): "never started; start it first",
-            ("refresh", self.Status.FAILED): "failed; start it first",
         }
         return reasons.get((action, self.status), f"not allowed while {self.status}")
 
@@ -100,7 +174,13 @@ class Pipeline(models.Model):
         fields = {"status": target, "updated_at": timezone.now()}
         if action == "start":
             fields.update(last_error="", consecutive_failures=0, next_run_at=None)
-        updated = Pipeline.objects.filter(pk=self.pk, status__in=allowed_from).update(**fields)
+        try:
+            updated = Pipeline.objects.filter(pk=self.pk, status__in=allowed_from).update(**fields)
+        except IntegrityError:  # pipeline_one_started_per_source, a start that raced another
+            raise IllegalTransition(
+                "another pipeline on the same source has started meanwhile; one replication slot "
+                "serves one pipeline"
+            ) from None
         if not updated:
             self.refresh_from_db(fields=["status"])
             raise IllegalTransition(self.refusal_reason(action) or "status changed meanwhile")
@@ -176,6 +256,8 @@ class PipelineRun(models.Model):
         SUCCEEDED = "succeeded"
         FAILED = "failed"
         SKIPPED = "skipped"  # another run held the pipeline's lock
+        # Its process died (a killed worker): closed by the next run, which noticed.
+        INTERRUPTED = "interrupted"
 
     pipeline = models.ForeignKey(Pipeline, on_delete=models.CASCADE, related_name="runs")
     started_at = models.DateTimeField(default=timezone.now)
@@ -191,6 +273,9 @@ class PipelineRun(models.Model):
     bytes_read = models.BigIntegerField(default=0)
     notes = models.TextField(blank=True, default="")
     error = models.TextField(blank=True, default="")
+    slot_lost = models.BooleanField(
+        default=False, help_text="This run found the replication slot lost or dropped (and raised an alert)."
+    )
 
     class Meta:
         ordering = ["-started_at"]

@@ -24,7 +24,7 @@ from pipelines.engine.fold import TableSpec
 from pipelines.engine.runner import BatchOutcome, Engine
 from pipelines.engine.source import SourceDatabase, SourceProblem
 
-from .models import IllegalTransition, Pipeline, PipelineRun, PipelineTable
+from .models import IllegalTransition, Pipeline, PipelineRun, PipelineTable, new_checkpoint_key
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,8 @@ __all__ = [
     "pause_pipeline",
     "refresh_pipeline",
     "delete_pipeline",
+    "move_pipeline",
+    "change_source_slot",
     "run_pipeline",
     "run_until_caught_up",
     "run_scheduled",
@@ -148,6 +150,67 @@ def delete_pipeline(pipeline: Pipeline, drop_slot: bool) -> str:
     return done + "."
 
 
+def move_pipeline(pipeline: Pipeline, destination) -> str:
+    """Write to another destination from now on: every table is re-copied into it under
+    a new checkpoint key, then changes go on from the same slot. The old destination
+    keeps its copy as it is. Returns what was done."""
+    if destination.pk == pipeline.destination_id:
+        raise ValueError(f"{pipeline.name} already writes to {destination.name}.")
+    with pipeline_lock(pipeline) as locked:
+        if not locked:
+            raise IllegalTransition("a run is in progress; try again in a moment")
+        with transaction.atomic():
+            pipeline.tables.update(snapshot_state=PipelineTable.SnapshotState.PENDING)
+            fields = {"destination": destination, "checkpoint_key": new_checkpoint_key(), "updated_at": timezone.now()}
+            Pipeline.objects.filter(pk=pipeline.pk).update(**fields)
+            Pipeline.objects.filter(pk=pipeline.pk, status=Pipeline.Status.RUNNING).update(
+                status=Pipeline.Status.REFRESHING
+            )
+    pipeline.refresh_from_db()
+    return f"{pipeline.name} now writes to {destination.name}; every table is copied there again."
+
+
+def change_source_slot(source, slot_name: str, drop_old_slot: bool) -> str:
+    """Read the source through another replication slot. The new slot starts at "now",
+    so every table of the source's pipeline is marked for re-copy in the same
+    transaction that renames the slot; then the old slot is dropped if asked (a kept
+    slot keeps WAL on the source). Returns what was done."""
+    from sources.models import Source
+
+    old = source.slot_name
+    if slot_name == old:
+        raise ValueError(f"{source.name} already uses slot {old}.")
+    clash = Source.objects.filter(
+        pg_host=source.pg_host, pg_port=source.pg_port, pg_database=source.pg_database, slot_name=slot_name
+    ).exclude(pk=source.pk)
+    if clash.exists():
+        raise ValueError(f"Another source already uses slot {slot_name} on this database.")
+    with source_lock(source.pk) as locked:
+        if not locked:
+            raise IllegalTransition("a run is in progress; try again in a moment")
+        with transaction.atomic():
+            PipelineTable.objects.filter(pipeline__source=source).update(
+                snapshot_state=PipelineTable.SnapshotState.PENDING
+            )
+            Pipeline.objects.filter(source=source, status=Pipeline.Status.RUNNING).update(
+                status=Pipeline.Status.REFRESHING
+            )
+            Source.objects.filter(pk=source.pk).update(slot_name=slot_name, updated_at=timezone.now())
+        source.refresh_from_db()
+        done = f"{source.name} now reads through slot {slot_name}; its pipeline re-copies every table"
+        if not drop_old_slot:
+            return done + f". Slot {old} stays on the source and keeps WAL there until it is dropped."
+        try:
+            with SourceDatabase(
+                source.connection_kwargs(connect_timeout=settings.ROSETTA_CONNECT_TIMEOUT),
+                statement_timeout_ms=settings.ROSETTA_STATEMENT_TIMEOUT_MS,
+            ) as db:
+                dropped = db.drop_slot(old)
+        except (psycopg.Error, SourceProblem) as error:
+            return done + f"; could not drop slot {old} ({describe_error(error)}): it keeps WAL until dropped."
+        return done + (f" and dropped slot {old}." if dropped else f"; slot {old} did not exist.")
+
+
 # -- runs -------------------------------------------------------------------
 
 
@@ -158,6 +221,9 @@ class RunHooks:
     after_lock: Callable[[], None] | None = None  # the lock is held, nothing done yet
     before_commit: Callable[[], None] | None = None  # inside the destination transaction
     after_apply: Callable[[object], None] | None = None  # destination committed, slot not advanced
+    # Around a slot's (re)creation, with the step just done: "tables_marked_for_recopy",
+    # "lost_slot_dropped", "slot_created" (see Engine.prepare).
+    at_slot_step: Callable[[str], None] | None = None
 
 
 class RunObserver:
@@ -178,19 +244,22 @@ def _metadata_connection() -> psycopg.Connection:
 
 
 @contextmanager
-def pipeline_lock(pipeline: Pipeline):
-    """Yield True while holding the pipeline's (its source slot's) advisory lock, or
-    False at once if another process holds it. A dedicated connection holds the
-    lock, so it ends with the process whatever happens."""
+def source_lock(source_id: int):
+    """Yield True while holding the source slot's advisory lock, or False at once if
+    another process holds it. A dedicated connection holds the lock, so it ends
+    with the process whatever happens."""
     with _metadata_connection() as conn:
-        (locked,) = conn.execute(
-            "SELECT pg_try_advisory_lock(%s, %s)", [LOCK_CLASS, pipeline.source_id]
-        ).fetchone()
+        (locked,) = conn.execute("SELECT pg_try_advisory_lock(%s, %s)", [LOCK_CLASS, source_id]).fetchone()
         try:
             yield locked
         finally:
             if locked and not conn.closed:
-                conn.execute("SELECT pg_advisory_unlock(%s, %s)", [LOCK_CLASS, pipeline.source_id])
+                conn.execute("SELECT pg_advisory_unlock(%s, %s)", [LOCK_CLASS, source_id])
+
+
+def pipeline_lock(pipeline: Pipeline):
+    """The pipeline's run lock: its source slot's (see source_lock)."""
+    return source_lock(pipeline.source_id)
 
 
 def _source(pipeline: Pipeline, timeout_ms: int | None = None) -> SourceDatabase:
@@ -208,7 +277,13 @@ def describe_error(error: Exception) -> str:
     if isinstance(error, psycopg.Error):
         first = text.splitlines()[0]
         return f"Database error ({type(error).__name__}): {first}"
-    known = ("SourceProblem", "ConnectionProblem", "IncompatibleSchemaChange", "DecodeError")
+    if type(error).__name__ == "SoftTimeLimitExceeded":  # Celery's, raised inside the run task
+        return (
+            f"The run task reached its time limit (ROSETTA_SNAPSHOT_TIME_LIMIT_SECONDS = "
+            f"{settings.ROSETTA_SNAPSHOT_TIME_LIMIT_SECONDS} s); the next run resumes with the tables not "
+            "copied yet. Raise the setting if one table takes longer to copy."
+        )
+    known = ("SlotLost", "SourceProblem", "ConnectionProblem", "IncompatibleSchemaChange", "DecodeError")
     if type(error).__name__ in known:
         return text
     return f"{type(error).__name__}: {text}"
@@ -240,6 +315,7 @@ def run_pipeline(
         if hooks.after_lock:
             hooks.after_lock()
         pipeline.refresh_from_db()
+        interrupted = close_interrupted_runs(pipeline)
         run = PipelineRun.objects.create(pipeline=pipeline)
         run.caught_up = False
         try:
@@ -253,9 +329,32 @@ def run_pipeline(
             run.outcome = PipelineRun.Outcome.SUCCEEDED
             run.caught_up = outcome is None or outcome.caught_up
             _record_success(pipeline, outcome)
+        if interrupted:
+            run.notes = "\n".join(
+                filter(None, [f"Closed {interrupted} earlier run(s) left running as interrupted.", run.notes])
+            )
         run.finished_at = timezone.now()
         run.save()
         return run
+
+
+def close_interrupted_runs(pipeline: Pipeline) -> int:
+    """Make the record true after a run whose process died (a killed worker): under
+    the pipeline's lock no other run is alive, so a run still `running` was
+    interrupted, and a table still `in_progress` was not copied. Returns the runs closed."""
+    now = timezone.now()
+    closed = PipelineRun.objects.filter(pipeline=pipeline, outcome=PipelineRun.Outcome.RUNNING).update(
+        outcome=PipelineRun.Outcome.INTERRUPTED,
+        finished_at=now,
+        error=(
+            "Interrupted: the process running it ended without recording an outcome (a killed worker "
+            f"or a crash); noticed by the next run at {now:%Y-%m-%d %H:%M:%S %Z}."
+        ),
+    )
+    pipeline.tables.filter(snapshot_state=PipelineTable.SnapshotState.IN_PROGRESS).update(
+        snapshot_state=PipelineTable.SnapshotState.PENDING
+    )
+    return closed
 
 
 def _run_locked(pipeline, run, snapshot_only, observer, hooks) -> BatchOutcome | None:
@@ -270,7 +369,7 @@ def _run_locked(pipeline, run, snapshot_only, observer, hooks) -> BatchOutcome |
             engine = Engine(
                 source,
                 writer,
-                pipeline_key=pipeline.name,
+                pipeline_key=pipeline.checkpoint_key,
                 slot=pipeline.source.slot_name,
                 publication=pipeline.source.publication_name,
                 tables=_table_specs(pipeline),
@@ -278,10 +377,11 @@ def _run_locked(pipeline, run, snapshot_only, observer, hooks) -> BatchOutcome |
                 soft_delete=pipeline.soft_delete,
                 after_apply=hooks.after_apply,
             )
-            changed, slot_is_new = engine.prepare()
+            changed, _ = engine.prepare(
+                before_new_slot=lambda lost: _before_new_slot(pipeline, run, lost),
+                at_step=hooks.at_slot_step,
+            )
             notes += changed
-            if slot_is_new:
-                pipeline.tables.update(snapshot_state=PipelineTable.SnapshotState.PENDING)
             run.snapshot_rows = _snapshot_pending(pipeline, engine, observer)
             if snapshot_only:
                 run.notes = "\n".join(notes)
@@ -318,6 +418,49 @@ def _run_locked(pipeline, run, snapshot_only, observer, hooks) -> BatchOutcome |
             rows_deleted=F("rows_deleted") + changes.deleted,
         )
     return outcome
+
+
+class SlotLost(SourceProblem):
+    """The slot was lost or dropped and the pipeline asks an operator to refresh."""
+
+
+def _before_new_slot(pipeline: Pipeline, run: PipelineRun, lost: bool) -> None:
+    """Called by the engine before it creates (or re-creates) the slot: mark every
+    table for re-copy, committed, so a run killed after this point re-copies. When
+    tables had been copied, changes are missing: raise a critical alert, and with
+    on_slot_lost=fail stop here instead."""
+    copied = pipeline.tables.filter(snapshot_state=PipelineTable.SnapshotState.DONE).exists()
+    if copied:
+        source = pipeline.source
+        what = "was lost (the server removed WAL it still needed)" if lost else "disappeared (it was dropped)"
+        run.slot_lost = True
+        PipelineRun.objects.filter(pk=run.pk).update(slot_lost=True)
+        if pipeline.on_slot_lost == Pipeline.OnSlotLost.FAIL:
+            message = (
+                f"Replication slot {source.slot_name} on {source.name} {what}: changes since the last run "
+                f"are missing from the destination of pipeline {pipeline.name}. Refresh the pipeline to "
+                "re-copy every table (its Refresh action, or POST /api/pipelines/{id}/refresh/)."
+            )
+            _raise_alert(pipeline, message)
+            raise SlotLost(message)
+        message = (
+            f"Replication slot {source.slot_name} on {source.name} {what}: pipeline {pipeline.name} "
+            "re-creates it and re-copies every table."
+        )
+        _raise_alert(pipeline, message)
+    pipeline.tables.update(snapshot_state=PipelineTable.SnapshotState.PENDING)
+
+
+def _raise_alert(pipeline: Pipeline, message: str) -> None:
+    from monitoring.services import raise_pipeline_alert
+
+    repeat = timedelta(minutes=settings.ROSETTA_ALERT_REPEAT_MINUTES)
+    now = timezone.now()
+    recent = pipeline.last_alert == message and pipeline.last_alert_at and now - pipeline.last_alert_at < repeat
+    if not recent:  # a failing pipeline retries often: one event, then reminders at the alert pace
+        raise_pipeline_alert(pipeline.source, message, slot_name=pipeline.source.slot_name)
+    Pipeline.objects.filter(pk=pipeline.pk).update(last_alert=message, last_alert_at=now)
+    pipeline.last_alert, pipeline.last_alert_at = message, now
 
 
 def _snapshot_pending(pipeline: Pipeline, engine: Engine, observer: RunObserver) -> int:
@@ -427,19 +570,36 @@ def dispatch_pipeline_runs(enqueue: Callable[[int], object]) -> list[int]:
     """Enqueue one run per running or refreshing pipeline, and per failed pipeline whose
     back-off has passed, unless one is already queued. Returns the ids enqueued."""
     now = timezone.now()
-    stale = now - timedelta(seconds=settings.CELERY_TASK_TIME_LIMIT)
+    # A run that is alive holds its lock; one queued longer than the lease with no
+    # lock held was lost with its worker (or waits behind others: a second one is
+    # harmless, it finds the lock taken or nothing to do).
+    stale = now - timedelta(seconds=settings.ROSETTA_RUN_LEASE_SECONDS)
     due = (
         Pipeline.objects.filter(
             Q(status__in=ACTIVE) | Q(status=Pipeline.Status.FAILED, next_run_at__isnull=False)
         )
         .filter(Q(next_run_at__isnull=True) | Q(next_run_at__lte=now))
-        .filter(Q(run_enqueued_at__isnull=True) | Q(run_enqueued_at__lt=stale))
+        .filter(
+            Q(run_enqueued_at__isnull=True)
+            | (Q(run_enqueued_at__lt=stale) & ~Q(source_id__in=_sources_with_a_run_in_progress()))
+        )
     )
     with transaction.atomic():
         ids = list(due.select_for_update(skip_locked=True).values_list("pk", flat=True))
         Pipeline.objects.filter(pk__in=ids).update(run_enqueued_at=now)
         transaction.on_commit(lambda: [enqueue(pk) for pk in ids])
     return ids
+
+
+def _sources_with_a_run_in_progress() -> list[int]:
+    """Sources whose run lock (pipeline_lock) some live process holds right now."""
+    with connections["default"].cursor() as cursor:
+        cursor.execute(
+            "SELECT objid::bigint FROM pg_locks WHERE locktype = 'advisory' AND classid = %s::oid "
+            "AND objsubid = 2 AND granted",
+            [LOCK_CLASS],
+        )
+        return [row[0] for row in cursor.fetchall()]
 
 
 def measure_lag(pipeline: Pipeline) -> str | None:

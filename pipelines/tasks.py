@@ -1,11 +1,18 @@
 """Celery entry points for pipelines; each one calls a service and nothing else."""
 
 from celery import shared_task
+from django.conf import settings
 
 from . import services
 
 
-@shared_task(ignore_result=True)
+@shared_task(
+    ignore_result=True,
+    # A run may snapshot a big table: its own documented limit, not Celery's default one.
+    # (Catch-up batches end after ROSETTA_RUN_BUDGET_SECONDS anyway.)
+    soft_time_limit=settings.ROSETTA_SNAPSHOT_TIME_LIMIT_SECONDS,
+    time_limit=settings.ROSETTA_SNAPSHOT_TIME_LIMIT_SECONDS + 60,
+)
 def run_pipeline(pipeline_id: int) -> None:
     """One pipeline's runs until caught up (or its time budget ends); any worker may take it."""
     services.run_scheduled(pipeline_id)

@@ -114,6 +114,12 @@ ROSETTA_STATEMENT_TIMEOUT_MS = env.int("ROSETTA_STATEMENT_TIMEOUT_MS", default=1
 # run task keeps reading batches before it leaves the worker to other pipelines.
 ROSETTA_PEEK_TIMEOUT_SECONDS = env.int("ROSETTA_PEEK_TIMEOUT_SECONDS", default=30 * 60)
 ROSETTA_RUN_BUDGET_SECONDS = env.int("ROSETTA_RUN_BUDGET_SECONDS", default=50)
+# A queued run whose pipeline lock nobody holds after this long was lost with its
+# worker: the dispatcher queues it again (a live run holds the lock, whatever its age).
+ROSETTA_RUN_LEASE_SECONDS = env.int("ROSETTA_RUN_LEASE_SECONDS", default=60)
+# A run task may snapshot a large table: its time limit is this (not Celery's default
+# task limit), so a long snapshot finishes instead of restarting from zero forever.
+ROSETTA_SNAPSHOT_TIME_LIMIT_SECONDS = env.int("ROSETTA_SNAPSHOT_TIME_LIMIT_SECONDS", default=24 * 60 * 60)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
@@ -155,6 +161,13 @@ CELERY_TIMEZONE = TIME_ZONE
 CELERY_TASK_TIME_LIMIT = env.int("CELERY_TASK_TIME_LIMIT", default=60 * 60)
 CELERY_TASK_SOFT_TIME_LIMIT = env.int("CELERY_TASK_SOFT_TIME_LIMIT", default=55 * 60)
 CELERY_TASK_ACKS_LATE = True
+# A message not acknowledged within the visibility timeout is delivered again: it must
+# outlast the longest task (the run task, see ROSETTA_SNAPSHOT_TIME_LIMIT_SECONDS), or a
+# long run would get a twin. A run lost with its worker does not wait for it: the
+# dispatcher re-queues it after ROSETTA_RUN_LEASE_SECONDS.
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": max(CELERY_TASK_TIME_LIMIT, ROSETTA_SNAPSHOT_TIME_LIMIT_SECONDS + 60) + 300
+}
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"

@@ -8,6 +8,7 @@ from monitoring.api import SourceWalStateSerializer
 from monitoring.selectors import source_wal_state
 from monitoring.services import probe_sources
 from rosetta.api import CanChangeObject, ProtectedDeleteMixin, StrictModelSerializer
+from rosetta.validators import postgres_identifier
 
 from .models import Source
 from .services import test_source_connection
@@ -61,6 +62,13 @@ class PreflightCheckSerializer(serializers.Serializer):
     message = serializers.CharField()
 
 
+class ChangeSlotSerializer(serializers.Serializer):
+    slot_name = serializers.CharField(max_length=63, validators=[postgres_identifier])
+    drop_old_slot = serializers.BooleanField(
+        help_text="Required: drop the old slot on the source (a kept slot keeps WAL there until dropped)."
+    )
+
+
 class SourceViewSet(ProtectedDeleteMixin, viewsets.ModelViewSet):
     queryset = Source.objects.all()
     serializer_class = SourceSerializer
@@ -93,3 +101,24 @@ class SourceViewSet(ProtectedDeleteMixin, viewsets.ModelViewSet):
         source = self.get_object()
         probe_sources([source])
         return Response(source_wal_state(source))
+
+    @extend_schema(
+        request=ChangeSlotSerializer,
+        responses=inline_serializer("SourceSlotChanged", {"detail": serializers.CharField()}),
+    )
+    @action(detail=True, methods=["post"], url_path="change-slot", permission_classes=[CanChangeObject])
+    def change_slot(self, request, pk=None):
+        """Read through another replication slot: its pipeline re-copies every table."""
+        from pipelines.models import IllegalTransition
+        from pipelines.services import change_source_slot
+
+        source = self.get_object()
+        body = ChangeSlotSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        try:
+            done = change_source_slot(source, **body.validated_data)
+        except IllegalTransition as refusal:
+            return Response({"detail": f"Cannot change the slot of {source.name}: {refusal}."}, status=409)
+        except ValueError as error:
+            raise serializers.ValidationError({"slot_name": [str(error)]}) from None
+        return Response({"detail": done})

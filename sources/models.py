@@ -66,7 +66,34 @@ class Source(models.Model):
     def __str__(self):
         return self.name
 
+    # Where the pipelines of this source read from: frozen while one of them has started.
+    REPLICATION_FIELDS = ("pg_host", "pg_port", "pg_database", "slot_name", "publication_name")
+
+    def replication_field_errors(self) -> dict[str, str]:
+        """Errors for replication fields changed (against the stored row) while a pipeline
+        on this source has started: it would silently read another slot or database."""
+        if self.pk is None:
+            return {}
+        stored = Source.objects.filter(pk=self.pk).values(*self.REPLICATION_FIELDS).first()
+        changed = [name for name in self.REPLICATION_FIELDS if stored and stored[name] != getattr(self, name)]
+        if not changed:
+            return {}
+        started = self.pipelines.exclude(status="created").first()
+        if started is None:
+            return {}
+        errors = dict.fromkeys(changed, f"Cannot change while pipeline {started.name} is {started.status}: its replication slot " "and checkpoint belong to the current value. Pause and delete the pipeline first, or create " "another source.")
+        if "slot_name" in errors:
+            errors["slot_name"] = (
+                f"Cannot change while pipeline {started.name} is {started.status}; use the change-slot action "
+                "(POST /api/sources/{id}/change-slot/), which asks whether to drop the old slot and re-copies "
+                "every table."
+            )
+        return errors
+
     def clean(self):
+        errors = self.replication_field_errors()
+        if errors:
+            raise ValidationError(errors)
         if (
             self.wal_warn_bytes is not None
             and self.wal_critical_bytes is not None

@@ -89,10 +89,21 @@ class Engine:
         self.read_path = read_path
         self._relations = {}  # Relation messages of the open stream (BatchBuilder.relations)
 
-    def prepare(self) -> tuple[list[str], bool]:
+    def prepare(
+        self,
+        before_new_slot: Callable[[bool], None] | None = None,
+        at_step: Callable[[str], None] | None = None,
+    ) -> tuple[list[str], bool]:
         """Make sure the publication holds exactly our tables and the slot exists.
-        Returns (what changed, in words; whether the slot is new, which means
-        every table must be snapshotted again)."""
+        Returns (what changed, in words; whether the slot is new).
+
+        Invariant: a table marked done in the destination holds every change up to
+        the slot's confirmed position. A new slot starts at "now", so before any
+        slot is created (or a lost one dropped) `before_new_slot(lost)` must have
+        durably marked every table for re-copy; it may also refuse by raising.
+        A run killed at any step after it is followed by one that re-copies.
+        `at_step` (crash injection for tests) is called after each step."""
+        step = at_step or (lambda name: None)
         missing = self.source.missing_tables(sorted(self.tables))
         if missing:
             raise SourceProblem(
@@ -101,12 +112,24 @@ class Engine:
                 "it): create it, or take it out of the pipeline."
             )
         notes = self.source.ensure_publication(self.publication, sorted(self.tables))
-        slot_reason = self.source.ensure_slot(self.slot)
-        if slot_reason:
-            notes.append(slot_reason)
+        state = self.source.slot_state(self.slot)
+        slot_is_new = state is None or state.wal_status == "lost"
+        if slot_is_new:
+            lost = state is not None
+            if before_new_slot:
+                before_new_slot(lost)
+            step("tables_marked_for_recopy")
+            if lost:
+                self.source.drop_slot(self.slot)
+                step("lost_slot_dropped")
+                notes.append(f"replication slot {self.slot} was lost (WAL removed); re-created it")
+            else:
+                notes.append(f"created replication slot {self.slot}")
+            self.source.create_slot(self.slot)
+            step("slot_created")
         for spec in self.tables.values():
             spec.primary_key = self.source.primary_key(spec.schema, spec.table) or None
-        return notes, slot_reason is not None
+        return notes, slot_is_new
 
     def snapshot_table(self, spec: TableSpec, progress: Callable[[int, int], None] | None = None) -> int:
         """Copy one table into the destination; the old copy stays visible until

@@ -263,19 +263,8 @@ class SourceDatabase:
             wal_status,
         )
 
-    def ensure_slot(self, slot: str) -> str | None:
-        """Create the logical slot (pgoutput) when missing, or re-create it when the
-        server invalidated it (wal_status 'lost'). Returns why it was (re)created,
-        or None when it existed: a new slot means every table needs a snapshot."""
-        state = self.slot_state(slot)
-        if state is not None and state.wal_status != "lost":
-            return None
-        reason = f"created replication slot {slot}"
-        if state is not None:
-            self.conn.execute("SELECT pg_drop_replication_slot(%s)", [slot])
-            reason = (
-                f"replication slot {slot} was lost (WAL removed); re-created it and re-copied every table"
-            )
+    def create_slot(self, slot: str) -> None:
+        """Create the logical slot (pgoutput). The caller decides when (Engine.prepare)."""
         # Creating a slot waits until every transaction open on the server (in any
         # database) has ended: bound the wait and say so.
         timeout_s = SLOT_CREATE_TIMEOUT_MS // 1000
@@ -292,7 +281,6 @@ class SourceDatabase:
             self.conn.execute(
                 sql.SQL("SET statement_timeout = {}").format(sql.Literal(self.statement_timeout_ms))
             )
-        return reason
 
     def drop_slot(self, slot: str) -> bool:
         """Drop the slot if it exists. Refuses (SourceProblem) while a reader holds it."""
@@ -474,12 +462,20 @@ class SourceDatabase:
             try:
                 stream.acknowledge(lsn)
             except (StreamError, psycopg.Error) as error:
+                reason = stream.ended() or str(error).strip()
                 self.close_stream()
                 raise SourceProblem(
-                    f"Source: could not confirm position {lsn_to_str(lsn)} on slot {slot}: {error}"
+                    f"Source: could not confirm position {lsn_to_str(lsn)} on slot {slot}: {reason}"
                 ) from None
             deadline = time.monotonic() + CONFIRM_WAIT_SECONDS
             while (state := self.slot_state(slot)) is not None and state.confirmed_flush_lsn < lsn:
+                reason = stream.ended()
+                if reason:  # a dead connection confirms nothing: say so now, not after the wait
+                    self.close_stream()
+                    raise SourceProblem(
+                        f"Source: the replication connection of slot {slot} ended before confirming "
+                        f"position {lsn_to_str(lsn)}: {reason}"
+                    )
                 if time.monotonic() > deadline:
                     raise SourceProblem(
                         f"Source: the walsender did not confirm position {lsn_to_str(lsn)} on slot {slot} "

@@ -206,11 +206,43 @@ class ReplicationStream:
                 with contextlib.suppress(psycopg.OperationalError):  # get_copy_data reports it
                     pgconn.consume_input()
                 continue
-            error = _error_text(pgconn)
+            error = self._ended_reason()
             self.close()
-            raise StreamError(
-                f"Source: the replication stream of slot {self.slot} ended: {error or 'no reason given'}"
-            )
+            raise StreamError(f"Source: the replication stream of slot {self.slot} ended: {error}")
+
+    def _ended_reason(self) -> str:
+        """Why the server ended the stream, in its own words: libpq keeps the server's
+        error (e.g. "terminating connection due to administrator command") in the
+        pending result, not in the connection's error message."""
+        pgconn = self.pgconn
+        texts = []
+        with contextlib.suppress(psycopg.Error):
+            for _ in range(5):  # an error result, then None; never loop on a broken connection
+                result = pgconn.get_result()
+                if result is None:
+                    break
+                text = (result.error_message or b"").decode("utf-8", "replace").strip()
+                if text:
+                    texts.append(text)
+        text = texts[0] if texts else _error_text(pgconn)
+        return text.splitlines()[0] if text else "no reason given"
+
+    def ended(self) -> str | None:
+        """None while the walsender's connection is open, else the server's reason. Reads
+        no message off a live stream; a dead one's unread messages are read again from
+        the slot by the next stream."""
+        pgconn = self.pgconn
+        if pgconn is None:
+            return "the stream was closed"
+        for _ in range(2):  # the first read may take the server's error, the second the EOF
+            with contextlib.suppress(psycopg.OperationalError):
+                pgconn.consume_input()
+        if pgconn.status == pq.ConnStatus.OK:
+            return None
+        with contextlib.suppress(psycopg.Error):
+            while pgconn.get_copy_data(1)[0] > 0:
+                pass
+        return self._ended_reason()
 
     # -- acknowledging ----------------------------------------------------------
 

@@ -73,6 +73,7 @@ LEGAL = [
     ("refreshing", "pause", "paused"),
     ("running", "refresh", "refreshing"),
     ("paused", "refresh", "refreshing"),
+    ("failed", "refresh", "refreshing"),  # how a pipeline stopped by a lost slot goes on
 ]
 ILLEGAL = [
     ("running", "start", "already running"),
@@ -82,7 +83,6 @@ ILLEGAL = [
     ("failed", "pause", "failed"),
     ("created", "refresh", "never started"),
     ("refreshing", "refresh", "already in progress"),
-    ("failed", "refresh", "failed"),
 ]
 
 

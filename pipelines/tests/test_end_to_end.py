@@ -123,6 +123,6 @@ def test_a_transaction_larger_than_batch_size_is_applied_whole(source_db, target
     assert run.outcome == PipelineRun.Outcome.SUCCEEDED, run.error
     assert run.changes_read == 100  # the whole transaction, not 10 of it
     assert target.count("orders") == 100
-    assert target.checkpoint(pipeline.name) > 0
+    assert target.checkpoint(pipeline.checkpoint_key) > 0
     services.run_until_caught_up(pipeline)
     assert target.count("orders") == 102

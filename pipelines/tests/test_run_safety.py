@@ -66,19 +66,19 @@ def test_a_crash_after_the_destination_commit_and_before_the_slot_advance_duplic
     assert "already had" in rerun.notes  # the replay was recognised and skipped
     assert target.count("orders") == 40  # no duplicate (DuckDB tables have no unique key)
     assert_equal(source_db, target)
-    assert slot_confirmed(source_db, pipeline) >= target.checkpoint(pipeline.name)
+    assert slot_confirmed(source_db, pipeline) >= target.checkpoint(pipeline.checkpoint_key)
     pipeline.refresh_from_db()
     assert pipeline.status == Pipeline.Status.RUNNING and pipeline.consecutive_failures == 0
 
 
 def test_a_crash_before_the_destination_commit_leaves_nothing_behind(source_db, target, make_pipeline):
     pipeline = prepared(source_db, make_pipeline)
-    checkpoint = target.checkpoint(pipeline.name)
+    checkpoint = target.checkpoint(pipeline.checkpoint_key)
 
     run = services.run_pipeline(pipeline, hooks=services.RunHooks(before_commit=crash))
 
     assert run.outcome == PipelineRun.Outcome.FAILED
-    assert target.count("orders") == 20 and target.checkpoint(pipeline.name) == checkpoint
+    assert target.count("orders") == 20 and target.checkpoint(pipeline.checkpoint_key) == checkpoint
     services.run_until_caught_up(pipeline)
     assert target.count("orders") == 40
     assert_equal(source_db, target)
