@@ -95,51 +95,69 @@ def admin_browser(client, admin_user):
 
 
 @pytest.fixture
-def celery_worker(transactional_db, pg_cluster):
-    """A real Celery worker process on the local Redis, using the test database."""
+def start_celery_worker(transactional_db, pg_cluster):
+    """Start real Celery worker processes on the local Redis, using the test database;
+    extra environment variables and the pool are per worker. All are ended afterwards."""
     import redis
 
     redis.Redis.from_url(TEST_BROKER_URL).flushdb()
     db = settings.DATABASES["default"]
-    env = {
-        **os.environ,
-        "DATABASE_URL": f"postgresql://postgres@127.0.0.1:{pg_cluster.port}/{db['NAME']}",
-        "CELERY_BROKER_URL": TEST_BROKER_URL,
-        "ROSETTA_ENCRYPTION_KEYS": TEST_ENCRYPTION_KEY,
-        "EMAIL_BACKEND": "django.core.mail.backends.locmem.EmailBackend",
-        "CONN_MAX_AGE": "0",
-    }
-    log_path = Path(f"/tmp/rosetta-test-worker-{uuid.uuid4().hex[:8]}.log")
-    with log_path.open("w") as log:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "rosetta",
-                "worker",
-                "--pool=solo",
-                "--loglevel=INFO",
-                "--without-gossip",
-                "--without-mingle",
-                "--without-heartbeat",
-            ],
-            cwd=Path(__file__).parent,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    deadline = time.monotonic() + 30
-    while "ready." not in log_path.read_text():
-        if process.poll() is not None or time.monotonic() > deadline:
+    started = []
+
+    def start(pool: str = "solo", **extra_env):
+        env = {
+            **os.environ,
+            "DATABASE_URL": f"postgresql://postgres@127.0.0.1:{pg_cluster.port}/{db['NAME']}",
+            "CELERY_BROKER_URL": TEST_BROKER_URL,
+            "ROSETTA_ENCRYPTION_KEYS": TEST_ENCRYPTION_KEY,
+            "EMAIL_BACKEND": "django.core.mail.backends.locmem.EmailBackend",
+            "CONN_MAX_AGE": "0",
+            **extra_env,
+        }
+        log_path = Path(f"/tmp/rosetta-test-worker-{uuid.uuid4().hex[:8]}.log")
+        with log_path.open("w") as log:
+            process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "rosetta",
+                    "worker",
+                    f"--pool={pool}",
+                    "--concurrency=1",
+                    "--loglevel=INFO",
+                    "--without-gossip",
+                    "--without-mingle",
+                    "--without-heartbeat",
+                ],
+                cwd=Path(__file__).parent,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        started.append(process)
+        deadline = time.monotonic() + 30
+        while "ready." not in log_path.read_text():
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                raise RuntimeError(f"Celery worker did not start:\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.2)
+        process.log_path = log_path
+        return process
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            process.terminate()
+    for process in started:
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
             process.kill()
-            raise RuntimeError(f"Celery worker did not start:\n{log_path.read_text()[-3000:]}")
-        time.sleep(0.2)
-    process.log_path = log_path
-    yield process
-    process.terminate()
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
+
+
+@pytest.fixture
+def celery_worker(start_celery_worker):
+    """A real Celery worker process on the local Redis, using the test database."""
+    return start_celery_worker()
