@@ -8,6 +8,7 @@ import time
 
 import psycopg
 import pytest
+from django.utils import timezone
 
 from pipelines import services, tasks
 from pipelines.models import Pipeline, PipelineRun, PipelineTable
@@ -130,30 +131,31 @@ def test_a_snapshot_longer_than_celerys_task_time_limit_finishes(
     start_celery_worker(pool="prefork", CELERY_TASK_SOFT_TIME_LIMIT="1", CELERY_TASK_TIME_LIMIT="2")
     blocker = lock_orders(source_database)
 
-    dispatch()
+    # Beat's dispatch task runs on the worker, which sends the run task with its own
+    # configuration's limits.
+    sent = timezone.now()
+    tasks.dispatch_pipeline_runs.delay()
     wait_for(lambda: copying_orders(pipeline), what="the worker to start copying orders")
     threading.Timer(3, blocker.rollback).start()  # the copy takes 3 s or more
     wait_for(lambda: not Pipeline.objects.get(pk=pipeline.pk).run_enqueued_at, what="the run task to end")
     blocker.close()
 
-    run = PipelineRun.objects.filter(pipeline=pipeline).exclude(snapshot_rows=0).first()
-    assert run is not None and run.outcome == PipelineRun.Outcome.SUCCEEDED, run and run.error
+    run = PipelineRun.objects.filter(pipeline=pipeline, started_at__gt=sent).order_by("started_at").first()
+    assert run.outcome == PipelineRun.Outcome.SUCCEEDED, run.error
+    assert run.snapshot_rows == 30
     assert run.duration_seconds > 2.5
     assert_equal(source_db, target)
 
 
 @postgres_destination
 def test_a_snapshot_past_its_own_limit_says_which_setting_and_the_next_run_resumes(
-    start_celery_worker, source_db, source_database, target, make_pipeline, monkeypatch
+    start_celery_worker, source_db, source_database, target, make_pipeline
 ):
     pipeline = copied_then_refreshing_orders(source_db, make_pipeline)
-    # The limits travel with the message: the sender's settings count, as the worker's do.
-    monkeypatch.setattr(tasks.run_pipeline, "soft_time_limit", 1)
-    monkeypatch.setattr(tasks.run_pipeline, "time_limit", 30)
     start_celery_worker(pool="prefork", ROSETTA_SNAPSHOT_TIME_LIMIT_SECONDS="1")
     blocker = lock_orders(source_database)
 
-    dispatch()
+    tasks.dispatch_pipeline_runs.delay()  # as Beat does: the worker sends the run task
     wait_for(lambda: copying_orders(pipeline), what="the worker to start copying orders")
     threading.Timer(3, blocker.rollback).start()
     wait_for(lambda: not Pipeline.objects.get(pk=pipeline.pk).run_enqueued_at, what="the run task to end")
