@@ -1,10 +1,14 @@
+from django import forms
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.db.models import OuterRef, Subquery
 from django.shortcuts import redirect
 from django.template.defaultfilters import truncatechars
-from django.urls import reverse
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 
+from destinations.models import Destination
 from rosetta.admin_utils import badge, report_per_object
 from rosetta.pagination import EstimatedCountPaginator
 
@@ -27,6 +31,10 @@ class PipelineTableInline(admin.TabularInline):
         "rows_deleted",
     ]
     readonly_fields = ["snapshot_state", "snapshot_rows", "rows_inserted", "rows_updated", "rows_deleted"]
+
+
+class MoveForm(forms.Form):
+    destination = forms.ModelChoiceField(queryset=Destination.objects.all(), label="new destination")
 
 
 @admin.register(Pipeline)
@@ -114,6 +122,35 @@ class PipelineAdmin(admin.ModelAdmin):
             rows,
             history,
         )
+
+    def get_urls(self):
+        view = self.admin_site.admin_view(self.move_view)
+        return [path("<int:object_id>/move/", view, name="pipelines_pipeline_move"), *super().get_urls()]
+
+    def move_view(self, request, object_id):
+        """Another destination for a started pipeline: every table is re-copied there."""
+        pipeline = self.get_object(request, str(object_id))
+        if pipeline is None or not self.has_change_permission(request, pipeline):
+            raise PermissionDenied
+        form = MoveForm(request.POST or None)
+        if request.method == "POST" and form.is_valid():
+            try:
+                done = services.move_pipeline(pipeline, form.cleaned_data["destination"])
+            except IllegalTransition as refusal:
+                form.add_error(None, f"Not moved: {refusal}.")
+            except ValueError as error:
+                form.add_error("destination", str(error))
+            else:
+                self.message_user(request, done, messages.SUCCESS)
+                return redirect(reverse("admin:pipelines_pipeline_change", args=[pipeline.pk]))
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"Move {pipeline} to another destination",
+            "form": form,
+            "pipeline": pipeline,
+            "opts": self.model._meta,
+        }
+        return TemplateResponse(request, "admin/pipelines/pipeline/move.html", context)
 
     def get_actions(self, request):
         # Deleting asks, per pipeline, whether to drop its replication slot.

@@ -138,8 +138,9 @@ class Pipeline(models.Model):
             )
         if stored["destination_id"] != self.destination_id:
             errors["destination"] = (
-                "A started pipeline's destination cannot change here: use the move action "
-                "(POST /api/pipelines/{id}/move/), which re-copies every table into the new destination."
+                "A started pipeline's destination cannot change here: use the move action (the admin's "
+                f"/admin/pipelines/pipeline/{self.pk}/move/ page, or POST /api/pipelines/{self.pk}/move/), "
+                "which re-copies every table into the new destination."
             )
         return errors
 

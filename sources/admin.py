@@ -1,7 +1,13 @@
+from django import forms
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.shortcuts import redirect
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
 
 from monitoring.admin import SourceWalMonitoringMixin
 from rosetta.admin_utils import SecretFieldsAdminMixin, SecretFieldsForm
+from rosetta.validators import postgres_identifier
 
 from .models import Source
 from .services import test_source_connection
@@ -13,6 +19,16 @@ class SourceForm(SecretFieldsForm):
     class Meta:
         model = Source
         fields = "__all__"
+
+
+class ChangeSlotForm(forms.Form):
+    slot_name = forms.CharField(label="new slot name", max_length=63, validators=[postgres_identifier])
+    drop_old_slot = forms.TypedChoiceField(
+        label="the old slot",
+        choices=[("yes", "Drop it"), ("no", "Keep it (it keeps WAL on the source until someone drops it)")],
+        widget=forms.RadioSelect,
+        coerce=lambda value: value == "yes",
+    )
 
 
 @admin.register(Source)
@@ -65,3 +81,36 @@ class SourceAdmin(SecretFieldsAdminMixin, SourceWalMonitoringMixin, admin.ModelA
                 self.message_user(request, f"{source}: {summary}", messages.ERROR)
             else:
                 self.message_user(request, f"{source}: all checks passed. {summary}", messages.SUCCESS)
+
+    def get_urls(self):
+        view = self.admin_site.admin_view(self.change_slot_view)
+        return [path("<int:object_id>/change-slot/", view, name="sources_source_change_slot"), *super().get_urls()]
+
+    def change_slot_view(self, request, object_id):
+        """Read through another slot: asks whether to drop the old one, then re-copies."""
+        from pipelines.models import IllegalTransition
+        from pipelines.services import change_source_slot
+
+        source = self.get_object(request, str(object_id))
+        if source is None or not self.has_change_permission(request, source):
+            raise PermissionDenied
+        form = ChangeSlotForm(request.POST or None)
+        if request.method == "POST" and form.is_valid():
+            try:
+                done = change_source_slot(source, **form.cleaned_data)
+            except IllegalTransition as refusal:
+                form.add_error(None, f"Not changed: {refusal}.")
+            except ValueError as error:
+                form.add_error("slot_name", str(error))
+            else:
+                keep = not form.cleaned_data["drop_old_slot"]
+                self.message_user(request, done, messages.WARNING if keep else messages.SUCCESS)
+                return redirect(reverse("admin:sources_source_change", args=[source.pk]))
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"Change the replication slot of {source}",
+            "form": form,
+            "source": source,
+            "opts": self.model._meta,
+        }
+        return TemplateResponse(request, "admin/sources/source/change_slot.html", context)

@@ -85,7 +85,8 @@ class Source(models.Model):
         if "slot_name" in errors:
             errors["slot_name"] = (
                 f"Cannot change while pipeline {started.name} is {started.status}; use the change-slot action "
-                "(POST /api/sources/{id}/change-slot/), which asks whether to drop the old slot and re-copies "
+                f"(the admin's /admin/sources/source/{self.pk}/change-slot/ page, or POST "
+                f"/api/sources/{self.pk}/change-slot/), which asks whether to drop the old slot and re-copies "
                 "every table."
             )
         return errors

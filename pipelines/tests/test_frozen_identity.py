@@ -17,7 +17,7 @@ from pipelines.models import Pipeline, PipelineRun
 from sources.tests.factories import SourceFactory
 
 from .conftest import TargetDB
-from .factories import PipelineFactory
+from .factories import PipelineFactory, PipelineTableFactory
 from .test_end_to_end import ORDERS, assert_equal, create_tables, insert_customers, insert_orders
 
 
@@ -294,3 +294,46 @@ def test_changing_a_sources_slot_asks_about_the_old_one_and_re_copies_without_al
     assert slot_exists(source_db, f"new_{old_slot}")
     assert_orders_equal(source_db, target)
     assert not AlertEvent.objects.filter(source=pipeline.source).exists()  # asked for, not lost
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_admin_changes_a_sources_slot_only_once_asked_about_the_old_one(admin_browser):
+    pipeline = PipelineFactory(status="running")
+    PipelineTableFactory(pipeline=pipeline, snapshot_state="done")
+    source = pipeline.source
+    old = source.slot_name
+    url = reverse("admin:sources_source_change_slot", args=[source.pk])
+
+    page = admin_browser.get(url).content.decode()
+    assert "keeps WAL on the source" in page and old in page
+    page = admin_browser.post(url, {"slot_name": "new_slot"}).content.decode()
+    assert "This field is required" in page
+    source.refresh_from_db()
+    assert source.slot_name == old
+
+    response = admin_browser.post(url, {"slot_name": "new_slot", "drop_old_slot": "no"}, follow=True)
+    assert f"Slot {old} stays on the source and keeps WAL" in response.content.decode()
+    source.refresh_from_db()
+    pipeline.refresh_from_db()
+    assert source.slot_name == "new_slot" and pipeline.status == "refreshing"
+    assert set(pipeline.tables.values_list("snapshot_state", flat=True)) == {"pending"}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_admin_moves_a_started_pipeline_to_another_destination_with_a_re_copy(admin_browser):
+    pipeline = PipelineFactory(status="paused")
+    PipelineTableFactory(pipeline=pipeline, snapshot_state="done")
+    key = pipeline.checkpoint_key
+    other = DestinationFactory()
+    url = reverse("admin:pipelines_pipeline_move", args=[pipeline.pk])
+
+    assert "copies every table into the new destination" in admin_browser.get(url).content.decode()
+    page = admin_browser.post(url, {"destination": pipeline.destination_id}).content.decode()
+    assert "already writes to" in page
+
+    response = admin_browser.post(url, {"destination": other.pk}, follow=True)
+    assert "every table is copied there again" in response.content.decode()
+    pipeline.refresh_from_db()
+    assert pipeline.destination_id == other.pk and pipeline.status == "paused"
+    assert pipeline.checkpoint_key != key  # the new destination's checkpoint starts afresh
+    assert set(pipeline.tables.values_list("snapshot_state", flat=True)) == {"pending"}
