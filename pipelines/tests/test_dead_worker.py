@@ -136,8 +136,10 @@ def test_a_snapshot_longer_than_celerys_task_time_limit_finishes(
     sent = timezone.now()
     tasks.dispatch_pipeline_runs.delay()
     wait_for(lambda: copying_orders(pipeline), what="the worker to start copying orders")
-    threading.Timer(3, blocker.rollback).start()  # the copy takes 3 s or more
+    release = threading.Timer(3, blocker.rollback)  # the copy takes 3 s or more
+    release.start()
     wait_for(lambda: not Pipeline.objects.get(pk=pipeline.pk).run_enqueued_at, what="the run task to end")
+    release.join()
     blocker.close()
 
     run = PipelineRun.objects.filter(pipeline=pipeline, started_at__gt=sent).order_by("started_at").first()
@@ -157,8 +159,10 @@ def test_a_snapshot_past_its_own_limit_says_which_setting_and_the_next_run_resum
 
     tasks.dispatch_pipeline_runs.delay()  # as Beat does: the worker sends the run task
     wait_for(lambda: copying_orders(pipeline), what="the worker to start copying orders")
-    threading.Timer(3, blocker.rollback).start()
+    release = threading.Timer(3, blocker.rollback)
+    release.start()
     wait_for(lambda: not Pipeline.objects.get(pk=pipeline.pk).run_enqueued_at, what="the run task to end")
+    release.join()  # the run ended before: the copy is still waiting for the lock
     blocker.close()
     failed = PipelineRun.objects.get(pipeline=pipeline, outcome=PipelineRun.Outcome.FAILED)
     assert "ROSETTA_SNAPSHOT_TIME_LIMIT_SECONDS = 1 s" in failed.error
