@@ -13,7 +13,6 @@ import duckdb
 import pytest
 
 from destinations.writers import types
-from destinations.writers.duckdb import can_widen
 
 from .batches import cdc_row, copy_chunks, make_batch, make_everything_table, table_changes
 
@@ -179,20 +178,3 @@ def test_the_writer_waits_for_another_process_to_let_go_of_the_file(duckdb_write
 )
 def test_duckdb_types_for_postgresql_types(oid, typmod, expected):
     assert types.duckdb_type(oid, typmod) == expected
-
-
-@pytest.mark.parametrize(
-    ("old", "new", "allowed"),
-    [
-        ("INTEGER", "BIGINT", True),
-        ("BIGINT", "INTEGER", False),
-        ("DECIMAL(10,2)", "DECIMAL(12,2)", True),
-        ("DECIMAL(10,2)", "DECIMAL(10,3)", False),
-        ("INTEGER", "DECIMAL(12,2)", True),
-        ("DECIMAL(12,2)", "VARCHAR", True),
-        ("VARCHAR", "JSON", False),
-        ("FLOAT", "DOUBLE", True),
-    ],
-)
-def test_which_duckdb_type_changes_are_applied_in_place(old, new, allowed):
-    assert can_widen(old, new) is allowed
