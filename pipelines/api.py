@@ -72,6 +72,7 @@ class PipelineSerializer(StrictModelSerializer):
             "status",
             "batch_size",
             "soft_delete",
+            "on_incompatible_schema_change",
             "tables",
             "table_progress",
             "last_error",

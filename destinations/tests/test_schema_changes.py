@@ -133,11 +133,14 @@ def planned(dialect, before: Relation, after: Relation, fills=None, **changed):
         (FLOAT4, FLOAT8, "widen", "widen", ""),
         (INT4, TEXT, "widen", "widen", "refuse"),
         (JSONB, TEXT, "widen", "widen", "refuse"),
-        (INT8, INT4, "refuse", "refuse", "refuse"),
+        (INT8, INT4, "", "", ""),  # narrower: the destination holds every value already
+        (TEXT, varchar(10), "", "", ""),
+        (numeric(14, 2), numeric(10, 2), "", "", ""),
+        (numeric(14, 4), numeric(10, 2), "refuse", "refuse", "refuse"),  # rounds on the source
+        (FLOAT8, FLOAT4, "refuse", "refuse", ""),
         (TEXT, JSONB, "refuse", "refuse", "refuse"),
         (TEXT, INT4, "refuse", "refuse", "refuse"),
         (TIMESTAMP, TIMESTAMPTZ, "refuse", "refuse", "refuse"),
-        (TEXT, varchar(10), "refuse", "", ""),
         ((types.JSON, -1), JSONB, "refuse", "", ""),
     ],
 )

@@ -80,7 +80,7 @@ class Writer:
         Returns an ApplyResult. Replaying a batch at or below the checkpoint changes nothing."""
         raise NotImplementedError
 
-    def align_table(self, relation, target_table: str, fills=None):
+    def align_table(self, relation, target_table: str, fills=None, not_sent=frozenset()):
         """Bring an existing target table in line with the source table's shape now
         (`relation`, from the source catalog; `fills`: {column: ColumnFill} for columns
         added with a value for existing rows), in its own transaction, as the

@@ -566,14 +566,14 @@ class DuckDBWriter(Writer):
         columns += [f"{name} {duck_type}" for name, duck_type in META_COLUMNS.items()]
         return ", ".join(columns)
 
-    def align_table(self, relation, target_table: str, fills=None) -> SchemaAlignment:
+    def align_table(self, relation, target_table: str, fills=None, not_sent=frozenset()) -> SchemaAlignment:
         conn = self._connection()
         alignment = SchemaAlignment()
         conn.execute("BEGIN TRANSACTION")
         try:
             if self._table_exists(conn, target_table):
                 alignment.recopy = self._ensure_table(
-                    conn, relation, target_table, alignment.notes, fills, create=False
+                    conn, relation, target_table, alignment.notes, fills, not_sent
                 )[1]
             conn.execute("COMMIT")
         except BaseException:
@@ -584,7 +584,7 @@ class DuckDBWriter(Writer):
         return alignment
 
     def _ensure_table(
-        self, conn, relation, target_table: str, notes: list[str], fills=None, create: bool = True
+        self, conn, relation, target_table: str, notes: list[str], fills=None, not_sent=frozenset()
     ) -> tuple[dict, str | None]:
         """Create the target table, or bring it in line with the relation as the
         schema-change planner says (destinations/writers/schema_changes.py).
@@ -618,6 +618,7 @@ class DuckDBWriter(Writer):
             where=f"{self.schema}.{target_table}",
             existing_key=[c.name for c in columns if not c.nullable and c.name not in META_COLUMNS],
             fills=fills,
+            not_sent=not_sent,
             meta_columns=META_COLUMNS,
         )
         source_columns = {c.name: c for c in relation.columns}

@@ -461,18 +461,22 @@ class PostgresWriter(Writer):
             )
         return sql.SQL(", ").join(sql.Identifier(name) for name in keys)
 
-    def align_table(self, relation, target_table: str, fills=None) -> SchemaAlignment:
+    def align_table(self, relation, target_table: str, fills=None, not_sent=frozenset()) -> SchemaAlignment:
         conn = self._connection()
         alignment = SchemaAlignment()
         try:
             with conn.transaction():
                 if self._table_exists(conn, target_table):
-                    alignment.recopy = self._ensure_table(conn, relation, target_table, alignment.notes, fills)
+                    alignment.recopy = self._ensure_table(
+                        conn, relation, target_table, alignment.notes, fills, not_sent
+                    )
         finally:
             self._verified.pop(target_table, None)
         return alignment
 
-    def _ensure_table(self, conn, relation, target_table: str, notes: list[str], fills=None) -> str | None:
+    def _ensure_table(
+        self, conn, relation, target_table: str, notes: list[str], fills=None, not_sent=frozenset()
+    ) -> str | None:
         """Create the target table, or bring it in line with the relation as the
         schema-change planner says (destinations/writers/schema_changes.py).
         Returns why the table must be copied again, or None."""
@@ -523,6 +527,7 @@ class PostgresWriter(Writer):
             where=f"{self.schema}.{target_table}",
             existing_key=[name for name, *_, in_key in existing if in_key],
             fills=fills,
+            not_sent=not_sent,
             meta_columns=META_TYPES,
         )
         for action in plan.actions:

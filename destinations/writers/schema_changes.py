@@ -11,7 +11,9 @@ Whether a type change keeps every value is decided once, on PostgreSQL types
 can hold (Dialect.source_type), so `int -> bigint` is the same decision for
 PostgreSQL (int4 -> int8), DuckDB (INTEGER -> BIGINT) and Snowflake
 (NUMBER(10,0) -> NUMBER(19,0)). A change that maps to the same destination
-type (varchar(10) -> text is VARCHAR either way in DuckDB) needs nothing.
+type (varchar(10) -> text is VARCHAR either way in DuckDB) needs nothing, and
+neither does a narrower source type (bigint -> int, or changes read from
+before a widening already applied): the destination column holds every value.
 """
 
 from dataclasses import dataclass, field
@@ -140,6 +142,7 @@ def plan(
     existing_key: list[str] | None = None,
     fills: dict[str, ColumnFill] | None = None,
     meta_columns: dict[str, object] | None = None,
+    not_sent: frozenset[str] = frozenset(),
 ) -> SchemaPlan:
     """The actions that bring a destination table (`existing`, in `where`) in line
     with `relation`, or IncompatibleSchemaChange.
@@ -148,6 +151,8 @@ def plan(
     not known, not checked). `fills`: what existing source rows hold in columns
     added to the source (from its catalog; a column absent here held NULL).
     `meta_columns`: Rosetta's own columns, added when missing, never marked dropped.
+    `not_sent`: columns the source table has but its changes do not carry (generated
+    columns, which PostgreSQL 15 does not send): left as they are.
     """
     fills = fills or {}
     meta_columns = meta_columns or {}
@@ -183,7 +188,7 @@ def plan(
                 + (f", existing rows set to {fill}." if fill is not None else ".")
             )
             continue
-        if have.type != wanted:
+        if have.type != wanted and not _holds(dialect, have.type, column):
             result.actions.append(_widen(relation, column, have, wanted, dialect, where))
             result.notes.append(
                 f"Column {column.name} of {where} widened from {dialect.type_name(have.type)} "
@@ -203,7 +208,9 @@ def plan(
 
     wanted_names = set(relation.column_names)
     for column in existing:
-        if column.name in wanted_names or column.name in meta_columns or column.marked_dropped:
+        if column.name in wanted_names or column.name in meta_columns or column.name in not_sent:
+            continue
+        if column.marked_dropped:
             continue
         result.actions.append(MarkDropped(column.name, drop_not_null=not column.nullable))
         result.notes.append(
@@ -213,13 +220,40 @@ def plan(
     return result
 
 
+def _source_type(column) -> tuple[int, int]:
+    if types.is_builtin(column.type_oid):
+        return column.type_oid, column.type_modifier
+    return types.TEXT, -1
+
+
+def _holds(dialect: Dialect, destination_type, column) -> bool:
+    """True if the destination column already holds every value of the source column's
+    type: a source type narrowed, or changes from before a widening the destination
+    already made. The column keeps its type."""
+    held = dialect.source_type(destination_type)
+    new = _source_type(column)
+    return held is not None and widens(new, held) and _same_values_when_narrowed(held, new)
+
+
+def _same_values_when_narrowed(old: tuple[int, int], new: tuple[int, int]) -> bool:
+    """True if PostgreSQL converting a column from `old` to the narrower `new` leaves every
+    value as it was (or fails): integers, numerics of one scale, text to varchar(n).
+    Rounding (a smaller scale, float4, a timestamp precision) and reparsing (text to
+    jsonb or int) change values, which only a new copy brings."""
+    (old_oid, old_mod), (new_oid, new_mod) = old, new
+    if old_oid in _INTEGER_RANK and new_oid in _INTEGER_RANK:
+        return True
+    if old_oid == new_oid == types.NUMERIC:
+        old_ps, new_ps = types.numeric_precision_scale(old_mod), types.numeric_precision_scale(new_mod)
+        return old_ps is not None and new_ps is not None and old_ps[1] == new_ps[1]
+    return old_oid in (types.TEXT, types.VARCHAR) and new_oid == types.VARCHAR
+
+
 def _widen(relation, column, have: DestinationColumn, wanted, dialect: Dialect, where: str) -> WidenColumn:
     """The in-place type change of a column, or IncompatibleSchemaChange."""
     source = f"{relation.schema}.{relation.name}"
     old_source_type = dialect.source_type(have.type)
-    new_source_type = (column.type_oid, column.type_modifier)
-    if not types.is_builtin(column.type_oid):
-        new_source_type = (types.TEXT, -1)
+    new_source_type = _source_type(column)
     if (
         old_source_type is None
         or not widens(old_source_type, new_source_type)

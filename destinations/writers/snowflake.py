@@ -474,19 +474,21 @@ class SnowflakeWriter(Writer):
         create = "CREATE OR REPLACE TABLE" if replace else "CREATE TABLE IF NOT EXISTS"
         return f"{create} {quote(table)} ({', '.join(definitions)})"
 
-    def align_table(self, relation, target_table: str, fills=None) -> SchemaAlignment:
+    def align_table(self, relation, target_table: str, fills=None, not_sent=frozenset()) -> SchemaAlignment:
         import snowflake.connector
 
         alignment = SchemaAlignment()
         self._columns.pop(target_table, None)  # read the table as it is now
         try:
             if self._table_columns(target_table):
-                alignment.recopy = self._ensure_table(target_table, relation, alignment.notes, fills)[1]
+                alignment.recopy = self._ensure_table(target_table, relation, alignment.notes, fills, not_sent)[1]
         except snowflake.connector.errors.Error as error:
             raise self._problem(error) from error
         return alignment
 
-    def _ensure_table(self, table: str, relation, notes: list[str], fills=None) -> tuple[list[str], str | None]:
+    def _ensure_table(
+        self, table: str, relation, notes: list[str], fills=None, not_sent=frozenset()
+    ) -> tuple[list[str], str | None]:
         """Create the target table, or bring it in line with the relation as the
         schema-change planner says (destinations/writers/schema_changes.py).
         Returns the relation's column types and why the table must be copied again (or None)."""
@@ -506,6 +508,7 @@ class SnowflakeWriter(Writer):
             where=f"{self.settings.get('schema')}.{table}",
             existing_key=[c.name for c in columns if not c.nullable and c.name not in META_TYPES],
             fills=fills,
+            not_sent=not_sent,
             meta_columns={name: _type_signature(sql_type) for name, sql_type in META_TYPES.items()},
         )
         rendered = dict(zip(relation.column_names, sql_types, strict=True)) | META_TYPES
