@@ -11,6 +11,7 @@ from destinations.writers.schema_changes import (
     AddColumn,
     BringBack,
     DestinationColumn,
+    DropColumn,
     MarkDropped,
     WidenColumn,
     plan,
@@ -203,6 +204,11 @@ def test_a_dropped_column_is_marked_once_and_brought_back_with_the_new_columns_v
     back = planned(dialect, full, full, fills={"score": ColumnFill("0")}, **marked)
     assert back.actions == [BringBack("score", "0")]
     assert planned(dialect, full, full, **marked).actions == [BringBack("score", None)]
+    other_type = relation(key(), col("name", TEXT), col("score", JSONB))
+    assert planned(dialect, full, other_type, fills={"score": ColumnFill("{}")}, **marked).actions == [
+        DropColumn("score"),
+        AddColumn("score", dialect.column_type(col("score", JSONB)), "{}"),
+    ]
 
 
 @pytest.mark.parametrize("kind", DIALECTS)

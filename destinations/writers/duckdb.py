@@ -644,6 +644,8 @@ class DuckDBWriter(Writer):
         elif isinstance(action, schema_changes.BringBack):
             conn.execute(f"COMMENT ON COLUMN {target}.{column} IS NULL")
             self._fill(conn, target, source_columns[action.name], action.fill)
+        elif isinstance(action, schema_changes.DropColumn):
+            conn.execute(f"ALTER TABLE {target} DROP COLUMN {column}")
         else:
             raise TypeError(f"unknown schema change {action!r}")
 

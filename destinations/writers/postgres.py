@@ -568,6 +568,8 @@ class PostgresWriter(Writer):
         elif isinstance(action, schema_changes.BringBack):
             conn.execute(sql.SQL("COMMENT ON COLUMN {}.{} IS NULL").format(target, name))
             conn.execute(sql.SQL("UPDATE {} SET {} = {}").format(target, name, sql.Literal(action.fill)))
+        elif isinstance(action, schema_changes.DropColumn):
+            conn.execute(sql.SQL("ALTER TABLE {} DROP COLUMN {}").format(target, name))
         else:
             raise TypeError(f"unknown schema change {action!r}")
 

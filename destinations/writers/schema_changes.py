@@ -124,6 +124,13 @@ class BringBack:
     fill: str | None = None
 
 
+@dataclass(frozen=True)
+class DropColumn:
+    """Only for a column marked dropped whose name comes back with another type."""
+
+    name: str
+
+
 @dataclass
 class SchemaPlan:
     actions: list = field(default_factory=list)
@@ -188,18 +195,22 @@ def plan(
                 + (f", existing rows set to {fill}." if fill is not None else ".")
             )
             continue
-        if have.type != wanted and not _holds(dialect, have.type, column):
+        if have.marked_dropped:
+            # A new column of an old name: its values replace the old ones, whatever its type.
+            fill = fill_of(column.name)
+            if have.type == wanted:
+                result.actions.append(BringBack(column.name, fill))
+            else:
+                result.actions += [DropColumn(column.name), AddColumn(column.name, wanted, fill)]
+            result.notes.append(
+                f"Column {column.name} is back in {source}: {where} uses it again, its old values "
+                f"replaced by {fill if fill is not None else 'NULL'} as on the source."
+            )
+        elif have.type != wanted and not _holds(dialect, have.type, column):
             result.actions.append(_widen(relation, column, have, wanted, dialect, where))
             result.notes.append(
                 f"Column {column.name} of {where} widened from {dialect.type_name(have.type)} "
                 f"to {dialect.type_name(wanted)}."
-            )
-        if have.marked_dropped:
-            fill = fill_of(column.name)
-            result.actions.append(BringBack(column.name, fill))
-            result.notes.append(
-                f"Column {column.name} is back in {source}: {where} uses it again, its old values "
-                f"replaced by {fill if fill is not None else 'NULL'} as on the source."
             )
 
     for name, meta_type in meta_columns.items():

@@ -536,6 +536,8 @@ class SnowflakeWriter(Writer):
         elif isinstance(action, schema_changes.BringBack):
             self._run(f"COMMENT ON COLUMN {target}.{column} IS ''")
             self._fill(table, source_columns[action.name], sql_types[action.name], action.fill)
+        elif isinstance(action, schema_changes.DropColumn):
+            self._run(f"ALTER TABLE {target} DROP COLUMN {column}")
         else:
             raise TypeError(f"unknown schema change {action!r}")
 

@@ -109,6 +109,7 @@ class Engine:
         # (True) or fail the run with what to do (False).
         self.recopy_incompatible = recopy_incompatible
         self._shapes: dict[tuple[str, str], TableShape] = {}  # source catalog, read this run
+        self._shapes_seen: set[tuple] = set()  # (table, change shape) the catalog was read again for
 
     def prepare(self) -> tuple[list[str], bool]:
         """Make sure the publication holds exactly our tables and the slot exists.
@@ -346,22 +347,18 @@ class Engine:
 
 
     def _fill_added_columns(self, batch: Batch) -> None:
-        """A change made before a column was added to the source lacks it; the row holds
-        what the rows existing then got (TableShape.fills): a constant default's value,
-        or per row (then the destination keeps what its copy of the table has, like an
-        unchanged TOASTed value). The writer also gets the fills, for the column's
-        existing rows when it adds it."""
+        """Apply each table's changes with its newest shape, the source catalog's: changes
+        read from before a schema change (that align_schemas already applied) carry an
+        older one, and must neither undo nor repeat it. A change made before a column
+        was added lacks it; the row gets what the rows existing then got
+        (TableShape.fills): a constant default's value, or per row (then the destination
+        keeps what its copy of the table has, like an unchanged TOASTed value). The
+        writer also gets the fills, for the existing rows of a column it adds."""
         for key, changes in batch.tables.items():
-            relation = changes.relation
-            shape = self._shapes.get(key)
-            if shape is None or not set(relation.column_names) <= set(shape.relation.column_names):
-                spec = self.tables[key]
-                shape = self._shapes[key] = self.source.table_shape(spec.schema, spec.table)
+            shape = self._current_shape(key, changes.relation)
+            relation = changes.relation = shape.relation
             fills = {name: shape.fills[name] for name in relation.column_names if name in shape.fills}
             changes.column_fills = fills
-            width = len(relation.columns)
-            if not fills or all(len(row) >= width for row, _ in changes.upserts.values()):
-                continue
             values = {}
             for column in relation.columns:
                 fill = fills.get(column.name)
@@ -373,10 +370,25 @@ class Engine:
                     values[column.name] = (
                         fill.value if changes.text_values else converter(column.type_oid)(fill.value.encode())
                     )
+            if not values:
+                continue
             for row, _ in changes.upserts.values():
-                if len(row) < width:
-                    for name, value in values.items():
-                        row.setdefault(name, value)
+                for name, value in values.items():
+                    if name not in row:
+                        row[name] = value
+
+    def _current_shape(self, key: tuple[str, str], relation) -> TableShape:
+        """The table's shape from the catalog, read again (once per shape) when a change
+        arrives with a shape it has not seen: a schema change made during the run."""
+        shape = self._shapes.get(key)
+        seen = (key, relation_shape(relation))
+        if shape is None or (
+            relation_shape(relation) != relation_shape(shape.relation) and seen not in self._shapes_seen
+        ):
+            spec = self.tables[key]
+            shape = self._shapes[key] = self.source.table_shape(spec.schema, spec.table)
+            self._shapes_seen.add(seen)
+        return shape
 
 
 class _Totals:

@@ -96,12 +96,15 @@ def test_a_random_workload_with_schema_changes_ends_with_the_destination_equal_t
     for _ in range(7):
         for table in TABLES:
             if workload.random.random() < 0.7:
+                statements.append(f"changes to {table}")
                 workload.changes(table, workload.random.randint(1, 6))
         table = workload.random.choice(TABLES)
         statements.append(workload.schema_change(table))
         if workload.random.random() < 0.5:  # the changed table changes afterwards, or stays quiet
+            statements.append(f"changes to {table}")
             workload.changes(table, workload.random.randint(1, 4))
+        statements.append("run")
         run(pipeline)
         for name in TABLES:
             assert_equal(source_db, target, name)
-    assert statements  # what the seed did, shown on failure
+    assert statements  # what the seed did (shown on failure)
