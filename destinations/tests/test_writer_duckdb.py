@@ -178,3 +178,27 @@ def test_the_writer_waits_for_another_process_to_let_go_of_the_file(duckdb_write
 )
 def test_duckdb_types_for_postgresql_types(oid, typmod, expected):
     assert types.duckdb_type(oid, typmod) == expected
+
+
+def test_key_columns_are_recorded_as_not_null_except_under_replica_identity_full(duckdb_writer):
+    from pipelines.engine.batch import Column, Relation
+
+    keyed = Relation(1, "public", "keyed", [Column("id", 20, -1, True), Column("v", 25)])
+    full = Relation(2, "public", "full", [Column("a", 20, -1, True), Column("b", 25, -1, True)], "f")
+    duckdb_writer.apply_batch(
+        "p",
+        make_batch(
+            table_changes(keyed, upserts={(1,): ({"id": 1, "v": None}, 5)}),
+            table_changes(full, upserts={(1, None): ({"a": 1, "b": None}, 5)}),
+            end_lsn=5,
+        ),
+    )
+    conn = duckdb_writer._connection()
+    nullable = dict(
+        conn.execute(
+            "SELECT table_name || '.' || column_name, is_nullable FROM duckdb_columns() "
+            "WHERE table_name IN ('keyed', 'full') AND column_name NOT LIKE '_rosetta%'"
+        ).fetchall()
+    )
+    assert nullable == {"keyed.id": False, "keyed.v": True, "full.a": True, "full.b": True}
+    assert conn.execute('SELECT a, b FROM main."full"').fetchall() == [(1, None)]

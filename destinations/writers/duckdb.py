@@ -201,6 +201,13 @@ def arrow_text_column(values: list, duck_type: str, type_oid: int) -> tuple[pa.A
     return pa.array(values, pa.string()), from_text("{}", duck_type, csv=True)
 
 
+def _recorded_key(relation) -> list[str]:
+    """The key columns a new table marks NOT NULL, which is how it records its key for
+    the schema-change planner. None under REPLICA IDENTITY FULL, where every column is
+    part of the key and may hold NULL."""
+    return [] if relation.replica_identity == "f" else relation.key_columns
+
+
 class _ChunkFile(io.RawIOBase):
     """A read-only file over an iterator of byte chunks, so Arrow's CSV reader can
     pull the COPY stream block by block without it ever being held whole."""
@@ -365,7 +372,7 @@ class DuckDBWriter(Writer):
             self._ensure_schema(conn)
             conn.execute(
                 f"CREATE OR REPLACE TABLE {new_table} "
-                f"({self._column_definitions(names, duck_types, relation.key_columns)})"
+                f"({self._column_definitions(names, duck_types, _recorded_key(relation))})"
             )
             if stream.peek(1):
                 positional = [f"c{position}" for position in range(len(names))]
@@ -602,7 +609,7 @@ class DuckDBWriter(Writer):
         ).fetchall()
         if not existing:
             self._ensure_schema(conn)
-            definitions = self._column_definitions(list(wanted), list(wanted.values()), relation.key_columns)
+            definitions = self._column_definitions(list(wanted), list(wanted.values()), _recorded_key(relation))
             conn.execute(f"CREATE TABLE {target} ({definitions})")
             self._verified[target_table] = signature
             return wanted, None
