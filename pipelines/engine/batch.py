@@ -116,6 +116,9 @@ class TableChanges:
     # existed then (from the source catalog): the writer gives existing rows that
     # value when it adds the column. See ColumnFill.
     column_fills: dict[str, ColumnFill] = field(default_factory=dict)
+    # The table's shape changed within the batch (a Relation message after some of its
+    # changes): rows may lack columns that `relation` has.
+    reshaped: bool = False
     inserted: int = 0  # counts of source changes, before folding
     updated: int = 0
     deleted: int = 0

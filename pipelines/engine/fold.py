@@ -169,7 +169,10 @@ class BatchBuilder:
         state = _RelationState(relation, spec) if spec else None
         self._relations[relation.oid] = state
         if state and spec.key in self.batch.tables:
-            self.batch.tables[spec.key].relation = state.relation
+            changes = self.batch.tables[spec.key]
+            if relation_shape(changes.relation) != relation_shape(state.relation):
+                changes.reshaped = True
+            changes.relation = state.relation
 
     def _state(self, oid: int) -> _RelationState | None:
         if self._skip:

@@ -208,7 +208,7 @@ class Engine:
             if gc_was_enabled:
                 gc.enable()
         self._fill_moved_rows(batch, builder.moved_keys, text_values)
-        self._fill_added_columns(batch)
+        self._fit_current_shape(batch)
         seconds["decode"] = time.perf_counter() - started
 
         result = None
@@ -272,7 +272,7 @@ class Engine:
                     messages += read
                     part = builder.finish()
                     self._fill_moved_rows(part, builder.moved_keys, text_values)
-                    self._fill_added_columns(part)
+                    self._fit_current_shape(part)
                     seconds["read + decode"] += time.perf_counter() - started
                     if pending:
                         self._finish_part(pending, total, seconds)
@@ -345,8 +345,7 @@ class Engine:
                     if row.get(name) is UNCHANGED:
                         row[name] = values.get(name)
 
-
-    def _fill_added_columns(self, batch: Batch) -> None:
+    def _fit_current_shape(self, batch: Batch) -> None:
         """Apply each table's changes with its newest shape, the source catalog's: changes
         read from before a schema change (that align_schemas already applied) carry an
         older one, and must neither undo nor repeat it. A change made before a column
@@ -356,9 +355,13 @@ class Engine:
         writer also gets the fills, for the existing rows of a column it adds."""
         for key, changes in batch.tables.items():
             shape = self._current_shape(key, changes.relation)
+            # Rows can lack a column only if they were read with an older shape.
+            older_rows = changes.reshaped or relation_shape(changes.relation) != relation_shape(shape.relation)
             relation = changes.relation = shape.relation
             fills = {name: shape.fills[name] for name in relation.column_names if name in shape.fills}
             changes.column_fills = fills
+            if not older_rows:
+                continue
             values = {}
             for column in relation.columns:
                 fill = fills.get(column.name)
