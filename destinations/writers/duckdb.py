@@ -578,10 +578,9 @@ class DuckDBWriter(Writer):
         alignment = SchemaAlignment()
         conn.execute("BEGIN TRANSACTION")
         try:
-            if self._table_exists(conn, target_table):
-                alignment.recopy = self._ensure_table(
-                    conn, relation, target_table, alignment.notes, fills, not_sent
-                )[1]
+            alignment.recopy = self._ensure_table(
+                conn, relation, target_table, alignment.notes, fills, not_sent, create=False
+            )[1]
             conn.execute("COMMIT")
         except BaseException:
             self._rollback(conn)
@@ -591,7 +590,14 @@ class DuckDBWriter(Writer):
         return alignment
 
     def _ensure_table(
-        self, conn, relation, target_table: str, notes: list[str], fills=None, not_sent=frozenset()
+        self,
+        conn,
+        relation,
+        target_table: str,
+        notes: list[str],
+        fills=None,
+        not_sent=frozenset(),
+        create: bool = True,
     ) -> tuple[dict, str | None]:
         """Create the target table, or bring it in line with the relation as the
         schema-change planner says (destinations/writers/schema_changes.py).
@@ -608,6 +614,8 @@ class DuckDBWriter(Writer):
             [self.schema, target_table],
         ).fetchall()
         if not existing:
+            if not create:  # align_table: a table not there yet is left to its snapshot
+                return wanted, None
             self._ensure_schema(conn)
             definitions = self._column_definitions(list(wanted), list(wanted.values()), _recorded_key(relation))
             conn.execute(f"CREATE TABLE {target} ({definitions})")

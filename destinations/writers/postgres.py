@@ -466,16 +466,22 @@ class PostgresWriter(Writer):
         alignment = SchemaAlignment()
         try:
             with conn.transaction():
-                if self._table_exists(conn, target_table):
-                    alignment.recopy = self._ensure_table(
-                        conn, relation, target_table, alignment.notes, fills, not_sent
-                    )
+                alignment.recopy = self._ensure_table(
+                    conn, relation, target_table, alignment.notes, fills, not_sent, create=False
+                )
         finally:
             self._verified.pop(target_table, None)
         return alignment
 
     def _ensure_table(
-        self, conn, relation, target_table: str, notes: list[str], fills=None, not_sent=frozenset()
+        self,
+        conn,
+        relation,
+        target_table: str,
+        notes: list[str],
+        fills=None,
+        not_sent=frozenset(),
+        create: bool = True,
     ) -> str | None:
         """Create the target table, or bring it in line with the relation as the
         schema-change planner says (destinations/writers/schema_changes.py).
@@ -499,6 +505,8 @@ class PostgresWriter(Writer):
             [self.schema, target_table],
         ).fetchall()
         if not existing:
+            if not create:  # align_table: a table not there yet is left to its snapshot
+                return None
             self._ensure_schema(conn)
             type_names = self._type_names(conn, [target_type(c) for c in relation.columns])
             conn.execute(
