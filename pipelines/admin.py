@@ -58,7 +58,16 @@ class PipelineAdmin(admin.ModelAdmin):
         "created_at",
         "updated_at",
     ]
-    fields = ["name", "source", "destination", "batch_size", "soft_delete", "on_slot_lost", *readonly_fields]
+    fields = [
+        "name",
+        "source",
+        "destination",
+        "batch_size",
+        "soft_delete",
+        "on_incompatible_schema_change",
+        "on_slot_lost",
+        *readonly_fields,
+    ]
     actions = ["start", "pause", "refresh"]
 
     def get_queryset(self, request):

@@ -74,6 +74,7 @@ class PipelineSerializer(StrictModelSerializer):
             "batch_size",
             "soft_delete",
             "on_slot_lost",
+            "on_incompatible_schema_change",
             "tables",
             "table_progress",
             "last_error",

@@ -81,6 +81,22 @@ class Pipeline(models.Model):
         blank=True, default="", editable=False, help_text="The last critical alert this pipeline raised."
     )
     last_alert_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    class SchemaChangePolicy(models.TextChoices):
+        FAIL = "fail", "Fail the run and say which table to refresh"
+        RECOPY = "recopy", "Copy that table again automatically"
+
+    on_incompatible_schema_change = models.CharField(
+        max_length=16,
+        choices=SchemaChangePolicy.choices,
+        default=SchemaChangePolicy.FAIL,
+        help_text=(
+            "When a source table changes in a way its destination table cannot follow in place "
+            "(a type that does not widen, a new primary key): stop with a message naming the table "
+            "to refresh, or copy that one table again (the destination keeps the old copy until "
+            "the new one is complete)."
+        ),
+    )
     last_error = models.TextField(blank=True, default="", editable=False)
     consecutive_failures = models.PositiveIntegerField(default=0, editable=False)
     next_run_at = models.DateTimeField(null=True, blank=True, editable=False)

@@ -376,12 +376,16 @@ def _run_locked(pipeline, run, snapshot_only, observer, hooks) -> BatchOutcome |
                 batch_size=pipeline.batch_size,
                 soft_delete=pipeline.soft_delete,
                 after_apply=hooks.after_apply,
+                recopy_incompatible=(
+                    pipeline.on_incompatible_schema_change == Pipeline.SchemaChangePolicy.RECOPY
+                ),
             )
             changed, _ = engine.prepare(
                 before_new_slot=lambda lost: _before_new_slot(pipeline, run, lost),
                 at_step=hooks.at_slot_step,
             )
             notes += changed
+            notes += _align_schemas(pipeline, engine)
             run.snapshot_rows = _snapshot_pending(pipeline, engine, observer)
             if snapshot_only:
                 run.notes = "\n".join(notes)
@@ -391,6 +395,7 @@ def _run_locked(pipeline, run, snapshot_only, observer, hooks) -> BatchOutcome |
         writer.close()
     batch = outcome.batch
     result = outcome.result
+    _mark_for_recopy(pipeline, outcome.recopy)
     if batch.start_lsn:
         run.start_lsn = lsn_to_str(batch.start_lsn)
     if batch.end_lsn:
@@ -461,6 +466,23 @@ def _raise_alert(pipeline: Pipeline, message: str) -> None:
         raise_pipeline_alert(pipeline.source, message, slot_name=pipeline.source.slot_name)
     Pipeline.objects.filter(pk=pipeline.pk).update(last_alert=message, last_alert_at=now)
     pipeline.last_alert, pipeline.last_alert_at = message, now
+
+
+def _align_schemas(pipeline: Pipeline, engine: Engine) -> list[str]:
+    """Once per run: the copied tables follow their source's schema changes, even without
+    a change to carry them; those that need a new copy are marked for one (this run's
+    snapshot step makes it). Returns the notes."""
+    copied = pipeline.tables.filter(snapshot_state=PipelineTable.SnapshotState.DONE)
+    check = engine.align_schemas([(t.schema_name, t.table_name) for t in copied])
+    _mark_for_recopy(pipeline, check.recopy)
+    return check.notes + list(check.recopy.values())
+
+
+def _mark_for_recopy(pipeline: Pipeline, tables: dict[tuple[str, str], str]) -> None:
+    for schema, table in tables:
+        PipelineTable.objects.filter(pipeline=pipeline, schema_name=schema, table_name=table).update(
+            snapshot_state=PipelineTable.SnapshotState.PENDING
+        )
 
 
 def _snapshot_pending(pipeline: Pipeline, engine: Engine, observer: RunObserver) -> int:

@@ -1,6 +1,8 @@
 """What every writer does with a Batch, checked on a real PostgreSQL database and a
 real DuckDB file (the `target` fixture runs each test against both)."""
 
+import json
+
 import pytest
 
 from destinations.writers.base import IncompatibleSchemaChange
@@ -250,3 +252,49 @@ def test_a_table_without_a_key_is_refused_with_a_readable_message(target):
     keyless = Relation(3, "public", "logs", [Column("line", TEXT)])
     with pytest.raises(IncompatibleSchemaChange, match="no primary key"):
         apply(target, keyless, end_lsn=10, upserts={("a",): ({"line": "a"}, 10)})
+
+
+def test_align_table_renders_the_planned_changes_with_the_values_existing_rows_got(target):
+    from pipelines.engine.batch import ColumnFill
+
+    apply(target, items_relation(), end_lsn=10, upserts=upsert([{"id": 1, "name": "one", "body": "b"}], lsn=10))
+    assert target.writer.align_table(items_relation(), "missing_table").notes == []  # left to its snapshot
+    added = items_relation(Column("score", INT4), Column("tags", 1009), Column("plain", TEXT))
+    alignment = target.writer.align_table(
+        added, "items", {"score": ColumnFill("7"), "tags": ColumnFill('{a,"b c"}')}
+    )
+    assert alignment.recopy is None
+    assert items(target, "id, score, tags, plain") == [(1, 7, ["a", "b c"], None)]
+    assert any("score" in note and "set to 7" in note for note in alignment.notes)
+
+    narrower = Relation(5001, "public", "items", [Column("id", INT8, -1, True), Column("name", TEXT)])
+    alignment = target.writer.align_table(narrower, "items")
+    assert sorted(n.split()[1] for n in alignment.notes) == ["body", "plain", "score", "tags"]
+    assert target.writer.align_table(narrower, "items").notes == []  # noted once
+
+    back = Relation(5001, "public", "items", [*narrower.columns, Column("score", INT4), Column("tags", 3802)])
+    alignment = target.writer.align_table(back, "items", {"score": ColumnFill("0"), "tags": ColumnFill('{"k": 1}')})
+    [(id_, score, tags, body)] = items(target, "id, score, tags, body")
+    assert (id_, score, json.loads(tags) if isinstance(tags, str) else tags, body) == (1, 0, {"k": 1}, "b")
+    assert sum("is back in public.items" in note for note in alignment.notes) == 2
+
+
+def test_a_column_whose_rows_each_got_their_own_value_asks_for_a_copy(target):
+    from pipelines.engine.batch import ColumnFill
+
+    apply(target, items_relation(), end_lsn=10, upserts=upsert([{"id": 1, "name": "one"}], lsn=10))
+    alignment = target.writer.align_table(
+        items_relation(Column("made", 1184)), "items", {"made": ColumnFill(per_row=True)}
+    )
+    assert "made" in alignment.recopy and "copied again" in alignment.recopy
+
+
+def test_a_key_change_is_refused_by_the_writer_naming_the_table_and_the_fix(target):
+    relation = Relation(1, "public", "t", [Column("id", INT4, -1, True), Column("code", TEXT)])
+    apply(target, relation, end_lsn=5, upserts={(1,): ({"id": 1, "code": "a"}, 5)})
+    rekeyed = Relation(1, "public", "t", [Column("id", INT4), Column("code", TEXT, -1, True)])
+    with pytest.raises(IncompatibleSchemaChange, match=r"primary key of public\.t is now \(code\).*refresh the table"):
+        apply(target, rekeyed, end_lsn=6, upserts={("b",): ({"id": 2, "code": "b"}, 6)})
+    with pytest.raises(IncompatibleSchemaChange, match=r"primary key of public\.t"):
+        target.writer.align_table(rekeyed, "t")
+    assert target.writer.read_checkpoint("pipeline-1") == 5

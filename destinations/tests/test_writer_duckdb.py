@@ -13,7 +13,6 @@ import duckdb
 import pytest
 
 from destinations.writers import types
-from destinations.writers.duckdb import can_widen
 
 from .batches import cdc_row, copy_chunks, make_batch, make_everything_table, table_changes
 
@@ -181,18 +180,25 @@ def test_duckdb_types_for_postgresql_types(oid, typmod, expected):
     assert types.duckdb_type(oid, typmod) == expected
 
 
-@pytest.mark.parametrize(
-    ("old", "new", "allowed"),
-    [
-        ("INTEGER", "BIGINT", True),
-        ("BIGINT", "INTEGER", False),
-        ("DECIMAL(10,2)", "DECIMAL(12,2)", True),
-        ("DECIMAL(10,2)", "DECIMAL(10,3)", False),
-        ("INTEGER", "DECIMAL(12,2)", True),
-        ("DECIMAL(12,2)", "VARCHAR", True),
-        ("VARCHAR", "JSON", False),
-        ("FLOAT", "DOUBLE", True),
-    ],
-)
-def test_which_duckdb_type_changes_are_applied_in_place(old, new, allowed):
-    assert can_widen(old, new) is allowed
+def test_key_columns_are_recorded_as_not_null_except_under_replica_identity_full(duckdb_writer):
+    from pipelines.engine.batch import Column, Relation
+
+    keyed = Relation(1, "public", "keyed", [Column("id", 20, -1, True), Column("v", 25)])
+    full = Relation(2, "public", "full", [Column("a", 20, -1, True), Column("b", 25, -1, True)], "f")
+    duckdb_writer.apply_batch(
+        "p",
+        make_batch(
+            table_changes(keyed, upserts={(1,): ({"id": 1, "v": None}, 5)}),
+            table_changes(full, upserts={(1, None): ({"a": 1, "b": None}, 5)}),
+            end_lsn=5,
+        ),
+    )
+    conn = duckdb_writer._connection()
+    nullable = dict(
+        conn.execute(
+            "SELECT table_name || '.' || column_name, is_nullable FROM duckdb_columns() "
+            "WHERE table_name IN ('keyed', 'full') AND column_name NOT LIKE '_rosetta%'"
+        ).fetchall()
+    )
+    assert nullable == {"keyed.id": False, "keyed.v": True, "full.a": True, "full.b": True}
+    assert conn.execute('SELECT a, b FROM main."full"').fetchall() == [(1, None)]

@@ -2,9 +2,7 @@
 
 import pytest
 
-from destinations.writers import types
 from destinations.writers.base import IncompatibleSchemaChange
-from destinations.writers.postgres import can_widen
 from pipelines.engine.batch import Column, Relation
 
 from .batches import cdc_row, copy_chunks, make_batch, make_everything_table, relation_of, table_changes
@@ -95,32 +93,3 @@ def test_a_source_key_change_is_refused_with_what_to_do(pg_writer):
             "p", make_batch(table_changes(rekeyed, upserts={("b",): ({"id": 2, "code": "b"}, 6)}), end_lsn=6)
         )
 
-
-def numeric(precision, scale):
-    return types.NUMERIC, ((precision << 16) | scale) + 4
-
-
-def varchar(length):
-    return types.VARCHAR, length + 4
-
-
-@pytest.mark.parametrize(
-    ("old", "new", "allowed"),
-    [
-        ((types.INT4, -1), (types.INT8, -1), True),
-        ((types.INT8, -1), (types.INT4, -1), False),
-        ((types.INT4, -1), numeric(12, 2), True),
-        ((types.INT8, -1), numeric(12, 2), False),
-        (numeric(10, 2), numeric(12, 2), True),
-        (numeric(10, 2), numeric(10, 3), False),
-        (numeric(10, 2), (types.NUMERIC, -1), True),
-        (varchar(10), varchar(20), True),
-        (varchar(20), varchar(10), False),
-        (varchar(20), (types.TEXT, -1), True),
-        ((types.JSONB, -1), (types.TEXT, -1), True),
-        ((types.TEXT, -1), (types.JSONB, -1), False),
-        ((types.TIMESTAMP, -1), (types.TIMESTAMPTZ, -1), False),
-    ],
-)
-def test_which_type_changes_are_applied_in_place(old, new, allowed):
-    assert can_widen(old, new) is allowed

@@ -107,3 +107,57 @@ def test_a_crash_after_the_snowflake_commit_and_before_the_slot_advance_duplicat
 
     assert outcome.skipped_transactions == 2 and not outcome.applied
     assert_equal_to_source(source_conn, engine.analyst)
+
+
+def line_items(source_conn, analyst, columns):
+    """line_items' `columns` on the source and in Snowflake, by key."""
+    names = ", ".join(f'"{c}"' for c in columns)
+    order = '"order_id", "line"'
+    source = [tuple(row) for row in source_conn.execute(f"SELECT {names} FROM line_items ORDER BY {order}")]
+    rows = analyst.cursor().execute(f'SELECT {names} FROM "line_items" ORDER BY {order}').fetchall()
+    return source, [tuple(row) for row in rows]
+
+
+def test_schema_changes_on_a_real_source_reach_snowflake_through_the_shared_planner(engine, source_conn):
+    from destinations.writers.base import IncompatibleSchemaChange
+
+    analyst = engine.analyst
+    source_conn.execute("UPDATE line_items SET qty = -qty WHERE order_id = 1")  # before the ALTERs
+    source_conn.execute("ALTER TABLE line_items ALTER COLUMN qty TYPE bigint")  # int -> bigint
+    # (after the rewrite above: a rewrite makes a constant default's rows look per row)
+    source_conn.execute("ALTER TABLE line_items ADD COLUMN status text NOT NULL DEFAULT 'open'")
+    source_conn.execute('ALTER TABLE "Orders" ADD COLUMN "Rank" int DEFAULT 3')  # a table that stays quiet
+    check = engine.align_schemas(sorted(engine.tables))
+    assert not check.recopy
+    assert any("Column status (VARCHAR) added to RAW.line_items, existing rows set to open" in n for n in check.notes)
+    until_caught_up(engine)
+    source, copied = line_items(source_conn, analyst, ["order_id", "line", "qty", "status"])
+    assert copied == source and copied[0] == (1, 1, -1, "open")
+    ranks = analyst.cursor().execute('SELECT DISTINCT "Rank" FROM "Orders"').fetchall()
+    assert ranks == [(3,)]
+
+    # A column dropped, then added again under the same name: the new column's values.
+    source_conn.execute("ALTER TABLE line_items DROP COLUMN status")
+    source_conn.execute("UPDATE line_items SET qty = 0 WHERE order_id = 2")
+    until_caught_up(engine)
+    source_conn.execute("ALTER TABLE line_items ADD COLUMN status int DEFAULT 7")
+    check = engine.align_schemas(sorted(engine.tables))
+    assert any("Column status is back in public.line_items" in n for n in check.notes)
+    until_caught_up(engine)
+    source, copied = line_items(source_conn, analyst, ["order_id", "line", "qty", "status"])
+    assert copied == source and copied[0][3] == 7
+
+    # A volatile default: every row has its own value, so the table is copied again.
+    source_conn.execute("ALTER TABLE line_items ADD COLUMN made timestamptz DEFAULT clock_timestamp()")
+    check = engine.align_schemas(sorted(engine.tables))
+    assert list(check.recopy) == [("public", "line_items")]
+    engine.snapshot_table(engine.tables[("public", "line_items")])
+    until_caught_up(engine)
+    source, copied = line_items(source_conn, analyst, ["order_id", "line", "made"])
+    assert [row[:2] for row in copied] == [row[:2] for row in source]
+    assert [row[2] for row in copied] == [row[2] for row in source]
+
+    # A key change is refused, naming the table and the fix.
+    source_conn.execute("ALTER TABLE line_items DROP CONSTRAINT line_items_pkey, ADD PRIMARY KEY (order_id, line, qty)")
+    with pytest.raises(IncompatibleSchemaChange, match=r"primary key of public\.line_items .*refresh the table"):
+        engine.align_schemas(sorted(engine.tables))

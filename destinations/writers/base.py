@@ -80,6 +80,14 @@ class Writer:
         Returns an ApplyResult. Replaying a batch at or below the checkpoint changes nothing."""
         raise NotImplementedError
 
+    def align_table(self, relation, target_table: str, fills=None, not_sent=frozenset()):
+        """Bring an existing target table in line with the source table's shape now
+        (`relation`, from the source catalog; `fills`: {column: ColumnFill} for columns
+        added with a value for existing rows), in its own transaction, as the
+        schema-change planner says (schema_changes.py). A table not there yet is left
+        to its snapshot. Returns a SchemaAlignment; raises IncompatibleSchemaChange."""
+        raise NotImplementedError
+
     def load_snapshot(self, relation, target_table: str, chunks, snapshot_lsn: int) -> int:
         """Replace the target table's contents with a COPY stream (`chunks`: bytes in
         `snapshot_format`, columns in relation order). The old contents stay visible

@@ -35,15 +35,15 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 
 from pipelines.engine import pgtypes
-from pipelines.engine.batch import UNCHANGED, ApplyResult, lsn_to_str
+from pipelines.engine.batch import UNCHANGED, ApplyResult, SchemaAlignment, lsn_to_str
 
-from . import types
+from . import schema_changes, types
 from .base import ConnectionProblem, IncompatibleSchemaChange, Writer, unchanged_columns_stored_as_null
 
 CHECKPOINTS = "_rosetta_checkpoints"
 LSN, SYNCED_AT, DELETED_AT = "_rosetta_lsn", "_rosetta_synced_at", "_rosetta_deleted_at"
 META_COLUMNS = {LSN: "BIGINT", SYNCED_AT: "TIMESTAMP WITH TIME ZONE", DELETED_AT: "TIMESTAMP WITH TIME ZONE"}
-DROPPED_COMMENT = "Rosetta: dropped on the source; kept here, no longer updated."
+DROPPED_COMMENT = schema_changes.DROPPED_COMMENT
 LOCK_WAIT_SECONDS = 30
 # DuckDB's buffer cap for merges (a big batch's updates live in memory until commit)
 # and, lower, for snapshot loads, where the cache would otherwise grow with the table.
@@ -51,9 +51,6 @@ LOCK_WAIT_SECONDS = 30
 MEMORY_LIMIT = "1GB"
 SNAPSHOT_MEMORY_LIMIT = "64MB"
 CSV_BLOCK_SIZE = 1 << 20
-
-_INTEGER_RANK = {"SMALLINT": 1, "INTEGER": 2, "BIGINT": 3}
-_INTEGER_DIGITS = {"SMALLINT": 5, "INTEGER": 10, "BIGINT": 19}
 
 # DuckDB type -> the Arrow type a batch column is built as; the SQL then casts
 # it to the column type (a no-op where they match).
@@ -83,19 +80,46 @@ def decimal_precision_scale(duck_type: str) -> tuple[int, int] | None:
     return None
 
 
-def can_widen(old: str, new: str) -> bool:
-    """True if ALTER COLUMN ... TYPE new keeps every value the column holds."""
-    if new == "VARCHAR":
-        return True
-    if old in _INTEGER_RANK and new in _INTEGER_RANK:
-        return _INTEGER_RANK[new] >= _INTEGER_RANK[old]
-    if old == "FLOAT" and new == "DOUBLE":
-        return True
-    new_ps = decimal_precision_scale(new)
-    old_ps = (_INTEGER_DIGITS[old], 0) if old in _INTEGER_DIGITS else decimal_precision_scale(old)
-    if new_ps and old_ps:
-        return new_ps[0] - new_ps[1] >= old_ps[0] - old_ps[1] and new_ps[1] >= old_ps[1]
-    return False
+class DuckDBDialect(schema_changes.Dialect):
+    """DuckDB types as duckdb_columns() spells them (types.duckdb_type); ALTER ... TYPE
+    converts any widening."""
+
+    def column_type(self, column):
+        return types.duckdb_type(column.type_oid, column.type_modifier)
+
+    def source_type(self, destination_type):
+        if destination_type.endswith("[]"):
+            element = self.source_type(destination_type[:-2])
+            array = _ARRAY_OF.get(element[0]) if element else None
+            return (array, element[1]) if array else None
+        precision_scale = decimal_precision_scale(destination_type)
+        if precision_scale:
+            return types.NUMERIC, ((precision_scale[0] << 16) | precision_scale[1]) + 4
+        oid = _SOURCE_OIDS.get(destination_type)
+        return (oid, -1) if oid else None
+
+
+# DuckDB type -> the narrowest PostgreSQL type stored as it (see types.duckdb_type)
+_SOURCE_OIDS = {
+    "BOOLEAN": types.BOOL,
+    "BLOB": types.BYTEA,
+    "SMALLINT": types.INT2,
+    "INTEGER": types.INT4,
+    "BIGINT": types.INT8,
+    "JSON": types.JSONB,
+    "FLOAT": types.FLOAT4,
+    "DOUBLE": types.FLOAT8,
+    "DATE": types.DATE,
+    "TIME": types.TIME,
+    "TIMESTAMP": types.TIMESTAMP,
+    "TIMESTAMP WITH TIME ZONE": types.TIMESTAMPTZ,
+    "INTERVAL": types.INTERVAL,
+    "TIME WITH TIME ZONE": types.TIMETZ,
+    "UUID": types.UUID,
+    "VARCHAR": types.TEXT,
+}
+_ARRAY_OF = {element: array for array, element in types.ARRAY_ELEMENT.items()}
+DIALECT = DuckDBDialect()
 
 
 def from_text(expression: str, duck_type: str, csv: bool = False) -> str:
@@ -175,6 +199,13 @@ def arrow_text_column(values: list, duck_type: str, type_oid: int) -> tuple[pa.A
         convert = pgtypes.converter(type_oid)
         return arrow_column([None if v is None else convert(v.encode()) for v in values], duck_type)
     return pa.array(values, pa.string()), from_text("{}", duck_type, csv=True)
+
+
+def _recorded_key(relation) -> list[str]:
+    """The key columns a new table marks NOT NULL, which is how it records its key for
+    the schema-change planner. None under REPLICA IDENTITY FULL, where every column is
+    part of the key and may hold NULL."""
+    return [] if relation.replica_identity == "f" else relation.key_columns
 
 
 class _ChunkFile(io.RawIOBase):
@@ -340,7 +371,8 @@ class DuckDBWriter(Writer):
         try:
             self._ensure_schema(conn)
             conn.execute(
-                f"CREATE OR REPLACE TABLE {new_table} ({self._column_definitions(names, duck_types)})"
+                f"CREATE OR REPLACE TABLE {new_table} "
+                f"({self._column_definitions(names, duck_types, _recorded_key(relation))})"
             )
             if stream.peek(1):
                 positional = [f"c{position}" for position in range(len(names))]
@@ -385,7 +417,11 @@ class DuckDBWriter(Writer):
     def _apply_table(self, conn, changes, soft_delete: bool, result: ApplyResult) -> None:
         relation = changes.relation
         target = self._table(changes.target_table)
-        duck_types = self._ensure_table(conn, relation, changes.target_table, result.notes)
+        duck_types, recopy = self._ensure_table(
+            conn, relation, changes.target_table, result.notes, changes.column_fills
+        )
+        if recopy:
+            result.recopy[(relation.schema, relation.name)] = recopy
         if not relation.key_columns:
             raise IncompatibleSchemaChange(
                 f"Table {relation.schema}.{relation.name} has no primary key (nor replica identity) "
@@ -527,21 +563,50 @@ class DuckDBWriter(Writer):
         self._verified[CHECKPOINTS] = True
 
     @staticmethod
-    def _column_definitions(names: list[str], duck_types: list[str]) -> str:
-        # duck_types come from types.duckdb_type, never from user input
-        columns = [f"{quote(name)} {duck_type}" for name, duck_type in zip(names, duck_types, strict=True)]
+    def _column_definitions(names: list[str], duck_types: list[str], keys: list[str]) -> str:
+        # duck_types come from types.duckdb_type, never from user input. Key columns are
+        # NOT NULL (a cheap check, unlike a PRIMARY KEY): that is how the table records its key.
+        columns = [
+            f"{quote(name)} {duck_type}" + (" NOT NULL" if name in keys else "")
+            for name, duck_type in zip(names, duck_types, strict=True)
+        ]
         columns += [f"{name} {duck_type}" for name, duck_type in META_COLUMNS.items()]
         return ", ".join(columns)
 
-    def _ensure_table(self, conn, relation, target_table: str, notes: list[str]) -> dict:
-        """Create the target table, or bring it in line with the relation: add new
-        columns, widen types where every value still fits, mark columns the source
-        dropped; refuse anything else with a message saying what to do. Returns
-        {column: DuckDB type} of the relation's columns."""
-        wanted = {c.name: types.duckdb_type(c.type_oid, c.type_modifier) for c in relation.columns}
+    def align_table(self, relation, target_table: str, fills=None, not_sent=frozenset()) -> SchemaAlignment:
+        conn = self._connection()
+        alignment = SchemaAlignment()
+        conn.execute("BEGIN TRANSACTION")
+        try:
+            alignment.recopy = self._ensure_table(
+                conn, relation, target_table, alignment.notes, fills, not_sent, create=False
+            )[1]
+            conn.execute("COMMIT")
+        except BaseException:
+            self._rollback(conn)
+            raise
+        finally:
+            self._verified.pop(target_table, None)
+        return alignment
+
+    def _ensure_table(
+        self,
+        conn,
+        relation,
+        target_table: str,
+        notes: list[str],
+        fills=None,
+        not_sent=frozenset(),
+        create: bool = True,
+    ) -> tuple[dict, str | None]:
+        """Create the target table, or bring it in line with the relation as the
+        schema-change planner says (destinations/writers/schema_changes.py).
+        Returns ({column: DuckDB type} of the relation's columns, why the table must
+        be copied again or None)."""
+        wanted = {c.name: DIALECT.column_type(c) for c in relation.columns}
         signature = (relation.schema, relation.name, tuple(relation.columns))
         if self._verified.get(target_table) == signature:
-            return wanted
+            return wanted, None
         target = self._table(target_table)
         existing = conn.execute(
             "SELECT column_name, data_type, is_nullable, comment FROM duckdb_columns() "
@@ -549,52 +614,65 @@ class DuckDBWriter(Writer):
             [self.schema, target_table],
         ).fetchall()
         if not existing:
+            if not create:  # align_table: a table not there yet is left to its snapshot
+                return wanted, None
             self._ensure_schema(conn)
-            conn.execute(
-                f"CREATE TABLE {target} ({self._column_definitions(list(wanted), list(wanted.values()))})"
-            )
+            definitions = self._column_definitions(list(wanted), list(wanted.values()), _recorded_key(relation))
+            conn.execute(f"CREATE TABLE {target} ({definitions})")
             self._verified[target_table] = signature
-            return wanted
+            return wanted, None
 
-        where = f"{self.schema}.{target_table}"
-        current = {name: (data_type, nullable, comment) for name, data_type, nullable, comment in existing}
-        for name, duck_type in wanted.items():
-            if name not in current:
-                conn.execute(f"ALTER TABLE {target} ADD COLUMN {quote(name)} {duck_type}")
-                notes.append(f"Column {name} ({duck_type}) added to {where}.")
-                continue
-            old_type = current[name][0]
-            if old_type == duck_type:
-                continue
-            if not can_widen(old_type, duck_type):
-                raise IncompatibleSchemaChange(
-                    f"Column {name} of {relation.schema}.{relation.name} changed type on the source, so "
-                    f"that it would now be {duck_type} in DuckDB, but the destination table {where} holds "
-                    f"{old_type} and cannot be converted without losing values: refresh the table "
-                    f"{relation.schema}.{relation.name} in the pipeline so that it is copied again with "
-                    "the new type."
-                )
-            conn.execute(f"ALTER TABLE {target} ALTER COLUMN {quote(name)} TYPE {duck_type}")
-            notes.append(f"Column {name} of {where} widened from {old_type} to {duck_type}.")
-        for name, meta_type in META_COLUMNS.items():
-            if name not in current:
-                conn.execute(f"ALTER TABLE {target} ADD COLUMN {name} {meta_type}")
-        for name, (_, nullable, comment) in current.items():
-            if name in META_COLUMNS:
-                continue
-            column = f"{target}.{quote(name)}"
-            if name in wanted:
-                if comment == DROPPED_COMMENT:  # the column is back on the source
-                    conn.execute(f"COMMENT ON COLUMN {column} IS NULL")
-                continue
-            if comment == DROPPED_COMMENT:
-                continue  # reported when it was first seen
-            if not nullable:
-                conn.execute(f"ALTER TABLE {target} ALTER COLUMN {quote(name)} DROP NOT NULL")
-            conn.execute(f"COMMENT ON COLUMN {column} IS '{DROPPED_COMMENT}'")
-            notes.append(
-                f"Column {name} is no longer in {relation.schema}.{relation.name}: it stays in {where} "
-                "(nullable) with its old values and is no longer updated; new rows have NULL there."
-            )
+        columns = [
+            schema_changes.DestinationColumn(name, data_type, nullable, comment == DROPPED_COMMENT)
+            for name, data_type, nullable, comment in existing
+        ]
+        plan = schema_changes.plan(
+            relation,
+            columns,
+            DIALECT,
+            where=f"{self.schema}.{target_table}",
+            existing_key=[c.name for c in columns if not c.nullable and c.name not in META_COLUMNS],
+            fills=fills,
+            not_sent=not_sent,
+            meta_columns=META_COLUMNS,
+        )
+        source_columns = {c.name: c for c in relation.columns}
+        for action in plan.actions:
+            self._render(conn, target, action, source_columns)
+        notes += plan.notes
         self._verified[target_table] = signature
-        return wanted
+        return wanted, plan.recopy
+
+    def _render(self, conn, target: str, action, source_columns: dict) -> None:
+        """One planned schema change, in DuckDB's SQL."""
+        column = quote(action.name)
+        if isinstance(action, schema_changes.AddColumn):
+            conn.execute(f"ALTER TABLE {target} ADD COLUMN {column} {action.type}")
+            if action.fill is not None:
+                self._fill(conn, target, source_columns[action.name], action.fill)
+        elif isinstance(action, schema_changes.WidenColumn):
+            conn.execute(f"ALTER TABLE {target} ALTER COLUMN {column} TYPE {action.new_type}")
+        elif isinstance(action, schema_changes.MarkDropped):
+            if action.drop_not_null:
+                conn.execute(f"ALTER TABLE {target} ALTER COLUMN {column} DROP NOT NULL")
+            conn.execute(f"COMMENT ON COLUMN {target}.{column} IS '{DROPPED_COMMENT}'")
+        elif isinstance(action, schema_changes.BringBack):
+            conn.execute(f"COMMENT ON COLUMN {target}.{column} IS NULL")
+            self._fill(conn, target, source_columns[action.name], action.fill)
+        elif isinstance(action, schema_changes.DropColumn):
+            conn.execute(f"ALTER TABLE {target} DROP COLUMN {column}")
+        else:
+            raise TypeError(f"unknown schema change {action!r}")
+
+    def _fill(self, conn, target: str, column, text: str | None) -> None:
+        """Every row's `column` := the value whose PostgreSQL text form is `text` (cast as CDC values are)."""
+        name = column.name
+        if text is None:
+            conn.execute(f"UPDATE {target} SET {quote(name)} = NULL")
+            return
+        array, expression = arrow_text_column([text], DIALECT.column_type(column), column.type_oid)
+        conn.register("_rosetta_fill", pa.Table.from_arrays([array], names=["c0"]))
+        conn.execute(
+            f"UPDATE {target} SET {quote(name)} = (SELECT {expression.format(quote('c0'))} FROM _rosetta_fill)"
+        )
+        conn.unregister("_rosetta_fill")

@@ -27,22 +27,17 @@ import psycopg
 from psycopg import sql
 from psycopg.copy import QueuedLibpqWriter
 
-from pipelines.engine.batch import UNCHANGED, ApplyResult, lsn_to_str
+from pipelines.engine.batch import UNCHANGED, ApplyResult, SchemaAlignment, lsn_to_str
 from sources.preflight import describe_connection_error
 
-from . import types
+from . import schema_changes, types
 from .base import ConnectionProblem, IncompatibleSchemaChange, Writer, unchanged_columns_stored_as_null
 
 CHECKPOINTS = "_rosetta_checkpoints"
 LSN, SYNCED_AT, DELETED_AT = "_rosetta_lsn", "_rosetta_synced_at", "_rosetta_deleted_at"
-META_COLUMNS = {LSN: "bigint", SYNCED_AT: "timestamp with time zone", DELETED_AT: "timestamp with time zone"}
-DROPPED_COMMENT = "Rosetta: dropped on the source; kept here, no longer updated."
+DROPPED_COMMENT = schema_changes.DROPPED_COMMENT
 # maintenance_work_mem for building a snapshot's primary key, for that transaction only.
 SNAPSHOT_INDEX_MEMORY = "256MB"
-
-_INTEGER_RANK = {types.INT2: 1, types.INT4: 2, types.INT8: 3}
-_INTEGER_DIGITS = {types.INT2: 5, types.INT4: 10, types.INT8: 19}
-_TEMPORAL = {types.TIME, types.TIMETZ, types.TIMESTAMP, types.TIMESTAMPTZ}
 
 
 def target_type(column) -> tuple[int, int]:
@@ -53,33 +48,21 @@ def target_type(column) -> tuple[int, int]:
     return types.TEXT, -1
 
 
-def can_widen(old: tuple[int, int], new: tuple[int, int]) -> bool:
-    """True if ALTER COLUMN ... TYPE new keeps every value the column holds."""
-    (old_oid, old_mod), (new_oid, new_mod) = old, new
-    if new_oid == types.TEXT and new_mod == -1:
-        return True
-    if old_oid in _INTEGER_RANK and new_oid in _INTEGER_RANK:
-        return _INTEGER_RANK[new_oid] >= _INTEGER_RANK[old_oid]
-    if old_oid == types.FLOAT4 and new_oid == types.FLOAT8:
-        return True
-    if new_oid == types.NUMERIC and (old_oid in _INTEGER_DIGITS or old_oid == types.NUMERIC):
-        new_ps = types.numeric_precision_scale(new_mod)
-        if new_ps is None:
-            return True
-        old_ps = (
-            (_INTEGER_DIGITS[old_oid], 0)
-            if old_oid in _INTEGER_DIGITS
-            else types.numeric_precision_scale(old_mod)
-        )
-        if old_ps is None:
-            return False
-        return new_ps[0] - new_ps[1] >= old_ps[0] - old_ps[1] and new_ps[1] >= old_ps[1]
-    if old_oid == new_oid and old_oid in (types.VARCHAR, types.BPCHAR):
-        old_len, new_len = types.character_length(old_mod), types.character_length(new_mod)
-        return new_len is None if old_len is None else new_len is None or new_len >= old_len
-    if old_oid == new_oid and old_oid in _TEMPORAL:
-        return new_mod == -1 or (old_mod != -1 and new_mod >= old_mod)
-    return False
+class PostgresDialect(schema_changes.Dialect):
+    """Destination types are the source's own (OID, modifier); ALTER ... TYPE converts any widening."""
+
+    def column_type(self, column):
+        return target_type(column)
+
+    def source_type(self, destination_type):
+        return destination_type
+
+    def type_name(self, destination_type) -> str:
+        return types.type_name(*destination_type)
+
+
+DIALECT = PostgresDialect()
+META_TYPES = {LSN: (types.INT8, -1), SYNCED_AT: (types.TIMESTAMPTZ, -1), DELETED_AT: (types.TIMESTAMPTZ, -1)}
 
 
 class PostgresWriter(Writer):
@@ -287,7 +270,9 @@ class PostgresWriter(Writer):
     def _apply_table(self, conn, changes, soft_delete: bool, result: ApplyResult) -> None:
         relation = changes.relation
         target = self._table(changes.target_table)
-        self._ensure_table(conn, relation, changes.target_table, result.notes)
+        recopy = self._ensure_table(conn, relation, changes.target_table, result.notes, changes.column_fills)
+        if recopy:
+            result.recopy[(relation.schema, relation.name)] = recopy
         if changes.truncated:
             if soft_delete:
                 conn.execute(
@@ -476,21 +461,40 @@ class PostgresWriter(Writer):
             )
         return sql.SQL(", ").join(sql.Identifier(name) for name in keys)
 
-    def _ensure_table(self, conn, relation, target_table: str, notes: list[str]) -> None:
-        """Create the target table, or bring it in line with the relation: add new
-        columns, widen types where every value still fits, mark columns the source
-        dropped; refuse anything else with a message saying what to do."""
+    def align_table(self, relation, target_table: str, fills=None, not_sent=frozenset()) -> SchemaAlignment:
+        conn = self._connection()
+        alignment = SchemaAlignment()
+        try:
+            with conn.transaction():
+                alignment.recopy = self._ensure_table(
+                    conn, relation, target_table, alignment.notes, fills, not_sent, create=False
+                )
+        finally:
+            self._verified.pop(target_table, None)
+        return alignment
+
+    def _ensure_table(
+        self,
+        conn,
+        relation,
+        target_table: str,
+        notes: list[str],
+        fills=None,
+        not_sent=frozenset(),
+        create: bool = True,
+    ) -> str | None:
+        """Create the target table, or bring it in line with the relation as the
+        schema-change planner says (destinations/writers/schema_changes.py).
+        Returns why the table must be copied again, or None."""
         signature = (relation.schema, relation.name, tuple(relation.columns))
         if self._verified.get(target_table) == signature:
-            return
+            return None
         target = self._table(target_table)
         key_list = self._key_list(relation)
-        wanted = {column.name: target_type(column) for column in relation.columns}
         existing = conn.execute(
             """
-            SELECT a.attname, a.atttypid::int, a.atttypmod, format_type(a.atttypid, a.atttypmod),
-                   a.attnotnull, col_description(a.attrelid, a.attnum),
-                   coalesce(a.attnum = ANY (i.indkey), false)
+            SELECT a.attname, a.atttypid::int, a.atttypmod, a.attnotnull,
+                   col_description(a.attrelid, a.attnum), coalesce(a.attnum = ANY (i.indkey), false)
             FROM pg_attribute a
             JOIN pg_class c ON c.oid = a.attrelid
             JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -501,8 +505,10 @@ class PostgresWriter(Writer):
             [self.schema, target_table],
         ).fetchall()
         if not existing:
+            if not create:  # align_table: a table not there yet is left to its snapshot
+                return None
             self._ensure_schema(conn)
-            type_names = self._type_names(conn, list(wanted.values()))
+            type_names = self._type_names(conn, [target_type(c) for c in relation.columns])
             conn.execute(
                 sql.SQL(
                     "CREATE TABLE {} ({}, {} bigint, {} timestamptz, {} timestamptz, PRIMARY KEY ({}))"
@@ -516,83 +522,64 @@ class PostgresWriter(Writer):
                 )
             )
             self._verified[target_table] = signature
-            return
+            return None
 
-        where = f"{self.schema}.{target_table}"
-        current = {
-            name: (oid, mod, type_name, not_null, comment)
-            for name, oid, mod, type_name, not_null, comment, _ in existing
-        }
-        primary_key = sorted(name for name, *_, in_key in existing if in_key)
-        if primary_key != sorted(relation.key_columns):
-            raise IncompatibleSchemaChange(
-                f"The primary key of {relation.schema}.{relation.name} is now "
-                f"({', '.join(relation.key_columns)}) but the destination table {where} has "
-                f"({', '.join(primary_key) or 'none'}): refresh the table so that it is copied again "
-                "with the new key."
-            )
-        to_add = [name for name in relation.column_names if name not in current]
-        for name, (oid, mod) in wanted.items():
-            if name not in current or (current[name][0], current[name][1]) == (oid, mod):
-                continue
-            old_oid, old_mod, old_name = current[name][:3]
-            new_name = self._type_names(conn, [(oid, mod)])[0]
-            if not can_widen((old_oid, old_mod), (oid, mod)):
-                raise IncompatibleSchemaChange(
-                    f"Column {name} of {relation.schema}.{relation.name} changed type on the source from "
-                    f"{old_name} to {new_name}, and the destination table {where} cannot be converted "
-                    f"without losing values: refresh the table {relation.schema}.{relation.name} in the "
-                    "pipeline so that it is copied again with the new type."
+        columns = [
+            schema_changes.DestinationColumn(name, (oid, mod), not not_null, comment == DROPPED_COMMENT)
+            for name, oid, mod, not_null, comment, _ in existing
+        ]
+        plan = schema_changes.plan(
+            relation,
+            columns,
+            DIALECT,
+            where=f"{self.schema}.{target_table}",
+            existing_key=[name for name, *_, in_key in existing if in_key],
+            fills=fills,
+            not_sent=not_sent,
+            meta_columns=META_TYPES,
+        )
+        for action in plan.actions:
+            self._render(conn, target, action)
+        notes += plan.notes
+        self._verified[target_table] = signature
+        return plan.recopy
+
+    def _render(self, conn, target, action) -> None:
+        """One planned schema change, in PostgreSQL's SQL."""
+        name = sql.Identifier(action.name)
+        if isinstance(action, schema_changes.AddColumn):
+            type_name = sql.SQL(self._type_names(conn, [action.type])[0])
+            if action.fill is None:
+                conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN {} {}").format(target, name, type_name))
+            else:
+                # A constant default fills every existing row without rewriting the table,
+                # as on the source; dropped again so that it is not a default for new rows.
+                conn.execute(
+                    sql.SQL("ALTER TABLE {} ADD COLUMN {} {} DEFAULT {}::{}").format(
+                        target, name, type_name, sql.Literal(action.fill), type_name
+                    )
                 )
+                conn.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN {} DROP DEFAULT").format(target, name))
+        elif isinstance(action, schema_changes.WidenColumn):
+            type_name = sql.SQL(self._type_names(conn, [action.new_type])[0])
             conn.execute(
                 sql.SQL("ALTER TABLE {} ALTER COLUMN {} TYPE {} USING {}::{}").format(
-                    target, sql.Identifier(name), sql.SQL(new_name), sql.Identifier(name), sql.SQL(new_name)
+                    target, name, type_name, name, type_name
                 )
             )
-            notes.append(f"Column {name} of {where} widened from {old_name} to {new_name}.")
-        if to_add:
-            type_names = self._type_names(conn, [wanted[name] for name in to_add])
-            for name, type_name in zip(to_add, type_names, strict=True):
-                conn.execute(
-                    sql.SQL("ALTER TABLE {} ADD COLUMN {} {}").format(
-                        target, sql.Identifier(name), sql.SQL(type_name)
-                    )
-                )
-                notes.append(f"Column {name} ({type_name}) added to {where}.")
-        for name, meta_type in META_COLUMNS.items():
-            if name not in current:
-                conn.execute(
-                    sql.SQL("ALTER TABLE {} ADD COLUMN {} {}").format(
-                        target, sql.Identifier(name), sql.SQL(meta_type)
-                    )
-                )
-        for name, (_, _, _, not_null, comment) in current.items():
-            if name in META_COLUMNS:
-                continue
-            if name in wanted:
-                if comment == DROPPED_COMMENT:  # the column is back on the source
-                    conn.execute(
-                        sql.SQL("COMMENT ON COLUMN {}.{} IS NULL").format(target, sql.Identifier(name))
-                    )
-                continue
-            if comment == DROPPED_COMMENT:
-                continue  # reported when it was first seen
-            if not_null:
-                conn.execute(
-                    sql.SQL("ALTER TABLE {} ALTER COLUMN {} DROP NOT NULL").format(
-                        target, sql.Identifier(name)
-                    )
-                )
+        elif isinstance(action, schema_changes.MarkDropped):
+            if action.drop_not_null:
+                conn.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN {} DROP NOT NULL").format(target, name))
             conn.execute(
-                sql.SQL("COMMENT ON COLUMN {}.{} IS {}").format(
-                    target, sql.Identifier(name), sql.Literal(DROPPED_COMMENT)
-                )
+                sql.SQL("COMMENT ON COLUMN {}.{} IS {}").format(target, name, sql.Literal(DROPPED_COMMENT))
             )
-            notes.append(
-                f"Column {name} is no longer in {relation.schema}.{relation.name}: it stays in {where} "
-                "(nullable) with its old values and is no longer updated; new rows have NULL there."
-            )
-        self._verified[target_table] = signature
+        elif isinstance(action, schema_changes.BringBack):
+            conn.execute(sql.SQL("COMMENT ON COLUMN {}.{} IS NULL").format(target, name))
+            conn.execute(sql.SQL("UPDATE {} SET {} = {}").format(target, name, sql.Literal(action.fill)))
+        elif isinstance(action, schema_changes.DropColumn):
+            conn.execute(sql.SQL("ALTER TABLE {} DROP COLUMN {}").format(target, name))
+        else:
+            raise TypeError(f"unknown schema change {action!r}")
 
 
 def _json_positions(relation, columns: list[str]) -> list[tuple[int, bool]]:

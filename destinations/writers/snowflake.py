@@ -41,14 +41,15 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from psycopg import sql as pg_sql
 
-from pipelines.engine.batch import UNCHANGED, ApplyResult, lsn_to_str
+from pipelines.engine import pgtypes
+from pipelines.engine.batch import UNCHANGED, ApplyResult, SchemaAlignment, lsn_to_str
 
-from . import types
+from . import schema_changes, types
 from .base import ConnectionProblem, IncompatibleSchemaChange, Writer, unchanged_columns_stored_as_null
 
 CHECKPOINTS = "_rosetta_checkpoints"
 LSN, SYNCED_AT, DELETED_AT = "_rosetta_lsn", "_rosetta_synced_at", "_rosetta_deleted_at"
-DROPPED_COMMENT = "Rosetta: dropped on the source; kept here, no longer updated."
+DROPPED_COMMENT = schema_changes.DROPPED_COMMENT
 STAGE = "_rosetta_stage"
 LSN_TYPE = "NUMBER(20,0)"  # an LSN is an unsigned 64-bit integer: 20 digits
 SNAPSHOT_FILE_BYTES = 64 * 1024 * 1024  # CSV bytes per staged Parquet file
@@ -129,6 +130,48 @@ def _cast(expression: str, sql_type: str) -> str:
     if family == "BINARY":
         return f"TO_BINARY({expression}, 'HEX')"
     return f"CAST({expression} AS {sql_type})"
+
+
+class SnowflakeDialect(schema_changes.Dialect):
+    """Snowflake types as INFORMATION_SCHEMA.COLUMNS shows them ((family, precision, scale),
+    see _type_signature). Snowflake converts a column in place only to a NUMBER of the
+    same scale and a larger precision."""
+
+    def column_type(self, column):
+        return _type_signature(snowflake_type(column.type_oid, column.type_modifier))
+
+    def source_type(self, destination_type):
+        family, precision, scale = destination_type
+        if family == "NUMBER":
+            integer = {(5, 0): types.INT2, (10, 0): types.INT4, (19, 0): types.INT8}.get((precision, scale))
+            return (integer, -1) if integer else (types.NUMERIC, ((precision << 16) | scale) + 4)
+        oid = _SOURCE_OIDS.get(family)
+        return (oid, -1) if oid else None
+
+    def converts_in_place(self, old, new) -> bool:
+        return old[0] == new[0] == "NUMBER" and old[2] == new[2] and new[1] >= old[1]
+
+    def type_name(self, destination_type) -> str:
+        family, precision, scale = destination_type
+        if family == "NUMBER":
+            return f"NUMBER({precision},{scale})"
+        return {"TEXT": "VARCHAR"}.get(family, family)
+
+
+# Snowflake type family -> the narrowest PostgreSQL type stored as it (see snowflake_type)
+_SOURCE_OIDS = {
+    "TEXT": types.TEXT,
+    "FLOAT": types.FLOAT4,
+    "VARIANT": types.JSONB,
+    "BOOLEAN": types.BOOL,
+    "BINARY": types.BYTEA,
+    "DATE": types.DATE,
+    "TIME": types.TIME,
+    "TIMESTAMP_NTZ": types.TIMESTAMP,
+    "TIMESTAMP_TZ": types.TIMESTAMPTZ,
+}
+DIALECT = SnowflakeDialect()
+META_TYPES = {LSN: LSN_TYPE, SYNCED_AT: "TIMESTAMP_TZ(6)", DELETED_AT: "TIMESTAMP_TZ(6)"}
 
 
 def load_private_key(pem: str | None, path: str | None, passphrase: str | None) -> bytes:
@@ -431,70 +474,82 @@ class SnowflakeWriter(Writer):
         create = "CREATE OR REPLACE TABLE" if replace else "CREATE TABLE IF NOT EXISTS"
         return f"{create} {quote(table)} ({', '.join(definitions)})"
 
-    def _ensure_table(self, table: str, relation, notes: list[str]) -> list[str]:
-        """Create the target table, or bring it in line with the relation: add new
-        columns, widen NUMBER precision, mark columns the source dropped (kept,
-        nullable); refuse any other type change with a message saying what to do.
-        Returns the relation's column types."""
+    def align_table(self, relation, target_table: str, fills=None, not_sent=frozenset()) -> SchemaAlignment:
+        import snowflake.connector
+
+        alignment = SchemaAlignment()
+        self._columns.pop(target_table, None)  # read the table as it is now
+        try:
+            if self._table_columns(target_table):
+                alignment.recopy = self._ensure_table(target_table, relation, alignment.notes, fills, not_sent)[1]
+        except snowflake.connector.errors.Error as error:
+            raise self._problem(error) from error
+        return alignment
+
+    def _ensure_table(
+        self, table: str, relation, notes: list[str], fills=None, not_sent=frozenset()
+    ) -> tuple[list[str], str | None]:
+        """Create the target table, or bring it in line with the relation as the
+        schema-change planner says (destinations/writers/schema_changes.py).
+        Returns the relation's column types and why the table must be copied again (or None)."""
         sql_types = [snowflake_type(c.type_oid, c.type_modifier) for c in relation.columns]
         existing = self._table_columns(table)
         if not existing:
             self._run(self._create_table_sql(relation, table, sql_types))
-            return sql_types
-        where = f"{self.settings.get('schema')}.{table}"
-        source_name = f"{relation.schema}.{relation.name}"
-        changed = False
-        for column, sql_type in zip(relation.columns, sql_types, strict=True):
-            wanted = _type_signature(sql_type)
-            if column.name not in existing:
-                self._run(f"ALTER TABLE {quote(table)} ADD COLUMN {quote(column.name)} {sql_type}")
-                notes.append(f"Column {column.name} ({sql_type}) added to {where}.")
-                changed = True
-                continue
-            have, _, comment = existing[column.name]
-            if comment == DROPPED_COMMENT:  # the column is back on the source
-                self._run(f"COMMENT ON COLUMN {quote(table)}.{quote(column.name)} IS ''")
-                changed = True
-            if have == wanted:
-                continue
-            if wanted[0] == have[0] == "NUMBER" and wanted[2] == have[2]:
-                if wanted[1] > have[1]:
-                    self._run(
-                        f"ALTER TABLE {quote(table)} ALTER COLUMN {quote(column.name)} SET DATA TYPE {sql_type}"
-                    )
-                    notes.append(f"Column {column.name} of {where} widened to {sql_type}.")
-                    changed = True
-                continue
-            shown = have[0] + (f"({have[1]},{have[2]})" if have[0] == "NUMBER" else "")
-            raise IncompatibleSchemaChange(
-                f"Column {column.name} of {source_name} changed type on the source, so that it would now "
-                f"be {sql_type} in Snowflake, but the destination table {where} holds {shown} and cannot "
-                f"be converted in place: refresh the table {source_name} in the pipeline so that it is "
-                "copied again with the new type."
-            )
-        for name, sql_type in (
-            (LSN, LSN_TYPE),
-            (SYNCED_AT, "TIMESTAMP_TZ(6)"),
-            (DELETED_AT, "TIMESTAMP_TZ(6)"),
-        ):
-            if name not in existing:
-                self._run(f"ALTER TABLE {quote(table)} ADD COLUMN {quote(name)} {sql_type}")
-                changed = True
-        wanted_names = set(relation.column_names) | {LSN, SYNCED_AT, DELETED_AT}
-        for name, (_, nullable, comment) in existing.items():
-            if name in wanted_names or comment == DROPPED_COMMENT:
-                continue
-            if not nullable:
-                self._run(f"ALTER TABLE {quote(table)} ALTER COLUMN {quote(name)} DROP NOT NULL")
-            self._run(f"COMMENT ON COLUMN {quote(table)}.{quote(name)} IS '{DROPPED_COMMENT}'")
-            notes.append(
-                f"Column {name} is no longer in {source_name}: it stays in {where} (nullable) with its "
-                "old values and is no longer updated; new rows have NULL there."
-            )
-            changed = True
-        if changed:
+            return sql_types, None
+        columns = [
+            schema_changes.DestinationColumn(name, signature, nullable, comment == DROPPED_COMMENT)
+            for name, (signature, nullable, comment) in existing.items()
+        ]
+        plan = schema_changes.plan(
+            relation,
+            columns,
+            DIALECT,
+            where=f"{self.settings.get('schema')}.{table}",
+            existing_key=[c.name for c in columns if not c.nullable and c.name not in META_TYPES],
+            fills=fills,
+            not_sent=not_sent,
+            meta_columns={name: _type_signature(sql_type) for name, sql_type in META_TYPES.items()},
+        )
+        rendered = dict(zip(relation.column_names, sql_types, strict=True)) | META_TYPES
+        source_columns = {c.name: c for c in relation.columns}
+        for action in plan.actions:
+            self._render(table, action, rendered, source_columns)
+        notes += plan.notes
+        if plan.actions:
             self._columns.pop(table, None)
-        return sql_types
+        return sql_types, plan.recopy
+
+    def _render(self, table: str, action, sql_types: dict, source_columns: dict) -> None:
+        """One planned schema change, in Snowflake's SQL (DDL: outside the batch's transaction)."""
+        target, column = quote(table), quote(action.name)
+        if isinstance(action, schema_changes.AddColumn):
+            self._run(f"ALTER TABLE {target} ADD COLUMN {column} {sql_types[action.name]}")
+            if action.fill is not None:
+                self._fill(table, source_columns[action.name], sql_types[action.name], action.fill)
+        elif isinstance(action, schema_changes.WidenColumn):
+            self._run(f"ALTER TABLE {target} ALTER COLUMN {column} SET DATA TYPE {sql_types[action.name]}")
+        elif isinstance(action, schema_changes.MarkDropped):
+            if action.drop_not_null:
+                self._run(f"ALTER TABLE {target} ALTER COLUMN {column} DROP NOT NULL")
+            self._run(f"COMMENT ON COLUMN {target}.{column} IS '{DROPPED_COMMENT}'")
+        elif isinstance(action, schema_changes.BringBack):
+            self._run(f"COMMENT ON COLUMN {target}.{column} IS ''")
+            self._fill(table, source_columns[action.name], sql_types[action.name], action.fill)
+        elif isinstance(action, schema_changes.DropColumn):
+            self._run(f"ALTER TABLE {target} DROP COLUMN {column}")
+        else:
+            raise TypeError(f"unknown schema change {action!r}")
+
+    def _fill(self, table: str, column, sql_type: str, text: str | None) -> None:
+        """Every row's `column` := the value whose PostgreSQL text form is `text`, staged
+        and cast as a CDC value is."""
+        value = None
+        if text is not None:
+            value = _staged_text(pgtypes.converter(column.type_oid)(text.encode()), _type_signature(sql_type)[0])
+        self._run(
+            f"UPDATE {quote(table)} SET {quote(column.name)} = {_cast('%(fill)s', sql_type)}", {"fill": value}
+        )
 
     def _put(self, table: pa.Table, path: Path, folder: str) -> None:
         """Upload one Parquet file of rows (never a key) to the temporary stage: the
@@ -691,7 +746,11 @@ class SnowflakeWriter(Writer):
                     "on the source, so its changes cannot be matched to destination rows: add a primary "
                     "key on the source, then refresh the table."
                 )
-            sql_types = self._ensure_table(changes.target_table, relation, result.notes)
+            sql_types, recopy = self._ensure_table(
+                changes.target_table, relation, result.notes, changes.column_fills
+            )
+            if recopy:
+                result.recopy[(relation.schema, relation.name)] = recopy
             staging, unchanged = None, set()
             if changes.upserts or changes.deletes:
                 staging = f"_rosetta_batch_{index}"

@@ -163,6 +163,23 @@ def decimal38_precision_scale(typmod: int) -> tuple[int, int] | None:
     return precision_scale if 1 <= precision <= 38 and 0 <= scale <= precision else None
 
 
+def type_name(oid: int, typmod: int = -1) -> str:
+    """A readable name for a PostgreSQL type, for messages: int4, varchar(10), numeric(12,2), int4[]."""
+    if oid in ARRAY_ELEMENT:
+        return type_name(ARRAY_ELEMENT[oid], typmod) + "[]"
+    name = BUILTIN_TYPE_NAMES.get(oid, f"type {oid}")
+    if typmod < 0:
+        return name
+    if oid == NUMERIC:
+        precision_scale = numeric_precision_scale(typmod)
+        return f"{name}({precision_scale[0]},{precision_scale[1]})" if precision_scale else name
+    if oid in (VARCHAR, BPCHAR):
+        return f"{name}({typmod - 4})"
+    if oid in (TIME, TIMETZ, TIMESTAMP, TIMESTAMPTZ):
+        return f"{name}({typmod})"
+    return name
+
+
 def character_length(typmod: int) -> int | None:
     """varchar(n)/char(n) -> n; None when unbounded."""
     return typmod - 4 if typmod >= 4 else None

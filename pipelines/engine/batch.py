@@ -48,6 +48,18 @@ class Column:
     is_key: bool = False
 
 
+@dataclass(frozen=True)
+class ColumnFill:
+    """What the rows that existed when a column was added to the source hold in it
+    (PostgreSQL writes no WAL for them). `value`: one value for all of them, in
+    PostgreSQL's text form (a constant default: pg_attribute.attmissingval);
+    `per_row`: each row got its own (a volatile default, an identity), so only a
+    copy of the table brings them. A column without a fill held NULL."""
+
+    value: str | None = None
+    per_row: bool = False
+
+
 @dataclass
 class Relation:
     """A source table's shape, from a pgoutput Relation message or the catalog."""
@@ -100,6 +112,13 @@ class TableChanges:
     # key tuple -> commit LSN of the delete
     deletes: dict[tuple, int] = field(default_factory=dict)
     text_values: bool = False
+    # Columns of `relation` added on the source with a value for the rows that
+    # existed then (from the source catalog): the writer gives existing rows that
+    # value when it adds the column. See ColumnFill.
+    column_fills: dict[str, ColumnFill] = field(default_factory=dict)
+    # The table's shape changed within the batch (a Relation message after some of its
+    # changes): rows may lack columns that `relation` has.
+    reshaped: bool = False
     inserted: int = 0  # counts of source changes, before folding
     updated: int = 0
     deleted: int = 0
@@ -129,3 +148,14 @@ class ApplyResult:
     updated: int = 0
     deleted: int = 0
     notes: list[str] = field(default_factory=list)
+    # (schema, table) -> why the table must be copied again (a column whose existing
+    # rows each got their own value); the next run copies it.
+    recopy: dict[tuple[str, str], str] = field(default_factory=dict)
+
+
+@dataclass
+class SchemaAlignment:
+    """What Writer.align_table did to one destination table."""
+
+    notes: list[str] = field(default_factory=list)
+    recopy: str | None = None  # why the table must be copied again; None if aligned in place

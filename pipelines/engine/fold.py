@@ -27,14 +27,35 @@ class TableSpec:
     # The source's primary key (from the catalog). None: use the replica
     # identity columns that the Relation message flags.
     primary_key: list[str] | None = None
+    # Set when the table was copied in this run (Engine.snapshot_table): its shape
+    # then (relation_shape()) and the WAL position of the copy's snapshot. A change
+    # committed below that position under another shape predates a schema change
+    # the copy already holds (ALTER TABLE waited for it to commit): it is skipped,
+    # as its values may no longer fit (a type or key that changed).
+    copied_shape: tuple | None = None
+    copied_below_lsn: int = 0
 
     @property
     def key(self) -> tuple[str, str]:
         return (self.schema, self.table)
 
 
+def relation_shape(relation: Relation) -> tuple:
+    """What a schema change alters: each column's name, type and modifier."""
+    return tuple((c.name, c.type_oid, c.type_modifier) for c in relation.columns)
+
+
 class _RelationState:
-    __slots__ = ("relation", "spec", "names", "converters", "fast_converters", "key_names", "key_getter")
+    __slots__ = (
+        "relation",
+        "spec",
+        "names",
+        "converters",
+        "fast_converters",
+        "key_names",
+        "key_getter",
+        "predates_copy",
+    )
 
     def __init__(self, relation: Relation, spec: TableSpec):
         if spec.primary_key:
@@ -49,6 +70,8 @@ class _RelationState:
         # row dict -> key tuple (text values are hashable as they are)
         getter = itemgetter(*self.key_names) if self.key_names else None
         self.key_getter = (lambda row: (getter(row),)) if len(self.key_names) == 1 else getter
+        # a shape older than the copy made in this run: see TableSpec.copied_shape
+        self.predates_copy = spec.copied_shape is not None and relation_shape(relation) != spec.copied_shape
 
 
 def _hashable(value):
@@ -146,7 +169,10 @@ class BatchBuilder:
         state = _RelationState(relation, spec) if spec else None
         self._relations[relation.oid] = state
         if state and spec.key in self.batch.tables:
-            self.batch.tables[spec.key].relation = state.relation
+            changes = self.batch.tables[spec.key]
+            if relation_shape(changes.relation) != relation_shape(state.relation):
+                changes.reshaped = True
+            changes.relation = state.relation
 
     def _state(self, oid: int) -> _RelationState | None:
         if self._skip:
@@ -154,9 +180,12 @@ class BatchBuilder:
         if not self._in_transaction:
             raise pgoutput.DecodeError("a change outside a transaction")
         try:
-            return self._relations[oid]
+            state = self._relations[oid]
         except KeyError:
             raise pgoutput.DecodeError(f"a change for relation {oid} before its Relation message") from None
+        if state is not None and state.predates_copy and self._lsn < state.spec.copied_below_lsn:
+            return None
+        return state
 
     def _changes(self, state: _RelationState) -> TableChanges:
         tables = self.batch.tables

@@ -24,9 +24,12 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from destinations.writers.base import IncompatibleSchemaChange
+
 from .batch import UNCHANGED, ApplyResult, Batch, TableChanges
-from .fold import BatchBuilder, TableSpec
-from .source import SlotState, SourceDatabase, SourceProblem
+from .fold import BatchBuilder, TableSpec, relation_shape
+from .pgtypes import converter
+from .source import SlotState, SourceDatabase, SourceProblem, TableShape
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +56,19 @@ class BatchOutcome:
     def applied(self) -> bool:
         return self.result is not None
 
+    @property
+    def recopy(self) -> dict[tuple[str, str], str]:
+        """Tables to copy again (a column added whose existing rows each got their own value)."""
+        return self.result.recopy if self.result is not None else {}
+
+
+@dataclass
+class SchemaCheck:
+    """What Engine.align_schemas found and did."""
+
+    notes: list[str] = field(default_factory=list)
+    recopy: dict[tuple[str, str], str] = field(default_factory=dict)  # (schema, table) -> why
+
 
 class Engine:
     """The data path of one pipeline for one run."""
@@ -70,6 +86,7 @@ class Engine:
         soft_delete: bool = False,
         after_apply: Callable[[Batch], None] | None = None,
         read_path: str = "stream",
+        recopy_incompatible: bool = False,
     ):
         self.source = source
         self.writer = writer
@@ -88,6 +105,11 @@ class Engine:
             raise ValueError(f"unknown read path {read_path!r}")
         self.read_path = read_path
         self._relations = {}  # Relation messages of the open stream (BatchBuilder.relations)
+        # A schema change the destination cannot apply in place: copy the table again
+        # (True) or fail the run with what to do (False).
+        self.recopy_incompatible = recopy_incompatible
+        self._shapes: dict[tuple[str, str], TableShape] = {}  # source catalog, read this run
+        self._shapes_seen: set[tuple] = set()  # (table, change shape) the catalog was read again for
 
     def prepare(
         self,
@@ -131,6 +153,31 @@ class Engine:
             spec.primary_key = self.source.primary_key(spec.schema, spec.table) or None
         return notes, slot_is_new
 
+    def align_schemas(self, keys: list[tuple[str, str]]) -> SchemaCheck:
+        """Once per run, before reading changes: compare each table's source catalog
+        with its destination table and apply the difference (schema_changes.py), so a
+        column added to a table that then gets no change still appears, with the value
+        the existing rows got. Tables whose existing rows cannot be filled in place
+        (or, with recopy_incompatible, whose change the destination cannot apply) are
+        returned to be copied again."""
+        check = SchemaCheck()
+        for key in keys:
+            spec = self.tables[key]
+            shape = self._shapes[key] = self.source.table_shape(spec.schema, spec.table)
+            try:
+                alignment = self.writer.align_table(
+                    shape.relation, spec.target_table, shape.fills, shape.not_sent
+                )
+            except IncompatibleSchemaChange as error:
+                if not self.recopy_incompatible:
+                    raise
+                check.recopy[key] = f"{error} The pipeline copies the table again."
+                continue
+            check.notes += alignment.notes
+            if alignment.recopy:
+                check.recopy[key] = alignment.recopy
+        return check
+
     def snapshot_table(self, spec: TableSpec, progress: Callable[[int, int], None] | None = None) -> int:
         """Copy one table into the destination; the old copy stays visible until
         the new one is complete. Returns the rows loaded."""
@@ -144,7 +191,11 @@ class Engine:
         with self.source.snapshot(relation, self.writer.snapshot_format, select_list) as chunks:
             if progress:
                 chunks = _counting(chunks, self.writer.snapshot_format, estimate, progress)
-            return self.writer.load_snapshot(relation, spec.target_table, chunks, snapshot_lsn)
+            rows = self.writer.load_snapshot(relation, spec.target_table, chunks, snapshot_lsn)
+        shape = self._shapes[spec.key] = self.source.table_shape(spec.schema, spec.table)
+        spec.copied_shape = relation_shape(shape.relation)
+        spec.copied_below_lsn = self.source.last_snapshot_position
+        return rows
 
     def run_batch(self) -> BatchOutcome:
         """Read one batch from the slot, apply it, then advance the slot."""
@@ -180,6 +231,7 @@ class Engine:
             if gc_was_enabled:
                 gc.enable()
         self._fill_moved_rows(batch, builder.moved_keys, text_values)
+        self._fit_current_shape(batch)
         seconds["decode"] = time.perf_counter() - started
 
         result = None
@@ -243,6 +295,7 @@ class Engine:
                     messages += read
                     part = builder.finish()
                     self._fill_moved_rows(part, builder.moved_keys, text_values)
+                    self._fit_current_shape(part)
                     seconds["read + decode"] += time.perf_counter() - started
                     if pending:
                         self._finish_part(pending, total, seconds)
@@ -315,6 +368,54 @@ class Engine:
                     if row.get(name) is UNCHANGED:
                         row[name] = values.get(name)
 
+    def _fit_current_shape(self, batch: Batch) -> None:
+        """Apply each table's changes with its newest shape, the source catalog's: changes
+        read from before a schema change (that align_schemas already applied) carry an
+        older one, and must neither undo nor repeat it. A change made before a column
+        was added lacks it; the row gets what the rows existing then got
+        (TableShape.fills): a constant default's value, or per row (then the destination
+        keeps what its copy of the table has, like an unchanged TOASTed value). The
+        writer also gets the fills, for the existing rows of a column it adds."""
+        for key, changes in batch.tables.items():
+            shape = self._current_shape(key, changes.relation)
+            # Rows can lack a column only if they were read with an older shape.
+            older_rows = changes.reshaped or relation_shape(changes.relation) != relation_shape(shape.relation)
+            relation = changes.relation = shape.relation
+            fills = {name: shape.fills[name] for name in relation.column_names if name in shape.fills}
+            changes.column_fills = fills
+            if not older_rows:
+                continue
+            values = {}
+            for column in relation.columns:
+                fill = fills.get(column.name)
+                if fill is None:
+                    continue
+                if fill.per_row:
+                    values[column.name] = UNCHANGED
+                elif fill.value is not None:
+                    values[column.name] = (
+                        fill.value if changes.text_values else converter(column.type_oid)(fill.value.encode())
+                    )
+            if not values:
+                continue
+            for row, _ in changes.upserts.values():
+                for name, value in values.items():
+                    if name not in row:
+                        row[name] = value
+
+    def _current_shape(self, key: tuple[str, str], relation) -> TableShape:
+        """The table's shape from the catalog, read again (once per shape) when a change
+        arrives with a shape it has not seen: a schema change made during the run."""
+        shape = self._shapes.get(key)
+        seen = (key, relation_shape(relation))
+        if shape is None or (
+            relation_shape(relation) != relation_shape(shape.relation) and seen not in self._shapes_seen
+        ):
+            spec = self.tables[key]
+            shape = self._shapes[key] = self.source.table_shape(spec.schema, spec.table)
+            self._shapes_seen.add(seen)
+        return shape
+
 
 class _Totals:
     """The parts of a streamed batch, summed up for the run's record."""
@@ -354,6 +455,7 @@ class _Totals:
             self.result.updated += result.updated
             self.result.deleted += result.deleted
             self.result.notes += result.notes
+            self.result.recopy.update(result.recopy)
 
 
 def _counting(chunks, copy_format: str, estimate: int, progress: Callable[[int, int], None]):

@@ -15,7 +15,7 @@ from psycopg import sql
 
 from sources.preflight import describe_connection_error
 
-from .batch import Column, Relation, lsn_to_int, lsn_to_str
+from .batch import Column, ColumnFill, Relation, lsn_to_int, lsn_to_str
 from .pgtypes import SESSION_SETTINGS, converter
 from .stream import ReplicationStream, StreamError
 
@@ -47,6 +47,13 @@ class SlotState:
 
 
 @dataclass
+class TableShape:
+    relation: Relation  # as pgoutput describes the table
+    fills: dict[str, ColumnFill]  # see SourceDatabase.table_shape
+    not_sent: frozenset[str] = frozenset()  # columns the table has but its changes do not carry
+
+
+@dataclass
 class PeekResult:
     messages: list  # raw pgoutput messages (bytes), in slot order
     read_up_to: int  # the source's flush LSN before the peek: the peek decoded at least this far
@@ -66,6 +73,7 @@ class SourceDatabase:
         self.statement_timeout_ms = statement_timeout_ms
         self._conn: psycopg.Connection | None = None
         self._stream: ReplicationStream | None = None
+        self.last_snapshot_position = 0  # see snapshot()
 
     # -- connections ----------------------------------------------------------
 
@@ -179,19 +187,34 @@ class SourceDatabase:
             """
         return [name for (name,) in self.conn.execute(query, [oid])]
 
-    def columns_with_defaults(self, schema: str, table: str, names: list[str]) -> list[str]:
-        """Of these columns, those that have a default: when one is added, existing
-        rows got its value without any WAL change to replicate."""
+    def table_shape(self, schema: str, table: str) -> "TableShape":
+        """The table as its changes describe it (one catalog query for the columns):
+        the relation pgoutput sends (generated columns left out: PostgreSQL 15 does
+        not send them), and for each column what the rows that existed when it was
+        added hold in it, since PostgreSQL writes no WAL for them: a constant
+        default's value (pg_attribute.attmissingval), or per row (a volatile default
+        or an identity: the table was rewritten, so only a copy brings the values)."""
+        relation = self.describe_table(schema, table)
         rows = self.conn.execute(
             """
-            SELECT a.attname FROM pg_attribute a
-            JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
-            WHERE n.nspname = %s AND c.relname = %s AND a.attname = ANY(%s)
-              AND (a.atthasdef OR a.atthasmissing)
+            SELECT attname, attgenerated <> '', atthasmissing, (attmissingval::text::text[])[1],
+                   atthasdef OR attidentity <> ''
+            FROM pg_attribute WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped
             """,
-            [schema, table, names],
+            [relation.oid],
         ).fetchall()
-        return [name for (name,) in rows]
+        generated = {name for name, is_generated, *_ in rows if is_generated}
+        fills = {}
+        for name, is_generated, has_missing, missing, has_default in rows:
+            if is_generated:
+                continue
+            if has_missing:
+                fills[name] = ColumnFill(value=missing)
+            elif has_default:
+                fills[name] = ColumnFill(per_row=True)
+        if generated:
+            relation.columns = [c for c in relation.columns if c.name not in generated]
+        return TableShape(relation, fills, frozenset(generated))
 
     # -- publication and slot -------------------------------------------------
 
@@ -316,6 +339,13 @@ class SourceDatabase:
             raise ValueError(f"unknown COPY format {copy_format!r}")
         with self.connect(statement_timeout_ms=0) as conn:
             conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            # The first statement takes the snapshot: every transaction it sees committed
+            # below this position; one committed at or above it is not in the copy.
+            (position,) = conn.execute(
+                "SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() "
+                "ELSE pg_current_wal_insert_lsn() END::text"
+            ).fetchone()
+            self.last_snapshot_position = lsn_to_int(position)
             query = sql.SQL("COPY (SELECT {} FROM {}) TO STDOUT WITH (FORMAT {})").format(
                 sql.SQL(", ").join(select_list),
                 sql.Identifier(relation.schema, relation.name),

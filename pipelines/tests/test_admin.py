@@ -91,3 +91,10 @@ def test_run_history_is_read_only(admin_browser):
     assert admin_browser.get(reverse("admin:pipelines_pipelinerun_add")).status_code == 403
     page = admin_browser.get(reverse("admin:pipelines_pipelinerun_change", args=[run.pk])).content.decode()
     assert 'name="_save"' not in page
+
+
+def test_change_page_offers_the_schema_change_policy(admin_browser):
+    pipeline = PipelineTableFactory().pipeline
+    page = admin_browser.get(reverse("admin:pipelines_pipeline_change", args=[pipeline.pk])).content.decode()
+    assert 'name="on_incompatible_schema_change"' in page
+    assert "Copy that table again automatically" in page and "Fail the run" in page

@@ -163,3 +163,25 @@ def test_transitions_need_the_change_permission(django_user_model):
     assert client.post(f"/api/pipelines/{pipeline.pk}/start/").status_code == 403
     pipeline.refresh_from_db()
     assert pipeline.status == "created"
+
+
+def test_the_schema_change_policy_defaults_to_fail_and_can_be_set_to_recopy(admin_api):
+    pipeline = PipelineFactory()
+    response = admin_api.get(f"/api/pipelines/{pipeline.pk}/")
+    assert response.data["on_incompatible_schema_change"] == "fail"
+    response = admin_api.patch(
+        f"/api/pipelines/{pipeline.pk}/", {"on_incompatible_schema_change": "recopy"}, format="json"
+    )
+    assert response.status_code == 200, response.data
+    pipeline.refresh_from_db()
+    assert pipeline.on_incompatible_schema_change == Pipeline.SchemaChangePolicy.RECOPY
+
+
+def test_an_unknown_schema_change_policy_is_refused_naming_the_field(admin_api):
+    pipeline = PipelineFactory()
+    response = admin_api.patch(
+        f"/api/pipelines/{pipeline.pk}/", {"on_incompatible_schema_change": "ignore"}, format="json"
+    )
+    assert response.status_code == 400 and "on_incompatible_schema_change" in response.data
+    pipeline.refresh_from_db()
+    assert pipeline.on_incompatible_schema_change == "fail"

@@ -1,0 +1,259 @@
+"""The one schema-change planner of every writer, as a table of cases; each writer's
+rendering of the actions is tested with the writer (test_writer_changes.py, test_writer_snowflake.py)."""
+
+import pytest
+
+from destinations.writers import types
+from destinations.writers.base import IncompatibleSchemaChange
+from destinations.writers.duckdb import DIALECT as DUCKDB
+from destinations.writers.postgres import DIALECT as POSTGRES
+from destinations.writers.schema_changes import (
+    AddColumn,
+    BringBack,
+    DestinationColumn,
+    DropColumn,
+    MarkDropped,
+    WidenColumn,
+    plan,
+    widens,
+)
+from destinations.writers.snowflake import DIALECT as SNOWFLAKE
+from pipelines.engine.batch import Column, ColumnFill, Relation
+
+DIALECTS = {"postgres": POSTGRES, "duckdb": DUCKDB, "snowflake": SNOWFLAKE}
+
+
+def numeric(precision, scale):
+    return types.NUMERIC, ((precision << 16) | scale) + 4
+
+
+def varchar(length):
+    return types.VARCHAR, length + 4
+
+
+def bpchar(length):
+    return types.BPCHAR, length + 4
+
+
+INT2, INT4, INT8 = (types.INT2, -1), (types.INT4, -1), (types.INT8, -1)
+TEXT, JSONB, FLOAT4, FLOAT8 = (types.TEXT, -1), (types.JSONB, -1), (types.FLOAT4, -1), (types.FLOAT8, -1)
+TIMESTAMP, TIMESTAMPTZ = (types.TIMESTAMP, -1), (types.TIMESTAMPTZ, -1)
+DATE, UUID = (types.DATE, -1), (types.UUID, -1)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "keeps_every_value"),
+    [
+        (INT2, INT4, True),
+        (INT4, INT8, True),
+        (INT2, INT8, True),
+        (INT8, INT4, False),
+        (INT4, INT2, False),
+        (INT4, numeric(12, 2), True),
+        (INT4, numeric(10, 0), True),
+        (INT4, numeric(9, 0), False),
+        (INT8, numeric(12, 2), False),
+        (INT8, (types.NUMERIC, -1), True),
+        (numeric(10, 2), numeric(12, 2), True),
+        (numeric(10, 2), numeric(12, 3), True),
+        (numeric(10, 2), numeric(10, 3), False),
+        (numeric(12, 2), numeric(10, 2), False),
+        (numeric(10, 2), (types.NUMERIC, -1), True),
+        ((types.NUMERIC, -1), numeric(38, 10), False),
+        (FLOAT4, FLOAT8, True),
+        (FLOAT8, FLOAT4, False),
+        (INT4, FLOAT8, False),
+        (varchar(10), varchar(20), True),
+        (varchar(20), varchar(10), False),
+        (varchar(10), TEXT, True),
+        (varchar(10), (types.VARCHAR, -1), True),
+        (TEXT, varchar(10), False),
+        (bpchar(3), bpchar(5), True),
+        (bpchar(3), varchar(3), True),
+        (bpchar(5), bpchar(3), False),
+        (JSONB, TEXT, True),
+        (INT4, TEXT, True),
+        (TEXT, JSONB, False),
+        (TEXT, INT4, False),
+        (TIMESTAMP, TIMESTAMPTZ, False),
+        (TIMESTAMPTZ, TIMESTAMP, False),
+        ((types.TIMESTAMP, 3), TIMESTAMP, True),
+        (TIMESTAMP, (types.TIMESTAMP, 3), False),
+        (DATE, TIMESTAMP, False),
+        (UUID, TEXT, True),
+        (TEXT, UUID, False),
+    ],
+)
+def test_which_source_type_changes_keep_every_value(old, new, keeps_every_value):
+    assert widens(old, new) is keeps_every_value
+
+
+def relation(*columns: Column) -> Relation:
+    return Relation(1, "public", "t", list(columns))
+
+
+def key(name="id", type_=INT8) -> Column:
+    return Column(name, *type_, is_key=True)
+
+
+def col(name, type_) -> Column:
+    return Column(name, *type_)
+
+
+def destination(dialect, source: Relation, **changed) -> list[DestinationColumn]:
+    """The destination table as the writer made it for `source`."""
+    return [
+        DestinationColumn(c.name, dialect.column_type(c), nullable=not c.is_key, **changed.get(c.name, {}))
+        for c in source.columns
+    ]
+
+
+def planned(dialect, before: Relation, after: Relation, fills=None, **changed):
+    return plan(
+        after,
+        destination(dialect, before, **changed),
+        dialect,
+        where="dst.t",
+        existing_key=before.key_columns,
+        fills=fills,
+    )
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "postgres", "duckdb", "snowflake"),
+    [
+        # what each destination does when a source column changes type ("": nothing to do)
+        (INT4, INT8, "widen", "widen", "widen"),
+        (INT2, INT4, "widen", "widen", "widen"),
+        (varchar(10), TEXT, "widen", "", ""),
+        (varchar(10), varchar(20), "widen", "", ""),
+        (numeric(10, 2), numeric(14, 2), "widen", "widen", "widen"),
+        (numeric(10, 2), numeric(14, 4), "widen", "widen", "refuse"),  # Snowflake keeps the scale
+        (INT4, numeric(12, 2), "widen", "widen", "refuse"),
+        (numeric(10, 2), (types.NUMERIC, -1), "widen", "widen", "refuse"),  # VARCHAR in Snowflake
+        (FLOAT4, FLOAT8, "widen", "widen", ""),
+        (INT4, TEXT, "widen", "widen", "refuse"),
+        (JSONB, TEXT, "widen", "widen", "refuse"),
+        (INT8, INT4, "", "", ""),  # narrower: the destination holds every value already
+        (TEXT, varchar(10), "", "", ""),
+        (numeric(14, 2), numeric(10, 2), "", "", ""),
+        (numeric(14, 4), numeric(10, 2), "refuse", "refuse", "refuse"),  # rounds on the source
+        (FLOAT8, FLOAT4, "refuse", "refuse", ""),
+        (TEXT, JSONB, "refuse", "refuse", "refuse"),
+        (TEXT, INT4, "refuse", "refuse", "refuse"),
+        (TIMESTAMP, TIMESTAMPTZ, "refuse", "refuse", "refuse"),
+        ((types.JSON, -1), JSONB, "refuse", "", ""),
+    ],
+)
+def test_a_type_change_is_widened_in_place_or_refused_the_same_way_by_every_writer(
+    old, new, postgres, duckdb, snowflake
+):
+    before, after = relation(key(), col("v", old)), relation(key(), col("v", new))
+    for kind, expected in {"postgres": postgres, "duckdb": duckdb, "snowflake": snowflake}.items():
+        dialect = DIALECTS[kind]
+        if expected == "refuse":
+            with pytest.raises(IncompatibleSchemaChange) as error:
+                planned(dialect, before, after)
+            message = str(error.value)
+            assert "Column v of public.t" in message and "refresh the table public.t" in message, kind
+            continue
+        actions = planned(dialect, before, after).actions
+        if expected == "widen":
+            assert actions == [
+                WidenColumn("v", dialect.column_type(col("v", old)), dialect.column_type(col("v", new)))
+            ], kind
+        else:
+            assert actions == [], kind
+
+
+@pytest.mark.parametrize("kind", DIALECTS)
+def test_a_new_column_is_added_with_the_value_existing_rows_got(kind):
+    dialect = DIALECTS[kind]
+    before = relation(key(), col("name", TEXT))
+    after = relation(key(), col("name", TEXT), col("score", INT4), col("note", TEXT))
+    result = planned(dialect, before, after, fills={"score": ColumnFill("5")})
+    assert result.actions == [
+        AddColumn("score", dialect.column_type(col("score", INT4)), "5"),
+        AddColumn("note", dialect.column_type(col("note", TEXT)), None),
+    ]
+    assert result.recopy is None
+    assert any("score" in note and "set to 5" in note for note in result.notes)
+
+
+@pytest.mark.parametrize("kind", DIALECTS)
+def test_a_column_whose_rows_each_got_their_own_value_asks_for_a_copy(kind):
+    dialect = DIALECTS[kind]
+    before = relation(key(), col("name", TEXT))
+    after = relation(key(), col("name", TEXT), col("created", TIMESTAMPTZ))
+    result = planned(dialect, before, after, fills={"created": ColumnFill(per_row=True)})
+    assert [type(action) for action in result.actions] == [AddColumn]
+    assert "created" in result.recopy and "copied again" in result.recopy
+
+
+@pytest.mark.parametrize("kind", DIALECTS)
+def test_a_dropped_column_is_marked_once_and_brought_back_with_the_new_columns_value(kind):
+    dialect = DIALECTS[kind]
+    full = relation(key(), col("name", TEXT), col("score", INT4))
+    narrower = relation(key(), col("name", TEXT))
+    dropped = planned(dialect, full, narrower)
+    assert dropped.actions == [MarkDropped("score", drop_not_null=False)]
+    assert "no longer in public.t" in dropped.notes[0]
+
+    marked = {"score": {"marked_dropped": True}}
+    assert planned(dialect, full, narrower, **marked).actions == []  # noted once
+    back = planned(dialect, full, full, fills={"score": ColumnFill("0")}, **marked)
+    assert back.actions == [BringBack("score", "0")]
+    assert planned(dialect, full, full, **marked).actions == [BringBack("score", None)]
+    other_type = relation(key(), col("name", TEXT), col("score", JSONB))
+    assert planned(dialect, full, other_type, fills={"score": ColumnFill("{}")}, **marked).actions == [
+        DropColumn("score"),
+        AddColumn("score", dialect.column_type(col("score", JSONB)), "{}"),
+    ]
+
+
+@pytest.mark.parametrize("kind", DIALECTS)
+def test_a_rename_is_seen_as_a_drop_and_an_add(kind):
+    dialect = DIALECTS[kind]
+    before = relation(key(), col("name", TEXT))
+    after = relation(key(), col("title", TEXT))
+    assert planned(dialect, before, after).actions == [
+        AddColumn("title", dialect.column_type(col("title", TEXT))),
+        MarkDropped("name", drop_not_null=False),
+    ]
+
+
+@pytest.mark.parametrize("kind", DIALECTS)
+@pytest.mark.parametrize(
+    ("old_key", "new_key"),
+    [(["id"], ["code"]), (["id"], ["id", "code"]), (["id", "code"], ["id"])],
+)
+def test_a_key_change_is_refused_by_every_writer_naming_the_fix(kind, old_key, new_key):
+    dialect = DIALECTS[kind]
+
+    def shaped(keys):
+        return relation(*(Column(n, *INT8, is_key=n in keys) for n in ("id", "code")))
+
+    with pytest.raises(IncompatibleSchemaChange) as error:
+        planned(dialect, shaped(old_key), shaped(new_key))
+    message = str(error.value)
+    assert f"primary key of public.t is now ({', '.join(new_key)})" in message
+    assert "refresh the table public.t" in message
+
+
+@pytest.mark.parametrize("kind", DIALECTS)
+def test_the_same_shape_needs_nothing_and_missing_meta_columns_are_added(kind):
+    dialect = DIALECTS[kind]
+    shape = relation(key(), col("name", varchar(20)), col("at", TIMESTAMPTZ))
+    assert planned(dialect, shape, shape).actions == []
+    result = plan(
+        shape, destination(dialect, shape), dialect, where="dst.t", meta_columns={"_rosetta_lsn": "LSN"}
+    )
+    assert result.actions == [AddColumn("_rosetta_lsn", "LSN")] and result.notes == []
+
+
+def test_an_unknown_destination_type_is_only_ever_kept_as_it_is():
+    existing = [DestinationColumn("id", "BIGINT", False), DestinationColumn("v", "HUGEINT")]
+    with pytest.raises(IncompatibleSchemaChange, match="from HUGEINT to INTEGER"):
+        plan(relation(key(), col("v", INT4)), existing, DUCKDB, where="main.t")
+    existing = [DestinationColumn("id", "BIGINT", False), DestinationColumn("v", "INTEGER")]
+    assert plan(relation(key(), col("v", INT4)), existing, DUCKDB, where="main.t").actions == []
