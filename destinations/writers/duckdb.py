@@ -24,7 +24,6 @@ process (a query session, say) to let go of the file.
 """
 
 import contextlib
-import io
 import json
 import time
 from pathlib import Path
@@ -32,12 +31,11 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pa_csv
 
 from pipelines.engine import pgtypes
 from pipelines.engine.batch import UNCHANGED, ApplyResult, lsn_to_str
 
-from . import types
+from . import pgcsv, types
 from .base import ConnectionProblem, IncompatibleSchemaChange, Writer, unchanged_columns_stored_as_null
 
 CHECKPOINTS = "_rosetta_checkpoints"
@@ -50,7 +48,8 @@ LOCK_WAIT_SECONDS = 30
 # settings["memory_limit"] / settings["snapshot_memory_limit"] override them.
 MEMORY_LIMIT = "1GB"
 SNAPSHOT_MEMORY_LIMIT = "64MB"
-CSV_BLOCK_SIZE = 1 << 20
+# COPY bytes parsed at a time in a snapshot (more when one row is larger: see pgcsv).
+CSV_PIECE_BYTES = 4 << 20
 
 _INTEGER_RANK = {"SMALLINT": 1, "INTEGER": 2, "BIGINT": 3}
 _INTEGER_DIGITS = {"SMALLINT": 5, "INTEGER": 10, "BIGINT": 19}
@@ -177,33 +176,6 @@ def arrow_text_column(values: list, duck_type: str, type_oid: int) -> tuple[pa.A
     return pa.array(values, pa.string()), from_text("{}", duck_type, csv=True)
 
 
-class _ChunkFile(io.RawIOBase):
-    """A read-only file over an iterator of byte chunks, so Arrow's CSV reader can
-    pull the COPY stream block by block without it ever being held whole."""
-
-    def __init__(self, chunks):
-        self._chunks = iter(chunks)
-        self._pending = memoryview(b"")
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:
-        filled, size = 0, len(buffer)
-        while filled < size:
-            if not self._pending:
-                chunk = next(self._chunks, None)
-                if chunk is None:
-                    break
-                self._pending = memoryview(chunk).cast("B")
-                continue
-            count = min(size - filled, len(self._pending))
-            buffer[filled : filled + count] = self._pending[:count]
-            self._pending = self._pending[count:]
-            filled += count
-        return filled
-
-
 class DuckDBWriter(Writer):
     kind = "duckdb"
     # PostgreSQL's CSV (defaults, no header) read by Arrow's streaming CSV reader.
@@ -324,15 +296,14 @@ class DuckDBWriter(Writer):
             conn.execute("ROLLBACK")
 
     def load_snapshot(self, relation, target_table: str, chunks, snapshot_lsn: int) -> int:
-        """Arrow's CSV reader parses the COPY stream block by block into a new table,
-        which replaces the old one in the same transaction: readers see the old copy
-        until the commit, and memory holds a few blocks whatever the table's size."""
+        """The COPY stream is parsed piece by piece (pgcsv) into a new table, which
+        replaces the old one in the same transaction: readers see the old copy until
+        the commit, and memory holds a piece or two whatever the table's size."""
         conn = self._connection()
         names = relation.column_names
         duck_types = [types.duckdb_type(c.type_oid, c.type_modifier) for c in relation.columns]
         new_table = self._table(f"_rosetta_new_{target_table}")
         target = self._table(target_table)
-        stream = io.BufferedReader(_ChunkFile(chunks), buffer_size=CSV_BLOCK_SIZE)
         conn.execute(
             "SET memory_limit = ?", [self.settings.get("snapshot_memory_limit") or SNAPSHOT_MEMORY_LIMIT]
         )
@@ -342,32 +313,24 @@ class DuckDBWriter(Writer):
             conn.execute(
                 f"CREATE OR REPLACE TABLE {new_table} ({self._column_definitions(names, duck_types)})"
             )
-            if stream.peek(1):
-                positional = [f"c{position}" for position in range(len(names))]
-                reader = pa_csv.open_csv(
-                    stream,
-                    # one block parsed at a time, in DuckDB's scan: no read-ahead to hold in memory
-                    read_options=pa_csv.ReadOptions(
-                        column_names=positional, block_size=CSV_BLOCK_SIZE, use_threads=False
-                    ),
-                    parse_options=pa_csv.ParseOptions(newlines_in_values=True),
-                    convert_options=pa_csv.ConvertOptions(
-                        column_types={name: pa.string() for name in positional},
-                        null_values=[""],
-                        strings_can_be_null=True,
-                        quoted_strings_can_be_null=False,
-                    ),
-                )
-                conn.register("_rosetta_snapshot", reader)
-                selected = ", ".join(
-                    from_text(quote(column), duck_type, csv=True)
-                    for column, duck_type in zip(positional, duck_types, strict=True)
-                )
+            positional = [f"c{position}" for position in range(len(names))]
+            selected = ", ".join(
+                from_text(quote(column), duck_type, csv=True)
+                for column, duck_type in zip(positional, duck_types, strict=True)
+            )
+            failures = []
+            reader = pgcsv.record_batches(chunks, len(names), CSV_PIECE_BYTES, failures)
+            conn.register("_rosetta_snapshot", reader)
+            try:
                 conn.execute(
                     f"INSERT INTO {new_table} SELECT {selected}, {int(snapshot_lsn)}, now(), NULL "
                     "FROM _rosetta_snapshot"
                 )
-                conn.unregister("_rosetta_snapshot")  # on error, the next register replaces it
+            except duckdb.Error:
+                if failures:  # the source's stream failed (DuckDB read it): raise that error
+                    raise failures[0] from None
+                raise
+            conn.unregister("_rosetta_snapshot")  # on error, the next register replaces it
             rows = conn.execute(f"SELECT count(*) FROM {new_table}").fetchall()[0][0]
             conn.execute(f"DROP TABLE IF EXISTS {target}")
             conn.execute(f"ALTER TABLE {new_table} RENAME TO {quote(target_table)}")

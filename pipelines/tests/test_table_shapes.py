@@ -240,7 +240,7 @@ def test_two_sources_sharing_a_publication_keep_each_others_tables(
     assert target.rows("right_t", ["id"], ["id"]) == [(0,), (1,), (2,)]
 
 
-def test_a_table_taken_out_of_a_pipeline_stays_in_a_publication_rosetta_did_not_create_it_in(
+def test_a_table_rosetta_did_not_add_stays_in_the_publication(
     source_db, source_row, make_pipeline
 ):
     source_db.execute(
@@ -296,3 +296,24 @@ def test_a_table_name_with_quotes_refers_to_the_table_without_them(source_db, ta
     pipeline = make_pipeline(['"public"."t"'])
     ok(services.run_until_caught_up(pipeline))
     assert target.rows("t", ["id"], ["id"]) == [(1,)]
+
+
+# -- value sizes -------------------------------------------------------------------------------
+
+
+def test_a_snapshot_copies_values_larger_than_the_csv_reader_block(source_db, target, make_pipeline):
+    source_db.execute(
+        """
+        CREATE TABLE blobs (id int PRIMARY KEY, body text, raw bytea);
+        INSERT INTO blobs SELECT 1, repeat('ab"c,' || chr(10), 600000), decode(repeat('00ff', 1100000), 'hex');
+        INSERT INTO blobs VALUES (2, 'small', '\\x01');
+        """
+    )
+    pipeline = make_pipeline(["public.blobs"])
+    ok(services.run_until_caught_up(pipeline))
+    def normal(rows):
+        return [(i, body, bytes(raw)) for i, body, raw in rows]
+
+    rows = normal(target.rows("blobs", ["id", "body", "raw"], ["id"]))
+    assert rows == normal(source_db.rows("blobs", ["id", "body", "raw"], ["id"]))
+    assert len(rows[0][1]) == 3_600_000 and len(rows[0][2]) == 2_200_000
