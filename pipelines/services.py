@@ -222,7 +222,7 @@ def describe_error(error: Exception) -> str:
     if isinstance(error, psycopg.Error):
         first = text.splitlines()[0]
         return f"Database error ({type(error).__name__}): {first}"
-    known = ("SourceProblem", "ConnectionProblem", "IncompatibleSchemaChange", "DecodeError")
+    known = ("SourceProblem", "ConnectionProblem", "IncompatibleSchemaChange", "DecodeError", "UnstorableValue")
     if type(error).__name__ in known:
         return text
     return f"{type(error).__name__}: {text}"

@@ -25,6 +25,7 @@ process (a query session, say) to let go of the file.
 
 import contextlib
 import json
+import re
 import time
 from pathlib import Path
 
@@ -36,7 +37,13 @@ from pipelines.engine import pgtypes
 from pipelines.engine.batch import UNCHANGED, ApplyResult, lsn_to_str
 
 from . import pgcsv, types
-from .base import ConnectionProblem, IncompatibleSchemaChange, Writer, unchanged_columns_stored_as_null
+from .base import (
+    ConnectionProblem,
+    IncompatibleSchemaChange,
+    UnstorableValue,
+    Writer,
+    unchanged_columns_stored_as_null,
+)
 
 CHECKPOINTS = "_rosetta_checkpoints"
 LSN, SYNCED_AT, DELETED_AT = "_rosetta_lsn", "_rosetta_synced_at", "_rosetta_deleted_at"
@@ -52,6 +59,7 @@ SNAPSHOT_MEMORY_LIMIT = "64MB"
 CSV_PIECE_BYTES = 4 << 20
 
 _INTEGER_RANK = {"SMALLINT": 1, "INTEGER": 2, "BIGINT": 3}
+_DATE_TYPES = ("DATE", "TIMESTAMP", "TIMESTAMP WITH TIME ZONE")
 _INTEGER_DIGITS = {"SMALLINT": 5, "INTEGER": 10, "BIGINT": 19}
 
 # DuckDB type -> the Arrow type a batch column is built as; the SQL then casts
@@ -107,6 +115,15 @@ def from_text(expression: str, duck_type: str, csv: bool = False) -> str:
     """
     if duck_type == "VARCHAR":
         return expression
+    if duck_type in _DATE_TYPES:
+        # PostgreSQL writes a BC date as '0044-03-15 BC'; DuckDB reads the same day
+        # as year -43 (astronomical numbering), and would read the text as AD.
+        x = "{0}" if expression == "{}" else expression  # a template, formatted once by the caller
+        return (
+            f"CASE WHEN ends_with({x}, ' BC') THEN CAST('-' || lpad(CAST(CAST(split_part({x}, '-', 1) "
+            f"AS BIGINT) - 1 AS VARCHAR), 4, '0') || substr({x}, strpos({x}, '-'), "
+            f"length({x}) - strpos({x}, '-') - 2) AS {duck_type}) ELSE CAST({x} AS {duck_type}) END"
+        )
     if duck_type == "INTERVAL":
         return f"CAST(replace({expression}, '+', '') AS INTERVAL)"
     if duck_type.endswith("[]"):
@@ -114,6 +131,38 @@ def from_text(expression: str, duck_type: str, csv: bool = False) -> str:
     if duck_type == "BLOB" and csv:
         return f"unhex(substr({expression}, 3))"
     return f"CAST({expression} AS {duck_type})"
+
+
+def unstorable_value(error: duckdb.Error, relation, duck_types: dict, where: str) -> UnstorableValue:
+    """DuckDB names neither the column nor (always) the value of a failed cast: find
+    the column(s) of the type it names, and say which value, where and what to do."""
+    text = str(error).splitlines()[0].removeprefix("Conversion Error: ")
+    values = re.findall(r'"([^"]*)"', text) or re.findall(r": (\S.*)$", text)
+    lowered = text.lower()
+    columns = [name for name, duck_type in duck_types.items() if f"to {duck_type.lower()}" in lowered]
+    if not columns:
+        kinds = {"timestamp": _DATE_TYPES[1:], "date": ("DATE",), "numerical": (), "list": ()}
+        for word, wanted in kinds.items():
+            if word in lowered:
+                columns = [
+                    name
+                    for name, duck_type in duck_types.items()
+                    if duck_type in wanted or (not wanted and duck_type.endswith("[]"))
+                ]
+                break
+    value = values[0] if values else "?"
+    column = (
+        f"column {columns[0]} ({duck_types[columns[0]]})"
+        if len(columns) == 1
+        else f"one of the columns {', '.join(columns)}"
+        if columns
+        else "a column"
+    )
+    return UnstorableValue(
+        f"{relation.schema}.{relation.name}: {column} has the value {value!r}, which DuckDB cannot store "
+        f"in {where} ({text}). See the README's type table: store such values in a column of another "
+        "type on the source (text keeps any value), then refresh the table."
+    )
 
 
 def _text(value) -> str:
@@ -276,7 +325,14 @@ class DuckDBWriter(Writer):
                 )
                 return result
             for key in sorted(batch.tables):
-                self._apply_table(conn, batch.tables[key], soft_delete, result)
+                changes = batch.tables[key]
+                try:
+                    self._apply_table(conn, changes, soft_delete, result)
+                except duckdb.ConversionException as error:
+                    relation = changes.relation
+                    duck_types = {c.name: types.duckdb_type(c.type_oid, c.type_modifier) for c in relation.columns}
+                    where = f"{self.schema}.{changes.target_table}"
+                    raise unstorable_value(error, relation, duck_types, where) from None
             conn.execute(
                 f"INSERT INTO {self._table(CHECKPOINTS)} (pipeline_key, lsn, updated_at) VALUES (?, ?, now()) "
                 "ON CONFLICT (pipeline_key) DO UPDATE SET lsn = excluded.lsn, updated_at = excluded.updated_at",
@@ -326,9 +382,12 @@ class DuckDBWriter(Writer):
                     f"INSERT INTO {new_table} SELECT {selected}, {int(snapshot_lsn)}, now(), NULL "
                     "FROM _rosetta_snapshot"
                 )
-            except duckdb.Error:
+            except duckdb.Error as error:
                 if failures:  # the source's stream failed (DuckDB read it): raise that error
                     raise failures[0] from None
+                if isinstance(error, duckdb.ConversionException):
+                    where = f"{self.schema}.{target_table}"
+                    raise unstorable_value(error, relation, dict(zip(names, duck_types, strict=True)), where) from None
                 raise
             conn.unregister("_rosetta_snapshot")  # on error, the next register replaces it
             rows = conn.execute(f"SELECT count(*) FROM {new_table}").fetchall()[0][0]

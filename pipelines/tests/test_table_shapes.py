@@ -317,3 +317,110 @@ def test_a_snapshot_copies_values_larger_than_the_csv_reader_block(source_db, ta
     rows = normal(target.rows("blobs", ["id", "body", "raw"], ["id"]))
     assert rows == normal(source_db.rows("blobs", ["id", "body", "raw"], ["id"]))
     assert len(rows[0][1]) == 3_600_000 and len(rows[0][2]) == 2_200_000
+
+
+# -- values: BC dates and times, infinity; what still cannot be stored is named ----------------
+
+
+def test_bc_dates_and_times_and_infinity_keep_their_values(source_db, target, make_pipeline):
+    source_db.execute(
+        """
+        SET TimeZone = 'UTC';
+        CREATE TABLE ages (id int PRIMARY KEY, d date, ts timestamp, tstz timestamptz);
+        INSERT INTO ages VALUES
+            (1, '0044-03-15 BC', '0044-03-15 12:00:00 BC', '0044-03-15 12:00:00+00 BC'),
+            (2, 'infinity', '-infinity', 'infinity'),
+            (3, '2024-02-29', '2024-02-29 23:59:59.5', '2024-02-29 23:59:59.5+00');
+        """
+    )
+    pipeline = make_pipeline(["public.ages"])
+    ok(services.run_until_caught_up(pipeline))
+    source_db.execute(
+        "INSERT INTO ages VALUES (4, '4713-01-01 BC', '0001-12-31 23:00:00 BC', '0100-01-01 00:00:00+00 BC')"
+    )
+    ok(services.run_until_caught_up(pipeline))
+    # Compare as text: Python's datetime has no BC years.
+    expected = [
+        ("0044-03-15 BC", "0044-03-15 12:00:00 BC", "0044-03-15 12:00:00+00 BC"),
+        ("infinity", "-infinity", "infinity"),
+        ("2024-02-29", "2024-02-29 23:59:59.5", "2024-02-29 23:59:59.5+00"),
+        ("4713-01-01 BC", "0001-12-31 23:00:00 BC", "0100-01-01 00:00:00+00 BC"),
+    ]
+    assert source_text(source_db, "ages") == expected
+    assert destination_text(target.destination, "ages") == expected
+
+
+def source_text(source_db, table):
+    return [
+        tuple(row)
+        for row in source_db.execute(f"SELECT d::text, ts::text, tstz::text FROM {table} ORDER BY id")
+    ]
+
+
+def destination_text(destination, table):
+    """The destination's values, spelled as PostgreSQL spells them."""
+    if destination.kind == "postgres":
+        with psycopg.connect(
+            host=destination.pg_host, port=destination.pg_port, dbname=destination.pg_database, user="postgres"
+        ) as conn:
+            conn.execute("SET TimeZone = 'UTC'")
+            return [
+                tuple(row)
+                for row in conn.execute(
+                    f"SELECT d::text, ts::text, tstz::text FROM {destination.pg_schema}.{table} ORDER BY id"
+                )
+            ]
+    with duckdb.connect(destination.duckdb_path, read_only=True) as conn:
+        conn.execute("SET TimeZone = 'UTC'")
+        rows = conn.execute(f"SELECT d::VARCHAR, ts::VARCHAR, tstz::VARCHAR FROM {table} ORDER BY id").fetchall()
+
+    def pg(text):  # DuckDB writes '0044-03-15 (BC) 12:00:00'
+        if text is not None and " (BC)" in text:
+            return text.replace(" (BC)", "") + " BC"
+        return text
+
+    return [tuple(pg(v) for v in row) for row in rows]
+
+
+@pytest.mark.parametrize(
+    "column, value, words",
+    [
+        ("n numeric(10,2)", "'NaN'", "'NaN'"),
+        ("ts timestamp", "'294276-12-31 23:59:59'", "294276-12-31"),
+        ("a int[]", "'{{1,2},{3,4}}'", "[3,4]"),
+    ],
+)
+def test_a_value_duckdb_cannot_store_fails_the_run_naming_table_column_and_value(
+    source_db, source_database, make_database, tmp_path, column, value, words
+):
+    from destinations.models import Destination
+
+    destination = Destination.objects.create(
+        name=f"duck-{uuid.uuid4().hex[:8]}", kind="duckdb", duckdb_path=str(tmp_path / "w.duckdb")
+    )
+    source = Source.objects.create(
+        name=f"src-{uuid.uuid4().hex[:6]}",
+        pg_host=source_database["host"],
+        pg_port=source_database["port"],
+        pg_database=source_database["dbname"],
+        pg_username="postgres",
+        sslmode="disable",
+        publication_name=f"pub_{uuid.uuid4().hex[:6]}",
+        slot_name=f"slot_{uuid.uuid4().hex[:6]}",
+    )
+    name = column.split()[0]
+    source_db.execute(f"CREATE TABLE odd (id int PRIMARY KEY, {column})")
+    pipeline = Pipeline.objects.create(name=f"p-{uuid.uuid4().hex[:6]}", source=source, destination=destination)
+    services.set_pipeline_tables(pipeline, ["public.odd"])
+    services.start_pipeline(pipeline)
+    for phase in ("snapshot", "change"):
+        if phase == "change":
+            source_db.execute("DELETE FROM odd")
+            ok(services.run_until_caught_up(pipeline))
+        source_db.execute(f"INSERT INTO odd VALUES (1, {value})")
+        if phase == "snapshot":
+            run = services.run_pipeline(pipeline, snapshot_only=True)
+        else:
+            run = services.run_pipeline(pipeline)
+        assert run.outcome == PipelineRun.Outcome.FAILED
+        assert "public.odd" in run.error and f"column {name} " in run.error and words in run.error, run.error
