@@ -165,6 +165,13 @@ def unstorable_value(error: duckdb.Error, relation, duck_types: dict, where: str
     )
 
 
+def _megabytes(limit: str) -> int:
+    """'64MB' / '1GB' -> megabytes (DuckDB's memory_limit spelling)."""
+    number, unit = re.fullmatch(r"\s*([\d.]+)\s*([KMGT]i?B)\s*", limit, re.IGNORECASE).groups()
+    scale = {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024 * 1024}[unit[0].upper()]
+    return int(float(number) * scale)
+
+
 def _text(value) -> str:
     if isinstance(value, (dict, list)):
         return json.dumps(value, default=str)
@@ -374,22 +381,25 @@ class DuckDBWriter(Writer):
                 from_text(quote(column), duck_type, csv=True)
                 for column, duck_type in zip(positional, duck_types, strict=True)
             )
-            failures = []
-            reader = pgcsv.record_batches(chunks, len(names), CSV_PIECE_BYTES, failures)
-            conn.register("_rosetta_snapshot", reader)
-            try:
-                conn.execute(
-                    f"INSERT INTO {new_table} SELECT {selected}, {int(snapshot_lsn)}, now(), NULL "
-                    "FROM _rosetta_snapshot"
-                )
-            except duckdb.Error as error:
-                if failures:  # the source's stream failed (DuckDB read it): raise that error
-                    raise failures[0] from None
-                if isinstance(error, duckdb.ConversionException):
-                    where = f"{self.schema}.{target_table}"
-                    raise unstorable_value(error, relation, dict(zip(names, duck_types, strict=True)), where) from None
-                raise
-            conn.unregister("_rosetta_snapshot")  # on error, the next register replaces it
+            failures, oversized = [], []
+            pieces = pgcsv.pieces(chunks, CSV_PIECE_BYTES)
+            snapshot_limit = self.settings.get("snapshot_memory_limit") or SNAPSHOT_MEMORY_LIMIT
+            limit_mb = 0
+            while True:
+                # One INSERT streams the pieces until one holds a row far larger than a
+                # piece; that one goes in alone, under a memory cap that fits it.
+                reader = pgcsv.record_batches(pieces, len(names), failures, oversized, CSV_PIECE_BYTES * 4)
+                self._insert_snapshot(conn, reader, new_table, selected, snapshot_lsn, failures, relation, target_table, duck_types)
+                if not oversized:
+                    break
+                piece = oversized.pop()
+                # raised for the rest of the load: the commit pins that row's blocks too
+                limit_mb = max(limit_mb, _megabytes(snapshot_limit), 4 * len(piece) >> 20)
+                conn.execute("SET memory_limit = ?", [f"{limit_mb}MB"])
+                table = pgcsv.read_table(piece, len(names))
+                del piece
+                self._insert_snapshot(conn, table, new_table, selected, snapshot_lsn, failures, relation, target_table, duck_types)
+                del table
             rows = conn.execute(f"SELECT count(*) FROM {new_table}").fetchall()[0][0]
             conn.execute(f"DROP TABLE IF EXISTS {target}")
             conn.execute(f"ALTER TABLE {new_table} RENAME TO {quote(target_table)}")
@@ -401,6 +411,25 @@ class DuckDBWriter(Writer):
             self._verified.pop(target_table, None)
             conn.execute("SET memory_limit = ?", [self._memory_limit])
         return rows
+
+    def _insert_snapshot(
+        self, conn, rows, new_table, selected, snapshot_lsn, failures, relation, target_table, duck_types
+    ) -> None:
+        conn.register("_rosetta_snapshot", rows)
+        try:
+            conn.execute(
+                f"INSERT INTO {new_table} SELECT {selected}, {int(snapshot_lsn)}, now(), NULL "
+                "FROM _rosetta_snapshot"
+            )
+        except duckdb.Error as error:
+            if failures:  # the source's stream failed (DuckDB read it): raise that error
+                raise failures[0] from None
+            if isinstance(error, duckdb.ConversionException):
+                names = relation.column_names
+                where = f"{self.schema}.{target_table}"
+                raise unstorable_value(error, relation, dict(zip(names, duck_types, strict=True)), where) from None
+            raise
+        conn.unregister("_rosetta_snapshot")  # on error, the next register replaces it
 
     # -- applying one table's changes -----------------------------------------------
 

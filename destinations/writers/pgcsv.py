@@ -68,9 +68,11 @@ def read_table(data: bytes, width: int) -> pa.Table:
     )
 
 
-def record_batches(chunks, width: int, piece_bytes: int, failures: list) -> pa.RecordBatchReader:
-    """The whole COPY stream as a reader of text record batches; memory holds one
-    piece (and its parsed batch) at a time. An error of the stream itself (the
+def record_batches(pieces_, width: int, failures: list, oversized: list, oversized_bytes: int) -> pa.RecordBatchReader:
+    """The pieces (see pieces()) as a reader of text record batches; memory holds one
+    piece (and its parsed batch) at a time. The reader ends early at a piece larger
+    than `oversized_bytes` (one huge row), which it leaves in `oversized` for the
+    caller to load under a larger memory cap. An error of the stream itself (the
     source went away) is appended to `failures` (without its traceback, which would
     keep the stream's generators, and so an unfinished COPY, alive), so that the
     caller can raise it as it is rather than as the consumer's wrapped error."""
@@ -78,7 +80,10 @@ def record_batches(chunks, width: int, piece_bytes: int, failures: list) -> pa.R
 
     def batches():
         try:
-            for piece in pieces(chunks, piece_bytes):
+            for piece in pieces_:
+                if len(piece) > oversized_bytes:
+                    oversized.append(piece)
+                    return
                 yield from read_table(piece, width).to_batches()
         except Exception as error:
             failures.append(error.with_traceback(None))
