@@ -13,12 +13,29 @@ from rosetta.admin_utils import badge, report_per_object
 from rosetta.pagination import EstimatedCountPaginator
 
 from . import services
+from .engine.names import format_identifier
 from .engine.source import SourceProblem
 from .models import IllegalTransition, Pipeline, PipelineRun, PipelineTable
 
 
+class PipelineTableForm(forms.ModelForm):
+    """Names are shown as they are typed (quoted where a name holds a dot, a quote or
+    outer spaces) and read back by the one parser, pipelines.engine.names."""
+
+    NAME_FIELDS = ("schema_name", "table_name", "target_table")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.instance.pk:
+            for field in self.NAME_FIELDS:
+                value = getattr(self.instance, field)
+                if value:
+                    self.initial[field] = format_identifier(value)
+
+
 class PipelineTableInline(admin.TabularInline):
     model = PipelineTable
+    form = PipelineTableForm
     extra = 0
     fields = [
         "schema_name",

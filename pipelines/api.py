@@ -1,3 +1,4 @@
+from django.db import transaction
 from django.db.models import OuterRef, Subquery
 from django.utils import timezone
 from django_filters import rest_framework as filters
@@ -109,18 +110,27 @@ class PipelineSerializer(StrictModelSerializer):
             return None
         return round((timezone.now() - pipeline.last_applied_commit_at).total_seconds(), 3)
 
+    @transaction.atomic
     def create(self, validated_data):
         tables = validated_data.pop("tables", [])
         pipeline = super().create(validated_data)
-        services.set_pipeline_tables(pipeline, tables)
+        _set_tables(pipeline, tables)
         return pipeline
 
+    @transaction.atomic
     def update(self, instance, validated_data):
         tables = validated_data.pop("tables", None)
         pipeline = super().update(instance, validated_data)
         if tables is not None:
-            services.set_pipeline_tables(pipeline, tables)
+            _set_tables(pipeline, tables)
         return pipeline
+
+
+def _set_tables(pipeline, tables):
+    try:
+        services.set_pipeline_tables(pipeline, tables)
+    except ValueError as error:  # two tables would share a destination table
+        raise serializers.ValidationError({"tables": [str(error)]}) from None
 
 
 class PipelineFilter(filters.FilterSet):

@@ -1,12 +1,15 @@
+import contextlib
 import uuid
 
 from django.core.exceptions import ValidationError
-from django.core.validators import MinValueValidator, RegexValidator
+from django.core.validators import MinValueValidator
 from django.db import IntegrityError, models
 from django.utils import timezone
 
 from destinations.models import Destination
 from sources.models import Source
+
+from .engine.names import TableNameError, format_table_name, parse_identifier
 
 
 class IllegalTransition(Exception):
@@ -210,9 +213,13 @@ class Pipeline(models.Model):
         self.save(update_fields=["status", "last_error", "updated_at"])
 
 
-table_name_validator = RegexValidator(
-    r"^[^.\s\"]+$", "A table or schema name without dots, quotes or spaces."
-)
+def table_name_validator(value: str) -> None:
+    """A schema or table name as PostgreSQL spells it (any character but NUL, 63 bytes),
+    or written in double quotes: see pipelines.engine.names."""
+    try:
+        parse_identifier(value)
+    except TableNameError as error:
+        raise ValidationError(str(error), code="invalid") from None
 
 
 class PipelineTable(models.Model):
@@ -231,7 +238,10 @@ class PipelineTable(models.Model):
         max_length=63,
         blank=True,
         validators=[table_name_validator],
-        help_text="Table name in the destination; defaults to the source table's name.",
+        help_text=(
+            "Table name in the destination; defaults to the source table's name, or "
+            "<schema>__<table> when another table of the pipeline already has that name."
+        ),
     )
     snapshot_state = models.CharField(
         max_length=16, choices=SnapshotState.choices, default=SnapshotState.PENDING
@@ -249,7 +259,15 @@ class PipelineTable(models.Model):
                 fields=["pipeline", "schema_name", "table_name"],
                 name="pipeline_table_unique",
                 violation_error_message="This pipeline already copies that table.",
-            )
+            ),
+            models.UniqueConstraint(
+                fields=["pipeline", "target_table"],
+                name="pipeline_target_table_unique",
+                violation_error_message=(
+                    "Another table of this pipeline goes into that destination table: give one of them "
+                    "another target table."
+                ),
+            ),
         ]
 
     def __str__(self):
@@ -260,9 +278,20 @@ class PipelineTable(models.Model):
             self.target_table = self.table_name
         super().save(*args, **kwargs)
 
+    def clean(self):
+        """A name typed in quotes (the admin) is stored without them, as the API's parser does."""
+        for field in ("schema_name", "table_name", "target_table"):
+            value = getattr(self, field)
+            if value:
+                with contextlib.suppress(TableNameError):  # the field's validator reports it
+                    setattr(self, field, parse_identifier(value))
+        if not self.target_table:
+            self.target_table = self.table_name  # before the unique checks, not at save()
+
     @property
     def qualified_name(self) -> str:
-        return f"{self.schema_name}.{self.table_name}"
+        """`schema.table`, quoted where a part needs it (pipelines.engine.names)."""
+        return format_table_name(self.schema_name, self.table_name)
 
 
 class PipelineRun(models.Model):

@@ -21,6 +21,7 @@ from django.utils import timezone
 from destinations.writers import writer_for
 from pipelines.engine.batch import lsn_to_str
 from pipelines.engine.fold import TableSpec
+from pipelines.engine.names import MAX_IDENTIFIER_BYTES, format_table_name, parse_table_name
 from pipelines.engine.runner import BatchOutcome, Engine
 from pipelines.engine.source import SourceDatabase, SourceProblem
 
@@ -54,28 +55,41 @@ RETRY_MAX_SECONDS = 15 * 60
 ACTIVE = (Pipeline.Status.RUNNING, Pipeline.Status.REFRESHING)
 
 
-def parse_table_name(name: str) -> tuple[str, str]:
-    """ "schema.table" (or "table", meaning public.table) -> (schema, table)."""
-    parts = name.strip().split(".")
-    if len(parts) == 1 and parts[0]:
-        return "public", parts[0]
-    if len(parts) == 2 and all(parts):
-        return parts[0], parts[1]
-    raise ValueError(f"{name!r} is not a table name of the form schema.table.")
-
-
 @transaction.atomic
 def set_pipeline_tables(pipeline: Pipeline, names: list[str]) -> None:
     """Make the pipeline copy exactly these tables; kept tables keep their progress.
-    The next run adds new tables to the publication and snapshots them."""
+    The next run adds new tables to the publication and snapshots them.
+
+    A new table's destination table is its own name, or `<schema>__<table>` when
+    another table of the pipeline already has that name (same name in two schemas,
+    public first): two source tables never share a destination table. Raises
+    ValueError when even that name is taken."""
     wanted = [parse_table_name(name) for name in names]
     existing = {(t.schema_name, t.table_name): t for t in pipeline.tables.all()}
     for key, table in existing.items():
         if key not in wanted:
             table.delete()
-    for schema, table in wanted:
-        if (schema, table) not in existing:
-            PipelineTable.objects.create(pipeline=pipeline, schema_name=schema, table_name=table)
+    targets = {t.target_table: key for key, t in existing.items() if key in wanted}
+    new = sorted((key for key in wanted if key not in existing), key=lambda k: (k[0] != "public", k))
+    for schema, table in new:
+        target = default_target_table(schema, table, taken=targets)
+        targets[target] = (schema, table)
+        PipelineTable.objects.create(
+            pipeline=pipeline, schema_name=schema, table_name=table, target_table=target
+        )
+
+
+def default_target_table(schema: str, table: str, taken: dict) -> str:
+    """The destination table name for a new table: see set_pipeline_tables."""
+    for target in (table, f"{schema}__{table}"):
+        if target not in taken and len(target.encode()) <= MAX_IDENTIFIER_BYTES:
+            return target
+    other = taken.get(table) or taken.get(f"{schema}__{table}")
+    raise ValueError(
+        f"{format_table_name(schema, table)} would go into the same destination table as "
+        f"{format_table_name(*other) if other else 'another table'}: rename one's destination table "
+        "(target table) in the admin first."
+    )
 
 
 def start_pipeline(pipeline: Pipeline) -> None:
@@ -283,7 +297,7 @@ def describe_error(error: Exception) -> str:
             f"{settings.ROSETTA_SNAPSHOT_TIME_LIMIT_SECONDS} s); the next run resumes with the tables not "
             "copied yet. Raise the setting if one table takes longer to copy."
         )
-    known = ("SlotLost", "SourceProblem", "ConnectionProblem", "IncompatibleSchemaChange", "DecodeError")
+    known = ("SlotLost", "SourceProblem", "ConnectionProblem", "IncompatibleSchemaChange", "DecodeError", "UnstorableValue")
     if type(error).__name__ in known:
         return text
     return f"{type(error).__name__}: {text}"

@@ -4,9 +4,10 @@ Each check says in plain words what it found, so an operator can fix the
 source before a pipeline fails on it.
 """
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import psycopg
+from psycopg import sql
 
 
 @dataclass
@@ -108,24 +109,106 @@ def _publication_check(conn, publication_name: str, is_superuser: bool) -> Check
 
 def _table_check(conn, schema: str, table: str) -> Check:
     name = f"{schema}.{table}"
+    identity = table_identity(conn, schema, table)
+    if identity.problem:
+        return Check(f"table {name}", False, identity.problem)
+    return Check(f"table {name}", True, f"Table {name} has {identity.how}.")
+
+
+@dataclass
+class TableIdentity:
+    """How Rosetta tells a table's rows apart, or why it cannot (`problem`: what is
+    wrong and the SQL that fixes it). The pipeline's run and the preflight check both
+    use table_identity(), so they never disagree."""
+
+    key_columns: list[str] = field(default_factory=list)
+    how: str = ""  # "a primary key (id)", "REPLICA IDENTITY USING INDEX t_code_key (code)"
+    problem: str | None = None
+    is_partitioned: bool = False
+
+
+_IDENTITY_QUERY = """
+SELECT c.oid, c.relkind, c.relreplident,
+       (SELECT array_agg(a.attname::text ORDER BY k.position) FROM pg_index i
+          CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, position)
+          JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+         WHERE i.indrelid = c.oid AND i.indisprimary),
+       (SELECT array_agg(a.attname::text ORDER BY k.position) FROM pg_index i
+          CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, position)
+          JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+         WHERE i.indrelid = c.oid AND i.indisreplident),
+       (SELECT ic.relname::text FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
+         WHERE i.indrelid = c.oid AND i.indisreplident)
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+"""
+
+
+def table_identity(conn, schema: str, table: str) -> TableIdentity:
+    """The key Rosetta matches a table's rows by: its replica identity index under
+    REPLICA IDENTITY USING INDEX, otherwise its primary key. Refused (`problem`):
+    no primary key under DEFAULT (adding the table to a publication would make the
+    application's own UPDATE and DELETE fail), REPLICA IDENTITY NOTHING, and FULL
+    without a primary key: identical rows cannot be told apart, and Rosetta's
+    snapshot may overlap the changes that follow it, which a keyed merge absorbs but
+    a multiset of rows would count twice. A partitioned table's partitions must
+    each have a usable identity too."""
+    name = f"{schema}.{table}"
     row = conn.execute(
-        """
-        SELECT c.relreplident,
-               EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary)
-        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-        WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p')
-        """,
+        _IDENTITY_QUERY + " WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p')",
         [schema, table],
     ).fetchone()
     if row is None:
-        return Check(f"table {name}", False, f"Table {name} does not exist (or the user cannot see it).")
-    replica_identity, has_primary_key = row
-    if has_primary_key or replica_identity == "f":
-        how = "a primary key" if has_primary_key else "REPLICA IDENTITY FULL"
-        return Check(f"table {name}", True, f"Table {name} has {how}.")
-    return Check(
-        f"table {name}",
-        False,
-        f"Table {name} has no primary key: add one, or run ALTER TABLE {name} REPLICA IDENTITY FULL, "
-        "so updates and deletes can be matched.",
+        return TableIdentity(problem=f"Table {name} does not exist (or the user cannot see it).")
+    identity = _identity(conn, row, sql.Identifier(schema, table).as_string(conn), name)
+    if identity.problem is None and row[1] == "p":
+        identity.is_partitioned = True
+        for partition in conn.execute(
+            _IDENTITY_QUERY.replace("SELECT c.oid,", "SELECT c.oid, n.nspname::text, c.relname::text,")
+            + " WHERE c.oid IN (SELECT relid FROM pg_partition_tree(%s) WHERE isleaf)",
+            [row[0]],
+        ).fetchall():
+            oid, part_schema, part_table, *rest = partition
+            part = _identity(
+                conn,
+                (oid, *rest),
+                sql.Identifier(part_schema, part_table).as_string(conn),
+                f"{part_schema}.{part_table}",
+            )
+            if part.problem:
+                identity.problem = f"Partition {part_schema}.{part_table} of {name}: {part.problem}"
+                break
+    return identity
+
+
+def _identity(conn, row, quoted: str, name: str) -> TableIdentity:
+    _oid, _kind, replica_identity, primary_key, index_columns, index_name = row
+    fix = (
+        f"give it a primary key (ALTER TABLE {quoted} ADD PRIMARY KEY (...)), or a unique index on "
+        f"NOT NULL columns and ALTER TABLE {quoted} REPLICA IDENTITY USING INDEX <that index>"
     )
+    if replica_identity == "i" and index_columns:
+        return TableIdentity(
+            list(index_columns), f"REPLICA IDENTITY USING INDEX {index_name} ({', '.join(index_columns)})"
+        )
+    if replica_identity in ("d", "f") and primary_key:
+        how = f"a primary key ({', '.join(primary_key)})"
+        return TableIdentity(list(primary_key), how + (" and REPLICA IDENTITY FULL" if replica_identity == "f" else ""))
+    if replica_identity == "f":
+        problem = (
+            f"Table {name} has REPLICA IDENTITY FULL but no primary key: Rosetta cannot tell identical "
+            "rows apart (an update or delete of one would reach all of them), so it does not replicate "
+            f"it. To fix: {fix}."
+        )
+    elif replica_identity == "n" or replica_identity == "i":
+        problem = (
+            f"Table {name} has REPLICA IDENTITY NOTHING (or USING INDEX on an index that is gone): in a "
+            "publication, the application's own UPDATE and DELETE on it would fail. To fix: "
+            f"ALTER TABLE {quoted} REPLICA IDENTITY DEFAULT with a primary key, or {fix}."
+        )
+    else:
+        problem = (
+            f"Table {name} has no primary key and no replica identity: added to a publication, the "
+            "application's own UPDATE and DELETE on it would fail, so Rosetta does not add it. To fix: "
+            f"{fix}."
+        )
+    return TableIdentity(problem=problem)

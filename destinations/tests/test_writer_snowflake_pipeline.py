@@ -161,3 +161,50 @@ def test_schema_changes_on_a_real_source_reach_snowflake_through_the_shared_plan
     source_conn.execute("ALTER TABLE line_items DROP CONSTRAINT line_items_pkey, ADD PRIMARY KEY (order_id, line, qty)")
     with pytest.raises(IncompatibleSchemaChange, match=r"primary key of public\.line_items .*refresh the table"):
         engine.align_schemas(sorted(engine.tables))
+
+
+def test_table_shapes_replicate_into_snowflake(source_database, source_conn):
+    """Generated columns, a partitioned table (a row moving between partitions) and a
+    value larger than the CSV reader's block, through the engine into fakesnow."""
+    source_conn.execute("SET synchronous_commit = on")
+    source_conn.execute(
+        """
+        CREATE TABLE priced (id int PRIMARY KEY, price int, qty int,
+                             total int GENERATED ALWAYS AS (price * qty) STORED, body text);
+        INSERT INTO priced (id, price, qty, body) VALUES (1, 2, 3, repeat('x"y,' || chr(10), 500000));
+        CREATE TABLE events (id int, region text, amount int, PRIMARY KEY (id, region)) PARTITION BY LIST (region);
+        CREATE TABLE events_eu PARTITION OF events FOR VALUES IN ('eu');
+        CREATE TABLE events_us PARTITION OF events FOR VALUES IN ('us');
+        INSERT INTO events VALUES (1, 'eu', 10);
+        """
+    )
+    settings = snowflake_settings()
+    with fake_snowflake(settings) as analyst:
+        from destinations.writers.snowflake import SnowflakeWriter
+
+        writer = SnowflakeWriter(settings)
+        source = SourceDatabase(source_database)
+        engine = Engine(
+            source,
+            writer,
+            pipeline_key="shapes",
+            slot="rosetta_sf_shapes",
+            publication="rosetta_sf_shapes",
+            tables=[TableSpec("public", "priced", "priced"), TableSpec("public", "events", "events")],
+            batch_size=100_000,
+        )
+        try:
+            engine.prepare()
+            for spec in engine.tables.values():
+                engine.snapshot_table(spec)
+            source_conn.execute("INSERT INTO priced (id, price, qty) VALUES (2, 7, 2)")
+            source_conn.execute("UPDATE priced SET qty = 10 WHERE id = 1")
+            source_conn.execute("INSERT INTO events VALUES (2, 'us', 20)")
+            source_conn.execute("UPDATE events SET region = 'us' WHERE id = 1")
+            until_caught_up(engine)
+            assert snowflake_rows(analyst, "priced", '"id"') == source_rows(source_conn, "priced", "id")
+            assert [r["total"] for r in snowflake_rows(analyst, "priced", '"id"')] == [20, 14]
+            assert snowflake_rows(analyst, "events", '"id"') == source_rows(source_conn, "events", "id")
+        finally:
+            writer.close()
+            source.close()

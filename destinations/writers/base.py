@@ -13,6 +13,11 @@ class IncompatibleSchemaChange(Exception):
     message names the table, the column, both types and what the operator should do."""
 
 
+class UnstorableValue(Exception):
+    """A source value the destination cannot hold in its column; the message names the
+    table, the column and the value, and what the operator can do."""
+
+
 def unchanged_columns_stored_as_null(count: int, source_table: str, columns: str, target: str) -> str:
     """The run note for updates whose unchanged TOAST columns had no destination value to keep."""
     return (

@@ -24,21 +24,26 @@ process (a query session, say) to let go of the file.
 """
 
 import contextlib
-import io
 import json
+import re
 import time
 from pathlib import Path
 
 import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pa_csv
 
 from pipelines.engine import pgtypes
 from pipelines.engine.batch import UNCHANGED, ApplyResult, SchemaAlignment, lsn_to_str
 
-from . import schema_changes, types
-from .base import ConnectionProblem, IncompatibleSchemaChange, Writer, unchanged_columns_stored_as_null
+from . import pgcsv, schema_changes, types
+from .base import (
+    ConnectionProblem,
+    IncompatibleSchemaChange,
+    UnstorableValue,
+    Writer,
+    unchanged_columns_stored_as_null,
+)
 
 CHECKPOINTS = "_rosetta_checkpoints"
 LSN, SYNCED_AT, DELETED_AT = "_rosetta_lsn", "_rosetta_synced_at", "_rosetta_deleted_at"
@@ -50,7 +55,12 @@ LOCK_WAIT_SECONDS = 30
 # settings["memory_limit"] / settings["snapshot_memory_limit"] override them.
 MEMORY_LIMIT = "1GB"
 SNAPSHOT_MEMORY_LIMIT = "64MB"
-CSV_BLOCK_SIZE = 1 << 20
+# COPY bytes parsed at a time in a snapshot (more when one row is larger: see pgcsv).
+CSV_PIECE_BYTES = 4 << 20
+
+_INTEGER_RANK = {"SMALLINT": 1, "INTEGER": 2, "BIGINT": 3}
+_DATE_TYPES = ("DATE", "TIMESTAMP", "TIMESTAMP WITH TIME ZONE")
+_INTEGER_DIGITS = {"SMALLINT": 5, "INTEGER": 10, "BIGINT": 19}
 
 # DuckDB type -> the Arrow type a batch column is built as; the SQL then casts
 # it to the column type (a no-op where they match).
@@ -132,6 +142,15 @@ def from_text(expression: str, duck_type: str, csv: bool = False) -> str:
     """
     if duck_type == "VARCHAR":
         return expression
+    if duck_type in _DATE_TYPES:
+        # PostgreSQL writes a BC date as '0044-03-15 BC'; DuckDB reads the same day
+        # as year -43 (astronomical numbering), and would read the text as AD.
+        x = "{0}" if expression == "{}" else expression  # a template, formatted once by the caller
+        return (
+            f"CASE WHEN ends_with({x}, ' BC') THEN CAST('-' || lpad(CAST(CAST(split_part({x}, '-', 1) "
+            f"AS BIGINT) - 1 AS VARCHAR), 4, '0') || substr({x}, strpos({x}, '-'), "
+            f"length({x}) - strpos({x}, '-') - 2) AS {duck_type}) ELSE CAST({x} AS {duck_type}) END"
+        )
     if duck_type == "INTERVAL":
         return f"CAST(replace({expression}, '+', '') AS INTERVAL)"
     if duck_type.endswith("[]"):
@@ -139,6 +158,45 @@ def from_text(expression: str, duck_type: str, csv: bool = False) -> str:
     if duck_type == "BLOB" and csv:
         return f"unhex(substr({expression}, 3))"
     return f"CAST({expression} AS {duck_type})"
+
+
+def unstorable_value(error: duckdb.Error, relation, duck_types: dict, where: str) -> UnstorableValue:
+    """DuckDB names neither the column nor (always) the value of a failed cast: find
+    the column(s) of the type it names, and say which value, where and what to do."""
+    text = str(error).splitlines()[0].removeprefix("Conversion Error: ")
+    values = re.findall(r'"([^"]*)"', text) or re.findall(r": (\S.*)$", text)
+    lowered = text.lower()
+    columns = [name for name, duck_type in duck_types.items() if f"to {duck_type.lower()}" in lowered]
+    if not columns:
+        kinds = {"timestamp": _DATE_TYPES[1:], "date": ("DATE",), "numerical": (), "list": ()}
+        for word, wanted in kinds.items():
+            if word in lowered:
+                columns = [
+                    name
+                    for name, duck_type in duck_types.items()
+                    if duck_type in wanted or (not wanted and duck_type.endswith("[]"))
+                ]
+                break
+    value = values[0] if values else "?"
+    column = (
+        f"column {columns[0]} ({duck_types[columns[0]]})"
+        if len(columns) == 1
+        else f"one of the columns {', '.join(columns)}"
+        if columns
+        else "a column"
+    )
+    return UnstorableValue(
+        f"{relation.schema}.{relation.name}: {column} has the value {value!r}, which DuckDB cannot store "
+        f"in {where} ({text}). See the README's type table: store such values in a column of another "
+        "type on the source (text keeps any value), then refresh the table."
+    )
+
+
+def _megabytes(limit: str) -> int:
+    """'64MB' / '1GB' -> megabytes (DuckDB's memory_limit spelling)."""
+    number, unit = re.fullmatch(r"\s*([\d.]+)\s*([KMGT]i?B)\s*", limit, re.IGNORECASE).groups()
+    scale = {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024 * 1024}[unit[0].upper()]
+    return int(float(number) * scale)
 
 
 def _text(value) -> str:
@@ -206,33 +264,6 @@ def _recorded_key(relation) -> list[str]:
     the schema-change planner. None under REPLICA IDENTITY FULL, where every column is
     part of the key and may hold NULL."""
     return [] if relation.replica_identity == "f" else relation.key_columns
-
-
-class _ChunkFile(io.RawIOBase):
-    """A read-only file over an iterator of byte chunks, so Arrow's CSV reader can
-    pull the COPY stream block by block without it ever being held whole."""
-
-    def __init__(self, chunks):
-        self._chunks = iter(chunks)
-        self._pending = memoryview(b"")
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:
-        filled, size = 0, len(buffer)
-        while filled < size:
-            if not self._pending:
-                chunk = next(self._chunks, None)
-                if chunk is None:
-                    break
-                self._pending = memoryview(chunk).cast("B")
-                continue
-            count = min(size - filled, len(self._pending))
-            buffer[filled : filled + count] = self._pending[:count]
-            self._pending = self._pending[count:]
-            filled += count
-        return filled
 
 
 class DuckDBWriter(Writer):
@@ -335,7 +366,14 @@ class DuckDBWriter(Writer):
                 )
                 return result
             for key in sorted(batch.tables):
-                self._apply_table(conn, batch.tables[key], soft_delete, result)
+                changes = batch.tables[key]
+                try:
+                    self._apply_table(conn, changes, soft_delete, result)
+                except duckdb.ConversionException as error:
+                    relation = changes.relation
+                    duck_types = {c.name: types.duckdb_type(c.type_oid, c.type_modifier) for c in relation.columns}
+                    where = f"{self.schema}.{changes.target_table}"
+                    raise unstorable_value(error, relation, duck_types, where) from None
             conn.execute(
                 f"INSERT INTO {self._table(CHECKPOINTS)} (pipeline_key, lsn, updated_at) VALUES (?, ?, now()) "
                 "ON CONFLICT (pipeline_key) DO UPDATE SET lsn = excluded.lsn, updated_at = excluded.updated_at",
@@ -355,15 +393,14 @@ class DuckDBWriter(Writer):
             conn.execute("ROLLBACK")
 
     def load_snapshot(self, relation, target_table: str, chunks, snapshot_lsn: int) -> int:
-        """Arrow's CSV reader parses the COPY stream block by block into a new table,
-        which replaces the old one in the same transaction: readers see the old copy
-        until the commit, and memory holds a few blocks whatever the table's size."""
+        """The COPY stream is parsed piece by piece (pgcsv) into a new table, which
+        replaces the old one in the same transaction: readers see the old copy until
+        the commit, and memory holds a piece or two whatever the table's size."""
         conn = self._connection()
         names = relation.column_names
         duck_types = [types.duckdb_type(c.type_oid, c.type_modifier) for c in relation.columns]
         new_table = self._table(f"_rosetta_new_{target_table}")
         target = self._table(target_table)
-        stream = io.BufferedReader(_ChunkFile(chunks), buffer_size=CSV_BLOCK_SIZE)
         conn.execute(
             "SET memory_limit = ?", [self.settings.get("snapshot_memory_limit") or SNAPSHOT_MEMORY_LIMIT]
         )
@@ -374,32 +411,30 @@ class DuckDBWriter(Writer):
                 f"CREATE OR REPLACE TABLE {new_table} "
                 f"({self._column_definitions(names, duck_types, _recorded_key(relation))})"
             )
-            if stream.peek(1):
-                positional = [f"c{position}" for position in range(len(names))]
-                reader = pa_csv.open_csv(
-                    stream,
-                    # one block parsed at a time, in DuckDB's scan: no read-ahead to hold in memory
-                    read_options=pa_csv.ReadOptions(
-                        column_names=positional, block_size=CSV_BLOCK_SIZE, use_threads=False
-                    ),
-                    parse_options=pa_csv.ParseOptions(newlines_in_values=True),
-                    convert_options=pa_csv.ConvertOptions(
-                        column_types={name: pa.string() for name in positional},
-                        null_values=[""],
-                        strings_can_be_null=True,
-                        quoted_strings_can_be_null=False,
-                    ),
-                )
-                conn.register("_rosetta_snapshot", reader)
-                selected = ", ".join(
-                    from_text(quote(column), duck_type, csv=True)
-                    for column, duck_type in zip(positional, duck_types, strict=True)
-                )
-                conn.execute(
-                    f"INSERT INTO {new_table} SELECT {selected}, {int(snapshot_lsn)}, now(), NULL "
-                    "FROM _rosetta_snapshot"
-                )
-                conn.unregister("_rosetta_snapshot")  # on error, the next register replaces it
+            positional = [f"c{position}" for position in range(len(names))]
+            selected = ", ".join(
+                from_text(quote(column), duck_type, csv=True)
+                for column, duck_type in zip(positional, duck_types, strict=True)
+            )
+            failures, oversized = [], []
+            pieces = pgcsv.pieces(chunks, CSV_PIECE_BYTES)
+            snapshot_limit = self.settings.get("snapshot_memory_limit") or SNAPSHOT_MEMORY_LIMIT
+            limit_mb = 0
+            while True:
+                # One INSERT streams the pieces until one holds a row far larger than a
+                # piece; that one goes in alone, under a memory cap that fits it.
+                reader = pgcsv.record_batches(pieces, len(names), failures, oversized, CSV_PIECE_BYTES * 4)
+                self._insert_snapshot(conn, reader, new_table, selected, snapshot_lsn, failures, relation, target_table, duck_types)
+                if not oversized:
+                    break
+                piece = oversized.pop()
+                # raised for the rest of the load: the commit pins that row's blocks too
+                limit_mb = max(limit_mb, _megabytes(snapshot_limit), 4 * len(piece) >> 20)
+                conn.execute("SET memory_limit = ?", [f"{limit_mb}MB"])
+                table = pgcsv.read_table(piece, len(names))
+                del piece
+                self._insert_snapshot(conn, table, new_table, selected, snapshot_lsn, failures, relation, target_table, duck_types)
+                del table
             rows = conn.execute(f"SELECT count(*) FROM {new_table}").fetchall()[0][0]
             conn.execute(f"DROP TABLE IF EXISTS {target}")
             conn.execute(f"ALTER TABLE {new_table} RENAME TO {quote(target_table)}")
@@ -411,6 +446,25 @@ class DuckDBWriter(Writer):
             self._verified.pop(target_table, None)
             conn.execute("SET memory_limit = ?", [self._memory_limit])
         return rows
+
+    def _insert_snapshot(
+        self, conn, rows, new_table, selected, snapshot_lsn, failures, relation, target_table, duck_types
+    ) -> None:
+        conn.register("_rosetta_snapshot", rows)
+        try:
+            conn.execute(
+                f"INSERT INTO {new_table} SELECT {selected}, {int(snapshot_lsn)}, now(), NULL "
+                "FROM _rosetta_snapshot"
+            )
+        except duckdb.Error as error:
+            if failures:  # the source's stream failed (DuckDB read it): raise that error
+                raise failures[0] from None
+            if isinstance(error, duckdb.ConversionException):
+                names = relation.column_names
+                where = f"{self.schema}.{target_table}"
+                raise unstorable_value(error, relation, dict(zip(names, duck_types, strict=True)), where) from None
+            raise
+        conn.unregister("_rosetta_snapshot")  # on error, the next register replaces it
 
     # -- applying one table's changes -----------------------------------------------
 

@@ -26,7 +26,6 @@ it with the quotes).
 import base64
 import datetime
 import hashlib
-import io
 import json
 import math
 import tempfile
@@ -35,7 +34,6 @@ from decimal import Decimal
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -44,7 +42,7 @@ from psycopg import sql as pg_sql
 from pipelines.engine import pgtypes
 from pipelines.engine.batch import UNCHANGED, ApplyResult, SchemaAlignment, lsn_to_str
 
-from . import schema_changes, types
+from . import pgcsv, schema_changes, types
 from .base import ConnectionProblem, IncompatibleSchemaChange, Writer, unchanged_columns_stored_as_null
 
 CHECKPOINTS = "_rosetta_checkpoints"
@@ -309,24 +307,6 @@ def _staged_text(value, family: str):
     if family == "BINARY" and isinstance(value, str):
         return value[2:] if value.startswith("\\x") else value.encode().hex()
     return _scalar_text(value)
-
-
-def _csv_records_end(buffer: bytes) -> int:
-    """Length of the longest prefix of `buffer` made of whole CSV records.
-
-    A newline ends a record only outside quotes, i.e. after an even number of
-    quote characters (an escaped quote is doubled, so it counts twice).
-    """
-    quotes = buffer.count(b'"')
-    end = len(buffer)
-    while True:
-        newline = buffer.rfind(b"\n", 0, end)
-        if newline < 0:
-            return 0
-        quotes -= buffer.count(b'"', newline + 1, end)
-        if quotes % 2 == 0:
-            return newline + 1
-        end = newline
 
 
 class SnowflakeWriter(Writer):
@@ -640,33 +620,11 @@ class SnowflakeWriter(Writer):
     @staticmethod
     def _csv_pieces(chunks):
         """Regroup COPY chunks into pieces of about SNAPSHOT_FILE_BYTES that end on a record."""
-        buffer = bytearray()  # appended to in place: chunks may be as small as one row
-        for chunk in chunks:
-            buffer += chunk
-            if len(buffer) >= SNAPSHOT_FILE_BYTES:
-                end = _csv_records_end(buffer)
-                if end:
-                    yield bytes(buffer[:end])
-                    del buffer[:end]
-        if buffer:
-            yield bytes(buffer)
+        return pgcsv.pieces(chunks, SNAPSHOT_FILE_BYTES)
 
     @staticmethod
     def _read_csv(data: bytes, width: int) -> pa.Table:
-        """PostgreSQL CSV to text columns c0..cN: an unquoted empty field is NULL,
-        a quoted one ("") the empty string."""
-        names = [f"c{i}" for i in range(width)]
-        return pa_csv.read_csv(
-            io.BytesIO(data),
-            read_options=pa_csv.ReadOptions(column_names=names),
-            parse_options=pa_csv.ParseOptions(newlines_in_values=True),
-            convert_options=pa_csv.ConvertOptions(
-                column_types={name: pa.string() for name in names},
-                null_values=[""],
-                strings_can_be_null=True,
-                quoted_strings_can_be_null=False,
-            ),
-        )
+        return pgcsv.read_table(data, width)
 
     # -- CDC -----------------------------------------------------------------------
 

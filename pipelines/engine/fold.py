@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 from operator import itemgetter
 
 from . import pgoutput
-from .batch import UNCHANGED, Batch, Relation, TableChanges
+from .batch import UNCHANGED, Batch, Column, Relation, TableChanges
 from .pgtypes import converter, fast_converter
 
 log = logging.getLogger(__name__)
@@ -24,8 +24,8 @@ class TableSpec:
     schema: str
     table: str
     target_table: str
-    # The source's primary key (from the catalog). None: use the replica
-    # identity columns that the Relation message flags.
+    # The columns rows are matched by (sources.preflight.table_identity). None:
+    # use the replica identity columns that the Relation message flags.
     primary_key: list[str] | None = None
     # Set when the table was copied in this run (Engine.snapshot_table): its shape
     # then (relation_shape()) and the WAL position of the copy's snapshot. A change
@@ -34,6 +34,9 @@ class TableSpec:
     # as its values may no longer fit (a type or key that changed).
     copied_shape: tuple | None = None
     copied_below_lsn: int = 0
+    # Generated (STORED) columns: pgoutput does not send them (PostgreSQL < 18),
+    # so the runner reads their values from the source (Engine._fill_generated).
+    generated: list[Column] = field(default_factory=list)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -55,12 +58,19 @@ class _RelationState:
         "key_names",
         "key_getter",
         "predates_copy",
+        "generated",
     )
 
     def __init__(self, relation: Relation, spec: TableSpec):
+        columns = relation.columns
         if spec.primary_key:
-            columns = [replace(c, is_key=c.name in spec.primary_key) for c in relation.columns]
-            relation = replace(relation, columns=columns)
+            columns = [replace(c, is_key=c.name in spec.primary_key) for c in columns]
+        sent = {c.name for c in columns}
+        self.generated = [c.name for c in spec.generated if c.name not in sent]
+        columns = columns + [c for c in spec.generated if c.name not in sent]
+        # A partition's changes (a publication that does not publish via the root)
+        # are the parent's rows.
+        relation = replace(relation, schema=spec.schema, name=spec.table, columns=columns)
         self.relation = relation
         self.spec = spec
         self.names = relation.column_names
@@ -96,8 +106,9 @@ class BatchBuilder:
     # the last commit or non-transactional logical message returned.
     read_position: int = 0
     # (schema, table) -> keys whose row still has UNCHANGED values after a primary
-    # key change: the old row is in the destination under another key, so the
-    # runner reads these values from the source (see Engine._fill_moved_rows).
+    # key change (the old row is in the destination under another key), or that
+    # lack their generated columns: the runner reads these values from the source
+    # (see Engine._fill_moved_rows).
     moved_keys: dict[tuple[str, str], set] = field(default_factory=dict)
     # Keep values in PostgreSQL's text form (str) instead of converting them, for
     # writers that load text as it is (Writer.accepts_text_values): conversion
@@ -106,6 +117,9 @@ class BatchBuilder:
     # Relation messages seen so far, by OID. A streaming connection sends each
     # relation once per connection, so the runner keeps this across its batches.
     relations: dict = field(default_factory=dict)
+    # (schema, partition) -> the parent's TableSpec, for changes published under a
+    # partition's name (a publication without publish_via_partition_root).
+    partitions: dict[tuple[str, str], TableSpec] = field(default_factory=dict)
 
     def __post_init__(self):
         self._relations: dict[int, _RelationState | None] = self.relations
@@ -165,7 +179,8 @@ class BatchBuilder:
     # -- helpers --------------------------------------------------------------
 
     def _relation(self, relation: Relation) -> None:
-        spec = self.tables.get((relation.schema, relation.name))
+        key = (relation.schema, relation.name)
+        spec = self.tables.get(key) or self.partitions.get(key)
         state = _RelationState(relation, spec) if spec else None
         self._relations[relation.oid] = state
         if state and spec.key in self.batch.tables:
@@ -212,6 +227,13 @@ class BatchBuilder:
                 for name, convert, value in zip(state.names, state.converters, values, strict=False)
             }
 
+    def _with_generated(self, state: _RelationState, row: dict, key: tuple) -> None:
+        """Generated columns were not sent: the runner reads them from the source."""
+        if state.generated:
+            for name in state.generated:
+                row[name] = UNCHANGED
+            self.moved_keys.setdefault(state.spec.key, set()).add(key)
+
     def _key(self, state: _RelationState, row: dict) -> tuple:
         try:
             if self.text_values:
@@ -238,6 +260,7 @@ class BatchBuilder:
         changes = self._changes(state)
         row = self._row(state, message.new)
         key = self._key(state, row)
+        self._with_generated(state, row, key)
         changes.deletes.pop(key, None)
         changes.upserts[key] = (row, self._lsn)
         changes.inserted += 1
@@ -249,6 +272,7 @@ class BatchBuilder:
         changes = self._changes(state)
         new = self._row(state, message.new)
         new_key = self._key(state, new)
+        self._with_generated(state, new, new_key)
         old_key = new_key
         old = None
         if message.old is not None:

@@ -39,6 +39,9 @@ log = logging.getLogger(__name__)
 # read and decoded. Memory holds two parts whatever the batch size, so a run may
 # read a large batch: each new stream re-reads the WAL from the slot's restart_lsn.
 STREAM_PART_CHANGES = 50_000
+# Keys per source query when reading values pgoutput did not send (bind parameters
+# are limited to 65,535 per statement).
+FETCH_KEYS_PER_QUERY = 2_000
 
 
 @dataclass
@@ -110,6 +113,7 @@ class Engine:
         self.recopy_incompatible = recopy_incompatible
         self._shapes: dict[tuple[str, str], TableShape] = {}  # source catalog, read this run
         self._shapes_seen: set[tuple] = set()  # (table, change shape) the catalog was read again for
+        self.partition_of: dict[tuple[str, str], TableSpec] = {}  # partition -> its parent's spec
 
     def prepare(
         self,
@@ -133,6 +137,13 @@ class Engine:
                 f"{'do' if len(missing) > 1 else 'does'} not exist on the source (or the user cannot see "
                 "it): create it, or take it out of the pipeline."
             )
+        # Refuse before anything is written: a table without a usable replica identity
+        # must never enter a publication (the application's UPDATEs and DELETEs on it
+        # would fail from then on).
+        identities = {key: self.source.identity(*key) for key in sorted(self.tables)}
+        problems = [identity.problem for identity in identities.values() if identity.problem]
+        if problems:
+            raise SourceProblem(" ".join(problems))
         notes = self.source.ensure_publication(self.publication, sorted(self.tables))
         state = self.source.slot_state(self.slot)
         slot_is_new = state is None or state.wal_status == "lost"
@@ -149,8 +160,16 @@ class Engine:
                 notes.append(f"created replication slot {self.slot}")
             self.source.create_slot(self.slot)
             step("slot_created")
-        for spec in self.tables.values():
-            spec.primary_key = self.source.primary_key(spec.schema, spec.table) or None
+        via_root = self.source.publishes_via_root(self.publication)
+        self.partition_of = {}
+        for key, spec in self.tables.items():
+            spec.primary_key = identities[key].key_columns
+            spec.generated = self.source.generated_columns(spec.schema, spec.table)
+            if identities[key].is_partitioned and not via_root:
+                # Someone else's publication sends a partition's changes under the
+                # partition's name: they are the parent's rows.
+                for partition in self.source.partitions(spec.schema, spec.table):
+                    self.partition_of[partition] = spec
         return notes, slot_is_new
 
     def align_schemas(self, keys: list[tuple[str, str]]) -> SchemaCheck:
@@ -214,7 +233,7 @@ class Engine:
         started = time.perf_counter()
         checkpoint = self.writer.read_checkpoint(self.pipeline_key)
         text_values = getattr(self.writer, "accepts_text_values", False)
-        builder = BatchBuilder(checkpoint, self.tables, text_values=text_values)
+        builder = BatchBuilder(checkpoint, self.tables, text_values=text_values, partitions=self.partition_of)
         gc_was_enabled = gc.isenabled()
         gc.disable()  # a batch is many young objects that all live on: scanning them is waste
         try:
@@ -287,7 +306,11 @@ class Engine:
                 while messages < self.batch_size and not caught_up:
                     started = time.perf_counter()
                     builder = BatchBuilder(
-                        checkpoint, self.tables, text_values=text_values, relations=self._relations
+                        checkpoint,
+                        self.tables,
+                        text_values=text_values,
+                        relations=self._relations,
+                        partitions=self.partition_of,
                     )
                     read, caught_up = self.source.stream(
                         self.slot, self.publication, min(part_size, self.batch_size - messages), builder.feed
@@ -347,10 +370,11 @@ class Engine:
         total.add(part, result, builder.skipped_transactions)
 
     def _fill_moved_rows(self, batch: Batch, moved_keys: dict, text_values: bool) -> None:
-        """A primary-key change that left a TOASTed column unchanged: the value sits
-        in the destination under the old key, which this batch deletes. Read it from
-        the source instead; should the row have changed since, the later change is
-        further on in the WAL and will be applied too, so the result converges."""
+        """A primary-key change that left a TOASTed column unchanged (the value sits
+        in the destination under the old key, which this batch deletes), or a row
+        whose generated columns pgoutput did not send: read the values from the
+        source; should the row have changed since, the later change is further on
+        in the WAL and will be applied too, so the result converges."""
         for table_key, keys in moved_keys.items():
             changes = batch.tables[table_key]
             relation = changes.relation
@@ -358,12 +382,23 @@ class Engine:
             missing = sorted(
                 {name for key in keys for name, v in changes.upserts[key][0].items() if v is UNCHANGED}
             )
-            found = self.source.fetch_rows(
-                relation, key_columns, sorted(keys, key=repr), missing, text_values=text_values
-            )
+            ordered = sorted(keys, key=repr)
+            found = {}
+            for start in range(0, len(ordered), FETCH_KEYS_PER_QUERY):
+                found.update(
+                    self.source.fetch_rows(
+                        relation,
+                        key_columns,
+                        ordered[start : start + FETCH_KEYS_PER_QUERY],
+                        missing,
+                        text_values=text_values,
+                    )
+                )
             for key in keys:
+                values = found.get(key)
+                if values is None:
+                    continue  # deleted on the source since: that delete follows in the WAL
                 row = changes.upserts[key][0]
-                values = found.get(key, {})
                 for name in missing:
                     if row.get(name) is UNCHANGED:
                         row[name] = values.get(name)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
-from sources.preflight import describe_connection_error
+from sources.preflight import TableIdentity, describe_connection_error, table_identity
 
 from .batch import Column, ColumnFill, Relation, lsn_to_int, lsn_to_str
 from .pgtypes import SESSION_SETTINGS, converter
@@ -114,8 +114,8 @@ class SourceDatabase:
     # -- catalog --------------------------------------------------------------
 
     def describe_table(self, schema: str, table: str) -> Relation:
-        """The table's shape from the catalog, key columns = the primary key
-        (or the replica identity columns when there is none)."""
+        """The table's shape from the catalog; key columns = the ones table_identity()
+        matches rows by (the primary key, or the USING INDEX columns)."""
         row = self.conn.execute(
             """
             SELECT c.oid, c.relreplident
@@ -129,9 +129,7 @@ class SourceDatabase:
                 f"Table {schema}.{table} does not exist on the source (or the user cannot see it)."
             )
         oid, replica_identity = row
-        key_columns = set(self.primary_key(schema, table) or [])
-        if not key_columns:
-            key_columns = set(self._replica_identity_columns(oid, replica_identity))
+        key_columns = set(self.identity(schema, table).key_columns)
         columns = [
             Column(name, type_oid, type_modifier, is_key=name in key_columns)
             for name, type_oid, type_modifier in self.conn.execute(
@@ -144,6 +142,42 @@ class SourceDatabase:
             )
         ]
         return Relation(oid, schema, table, columns, replica_identity)
+
+    def identity(self, schema: str, table: str) -> TableIdentity:
+        """How the table's rows are told apart, or why they cannot be (sources.preflight)."""
+        return table_identity(self.conn, schema, table)
+
+    def generated_columns(self, schema: str, table: str) -> list[Column]:
+        """The table's generated (STORED) columns, which pgoutput (PostgreSQL < 18) never sends."""
+        return [
+            Column(name, type_oid, type_modifier)
+            for name, type_oid, type_modifier in self.conn.execute(
+                """
+                SELECT a.attname, a.atttypid, a.atttypmod FROM pg_attribute a
+                JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+                WHERE n.nspname = %s AND c.relname = %s AND a.attnum > 0 AND NOT a.attisdropped
+                  AND a.attgenerated <> ''
+                ORDER BY a.attnum
+                """,
+                [schema, table],
+            )
+        ]
+
+    def partitions(self, schema: str, table: str) -> list[tuple[str, str]]:
+        """Every partition (at any depth) of a partitioned table: a publication that
+        does not publish via the root sends their changes under their own names."""
+        return [
+            (part_schema, part_table)
+            for part_schema, part_table in self.conn.execute(
+                """
+                SELECT n.nspname::text, c.relname::text
+                FROM pg_partition_tree(%s::regclass) t
+                JOIN pg_class c ON c.oid = t.relid JOIN pg_namespace n ON n.oid = c.relnamespace
+                WHERE t.level > 0
+                """,
+                [sql.Identifier(schema, table).as_string(self.conn)],
+            )
+        ]
 
     def missing_tables(self, tables: list[tuple[str, str]]) -> list[str]:
         """Of these tables, those the source does not have (or the user cannot see)."""
@@ -219,47 +253,59 @@ class SourceDatabase:
     # -- publication and slot -------------------------------------------------
 
     def ensure_publication(self, name: str, tables: list[tuple[str, str]]) -> list[str]:
-        """Create the publication FOR TABLE these tables, or add/drop tables so it
-        holds exactly these. Returns what changed, in words."""
+        """Create the publication FOR TABLE these tables (publishing partitioned tables'
+        changes under the parent's name), or add the ones it lacks. Rosetta never
+        removes a table from a publication: it cannot know that no one else (another
+        source with the same publication name, another tool) reads that table through
+        it. Returns what changed, in words."""
         conn = self.conn
-        row = conn.execute("SELECT puballtables FROM pg_publication WHERE pubname = %s", [name]).fetchone()
-        wanted = {tuple(t) for t in tables}
-        identifiers = sorted(wanted)
+        row = conn.execute(
+            "SELECT oid, puballtables, pubviaroot FROM pg_publication WHERE pubname = %s", [name]
+        ).fetchone()
+        wanted = sorted({tuple(t) for t in tables})
         if row is None:
-            if identifiers:
-                conn.execute(
-                    sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(
-                        sql.Identifier(name), sql.SQL(", ").join(sql.Identifier(*t) for t in identifiers)
-                    )
+            conn.execute(
+                sql.SQL("CREATE PUBLICATION {} {} WITH (publish_via_partition_root = true)").format(
+                    sql.Identifier(name),
+                    sql.SQL("FOR TABLE {}").format(sql.SQL(", ").join(sql.Identifier(*t) for t in wanted))
+                    if wanted
+                    else sql.SQL(""),
                 )
-            else:
-                conn.execute(sql.SQL("CREATE PUBLICATION {}").format(sql.Identifier(name)))
+            )
             return [f"created publication {name}"]
-        if row[0]:
+        oid, all_tables, _via_root = row
+        if all_tables:
             return []  # FOR ALL TABLES: publishes everything already
+        # Members as added (pg_publication_rel), not as published (pg_publication_tables,
+        # which lists a partitioned table's partitions unless it publishes via the root).
         current = {
             (schema, table)
             for schema, table in conn.execute(
-                "SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = %s", [name]
+                """
+                SELECT n.nspname::text, c.relname::text FROM pg_publication_rel r
+                JOIN pg_class c ON c.oid = r.prrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+                WHERE r.prpubid = %s
+                UNION
+                SELECT n.nspname::text, c.relname::text FROM pg_publication_namespace pn
+                JOIN pg_class c ON c.relnamespace = pn.pnnspid JOIN pg_namespace n ON n.oid = c.relnamespace
+                WHERE pn.pnpubid = %s AND c.relkind IN ('r', 'p')
+                """,
+                [oid, oid],
             )
         }
-        changes = []
-        added, dropped = sorted(wanted - current), sorted(current - wanted)
-        if added:
-            conn.execute(
-                sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(
-                    sql.Identifier(name), sql.SQL(", ").join(sql.Identifier(*t) for t in added)
-                )
+        added = [t for t in wanted if t not in current]
+        if not added:
+            return []
+        conn.execute(
+            sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(
+                sql.Identifier(name), sql.SQL(", ").join(sql.Identifier(*t) for t in added)
             )
-            changes.append("added " + ", ".join(".".join(t) for t in added) + f" to publication {name}")
-        if dropped:
-            conn.execute(
-                sql.SQL("ALTER PUBLICATION {} DROP TABLE {}").format(
-                    sql.Identifier(name), sql.SQL(", ").join(sql.Identifier(*t) for t in dropped)
-                )
-            )
-            changes.append("dropped " + ", ".join(".".join(t) for t in dropped) + f" from publication {name}")
-        return changes
+        )
+        return ["added " + ", ".join(".".join(t) for t in added) + f" to publication {name}"]
+
+    def publishes_via_root(self, name: str) -> bool:
+        row = self.conn.execute("SELECT pubviaroot FROM pg_publication WHERE pubname = %s", [name]).fetchone()
+        return bool(row and row[0])
 
     def slot_state(self, slot: str) -> SlotState | None:
         row = self.conn.execute(

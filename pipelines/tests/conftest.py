@@ -57,11 +57,11 @@ class TargetDB:
                 host=d.pg_host, port=d.pg_port, dbname=d.pg_database, user=d.pg_username
             ) as conn:
                 return [tuple(row) for row in conn.execute(query)]
-        quoted = ", ".join(f'"{c}"' for c in columns)
-        order = ", ".join(f'"{c}"' for c in key)
+        quoted = ", ".join(_duck_quote(c) for c in columns)
+        order = ", ".join(_duck_quote(c) for c in key)
         with _open_duckdb(d.duckdb_path) as conn:
             conn.execute("SET TimeZone = 'UTC'")
-            rows = conn.execute(f'SELECT {quoted} FROM main."{table}"{where} ORDER BY {order}').fetchall()
+            rows = conn.execute(f"SELECT {quoted} FROM main.{_duck_quote(table)}{where} ORDER BY {order}").fetchall()
         positions = [columns.index(c) for c in json_columns]
         return [
             tuple(
@@ -98,6 +98,10 @@ class TargetDB:
                     "SELECT lsn FROM main._rosetta_checkpoints WHERE pipeline_key = ?", [pipeline_key]
                 ).fetchone()
         return row[0] if row else 0
+
+
+def _duck_quote(name):
+    return '"' + name.replace('"', '""') + '"'
 
 
 def _open_duckdb(path, wait_seconds=20):

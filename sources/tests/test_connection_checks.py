@@ -24,8 +24,11 @@ def logical_source(source_database):
     with psycopg.connect(**source_database, autocommit=True) as conn:
         conn.execute("CREATE TABLE orders (id bigint PRIMARY KEY, total numeric)")
         conn.execute("CREATE TABLE audit_log (at timestamptz, line text)")
-        conn.execute("CREATE TABLE events (id bigint, payload jsonb)")
-        conn.execute("ALTER TABLE events REPLICA IDENTITY FULL")
+        conn.execute("CREATE TABLE events (id bigint NOT NULL, payload jsonb)")
+        conn.execute("CREATE UNIQUE INDEX events_id ON events (id)")
+        conn.execute("ALTER TABLE events REPLICA IDENTITY USING INDEX events_id")
+        conn.execute("CREATE TABLE bag (id bigint, payload jsonb)")
+        conn.execute("ALTER TABLE bag REPLICA IDENTITY FULL")
     return SourceFactory(
         pg_host="127.0.0.1",
         pg_port=source_database["port"],
@@ -47,17 +50,20 @@ def test_a_ready_source_passes_every_check(admin_api, logical_source):
     assert checks["wal_level"]["ok"] and checks["replication_privilege"]["ok"]
     assert "can create it" in checks["publication"]["message"]
     assert "primary key" in checks["table public.orders"]["message"]
-    assert "REPLICA IDENTITY FULL" in checks["table public.events"]["message"]
+    assert "REPLICA IDENTITY USING INDEX events_id" in checks["table public.events"]["message"]
 
 
 def test_a_table_without_primary_key_or_missing_is_reported(admin_api, logical_source):
     pipeline_table = PipelineTableFactory(pipeline__source=logical_source, table_name="audit_log")
     PipelineTableFactory(pipeline=pipeline_table.pipeline, table_name="missing_table")
+    PipelineTableFactory(pipeline=pipeline_table.pipeline, table_name="bag")
     response = admin_api.post(f"/api/sources/{logical_source.pk}/test-connection/")
     checks = checks_by_name(response)
     assert response.data["ok"] is False
     assert "no primary key" in checks["table public.audit_log"]["message"]
-    assert "REPLICA IDENTITY FULL" in checks["table public.audit_log"]["message"]
+    assert "ADD PRIMARY KEY" in checks["table public.audit_log"]["message"]
+    bag = checks["table public.bag"]
+    assert not bag["ok"] and "REPLICA IDENTITY FULL but no primary key" in bag["message"]
     assert "does not exist" in checks["table public.missing_table"]["message"]
 
 
