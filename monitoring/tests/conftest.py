@@ -21,6 +21,19 @@ SEGMENT = re.compile(r"^[0-9A-F]{24}$")
 
 
 @pytest.fixture(autouse=True)
+def notifications_inline():
+    """The notification task runs in the test's process as soon as it is queued, so a test
+    sees the emails of one tick right after it. test_notifications_never_block_a_tick
+    runs it on a real worker instead."""
+    from rosetta.celery import app
+
+    before = app.conf.task_always_eager
+    app.conf.task_always_eager = True
+    yield
+    app.conf.task_always_eager = before
+
+
+@pytest.fixture(autouse=True)
 def monitoring_settings(settings):
     settings.ROSETTA_CONNECT_TIMEOUT = 2  # psycopg's minimum
     settings.ROSETTA_STATEMENT_TIMEOUT_MS = 5000
