@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from django.conf import settings
 from django.contrib.postgres.aggregates import BoolOr
 from django.db import connection, transaction
-from django.db.models import Case, Count, IntegerField, Max, Min, Q, Value, When
-from django.db.models.functions import Trunc
+from django.db.models import Case, Count, IntegerField, Max, Min, Q, TextField, Value, When
+from django.db.models.functions import Cast, Trunc
 from django.utils import timezone
 
-from rosetta.secrets import SecretDecryptionError
+from rosetta.secrets import SecretDecryptionError, decrypt
 from sources.models import Source
 
 from .forecast import Forecast, forecast_slot, human_bytes, human_duration, lost_forecast
@@ -66,13 +66,18 @@ def probe_sources(sources=None) -> list[WalMetric]:
     own task (notify_pending_alerts)."""
     if sources is None:
         sources = Source.objects.all()
-    # The password is decrypted per source below, so one bad token fails one probe only.
-    sources = list(sources.defer("pg_password") if hasattr(sources, "defer") else sources)
+    # The passwords come in the same query, still encrypted (the Cast skips the field's
+    # decryption), and are decrypted per source below: one bad token fails one probe only.
+    if hasattr(sources, "defer"):
+        sources = sources.defer("pg_password").annotate(password_token=Cast("pg_password", TextField()))
+    sources = list(sources)
     tick = ProbeTick({source.pk: source for source in sources})
     targets = {}
     try:
         for source in sources:
             try:
+                if hasattr(source, "password_token"):
+                    source.pg_password = decrypt(source.password_token) if source.password_token else ""
                 kwargs = source.connection_kwargs(connect_timeout=settings.ROSETTA_CONNECT_TIMEOUT)
             except SecretDecryptionError as error:
                 tick.add(source.pk, ProbeResult(ok=False, probed_at=timezone.now(), error=str(error)))
