@@ -7,6 +7,7 @@ raises for a server problem; it returns a failed result that says why in words.
 import contextlib
 import datetime as dt
 import os
+import queue
 import socket
 import threading
 import time
@@ -132,20 +133,24 @@ def _read_server(conn: psycopg.Connection, probed_at: dt.datetime, heartbeat: bo
             reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
             result.warnings.append(f"The heartbeat was not written: {reason}")
 
-    # Identifies the server (a standby shares its primary's): sources on one server
-    # see the same slots, which are judged once per server.
-    try:
-        result.system_identifier = str(
-            conn.execute("SELECT system_identifier FROM pg_control_system()").fetchone()[0]
-        )
-    except psycopg.errors.InsufficientPrivilege:
-        result.system_identifier = ""
-
+    # One round trip for the server's identity, position and settings. The system
+    # identifier tells servers apart (a standby shares its primary's): sources on one
+    # server see the same slots, which are judged once per server.
     # On a standby there is no current write position: use what it has received.
-    result.in_recovery, result.current_lsn = conn.execute(
-        "SELECT pg_is_in_recovery(), (CASE WHEN pg_is_in_recovery() "
-        "THEN pg_last_wal_receive_lsn() ELSE pg_current_wal_lsn() END)::text"
-    ).fetchone()
+    position = (
+        "pg_is_in_recovery(), (CASE WHEN pg_is_in_recovery() "
+        "THEN pg_last_wal_receive_lsn() ELSE pg_current_wal_lsn() END)::text, "
+        "(SELECT json_object_agg(name, pg_size_bytes(current_setting(name))) FROM unnest(%s::text[]) AS name)"
+    )
+    try:
+        row = conn.execute(
+            f"SELECT {position}, (SELECT system_identifier::text FROM pg_control_system())",
+            [list(WATCHED_SETTINGS)],
+        ).fetchone()
+    except psycopg.errors.InsufficientPrivilege:
+        row = (*conn.execute(f"SELECT {position}", [list(WATCHED_SETTINGS)]).fetchone(), "")
+    result.in_recovery, result.current_lsn, settings, result.system_identifier = row
+    result.settings = {name: int(value) for name, value in (settings or {}).items()}
 
     try:
         segments, size = conn.execute(
@@ -174,12 +179,6 @@ def _read_server(conn: psycopg.Connection, probed_at: dt.datetime, heartbeat: bo
     ).fetchall()
     result.slots = [SlotReading(*row) for row in rows]
 
-    result.settings = dict(
-        conn.execute(
-            "SELECT name, pg_size_bytes(current_setting(name)) FROM unnest(%s::text[]) AS name",
-            [list(WATCHED_SETTINGS)],
-        ).fetchall()
-    )
     return result
 
 
@@ -260,11 +259,6 @@ def probe_many(
     cut: list = []  # threads whose connection was shut down, joined before returning
     final: dict = {}
 
-    def finish(key, result):
-        final[key] = result
-        if on_result is not None:
-            on_result(key, result)
-
     def timed_out(key, waited: float, started: bool) -> ProbeResult:
         kwargs = targets[key][0]
         where = f"{kwargs.get('host')}:{kwargs.get('port')}"
@@ -300,47 +294,70 @@ def probe_many(
                 )
             )
 
-    try:
-        while pending or running:
-            now = time.monotonic()
-            for key, (thread, handle, started, box) in list(running.items()):
-                if box:
-                    del running[key]
-                    finish(key, box[0])
-                elif now >= deadline:
-                    handle.cut_connection()
-                    del running[key]
-                    cut.append(thread)
-                    finish(key, timed_out(key, now - started, started=True))
-            if now >= deadline:
-                while pending:
+    finished: queue.SimpleQueue = queue.SimpleQueue()
+    stop = threading.Event()
+
+    def dispatch():
+        try:
+            while (pending or running) and not stop.is_set():
+                now = time.monotonic()
+                for key, (thread, handle, started, box) in list(running.items()):
+                    if box:
+                        del running[key]
+                        finished.put((key, box[0]))
+                    elif now >= deadline:
+                        handle.cut_connection()
+                        del running[key]
+                        cut.append(thread)
+                        finished.put((key, timed_out(key, now - started, started=True)))
+                if now >= deadline:
+                    while pending:
+                        key = pending.pop()
+                        finished.put((key, timed_out(key, 0, started=False)))
+                    break
+                working = sum(1 for _, _, started, _ in running.values() if now - started < patience_seconds)
+                while pending and working < max(1, max_parallel):
                     key = pending.pop()
-                    finish(key, timed_out(key, 0, started=False))
-                break
-            working = sum(1 for _, _, started, _ in running.values() if now - started < patience_seconds)
-            while pending and working < max(1, max_parallel):
-                key = pending.pop()
-                connect_kwargs, heartbeat = targets[key]
-                handle, box = ProbeHandle(), []
-                thread = threading.Thread(
-                    target=run,
-                    args=(key, connect_kwargs, heartbeat, handle, box),
-                    daemon=True,
-                    name=f"wal-probe-{key}",
-                )
-                running[key] = (thread, handle, time.monotonic(), box)
-                thread.start()
-                working += 1
-            time.sleep(0.005)
+                    connect_kwargs, heartbeat = targets[key]
+                    handle, box = ProbeHandle(), []
+                    thread = threading.Thread(
+                        target=run,
+                        args=(key, connect_kwargs, heartbeat, handle, box),
+                        daemon=True,
+                        name=f"wal-probe-{key}",
+                    )
+                    running[key] = (thread, handle, time.monotonic(), box)
+                    thread.start()
+                    working += 1
+                time.sleep(0.005)
+        finally:
+            for thread, handle, _, _ in running.values():
+                handle.cut_connection()
+                cut.append(thread)
+            # A cut thread ends at once; one still connecting ends by its connect_timeout.
+            join_until = time.monotonic() + connect_timeout + 1
+            for thread in cut:
+                thread.join(max(0.0, join_until - time.monotonic()))
+
+    # Probes are started and cut in a thread of their own, so the caller's recording of
+    # results (on_result) never delays them.
+    dispatcher = threading.Thread(target=dispatch, daemon=True, name="wal-probe-dispatch")
+    dispatcher.start()
+    try:
+        while len(final) < len(targets):
+            try:
+                key, result = finished.get(timeout=0.05)
+            except queue.Empty:
+                if not dispatcher.is_alive() and finished.empty():
+                    break
+                continue
+            final[key] = result
+            if on_result is not None:
+                on_result(key, result)
     finally:
         # Also when the caller is interrupted (a task's time limit): no socket outlives the tick.
-        for thread, handle, _, _ in running.values():
-            handle.cut_connection()
-            cut.append(thread)
-        # A cut thread ends at once; one still connecting ends by its connect_timeout.
-        join_until = time.monotonic() + connect_timeout + 1
-        for thread in cut:
-            thread.join(max(0.0, join_until - time.monotonic()))
+        stop.set()
+        dispatcher.join()
     return final
 
 

@@ -105,7 +105,7 @@ def test_a_wrong_password_is_reported_as_an_authentication_failure(replica_clust
 def test_a_password_that_cannot_be_decrypted_fails_its_own_probe_only(make_source):
     from django.db import connection
 
-    healthy = make_source(name="healthy")
+    make_source(name="healthy")
     broken = make_source(name="broken-secret")
     with connection.cursor() as cursor:
         cursor.execute("UPDATE sources_source SET pg_password = 'not-a-fernet-token' WHERE id = %s", [broken.pk])

@@ -7,6 +7,7 @@ import time
 
 import pytest
 from celery.exceptions import SoftTimeLimitExceeded
+from django.db import connection
 
 from monitoring.models import WalMetric
 from monitoring.services import probe_sources
@@ -39,7 +40,10 @@ def run_tick_in_thread(limit: float):
     outcome = {}
 
     def run():
-        outcome["metrics"] = probe_sources()
+        try:
+            outcome["metrics"] = probe_sources()
+        finally:
+            connection.close()  # this thread's own connection to the test database
 
     started = time.monotonic()
     thread = threading.Thread(target=run, daemon=True)
