@@ -22,10 +22,12 @@ that does not grow with the number of slots.
 import argparse
 import contextlib
 import os
+import re
 import socket
 import sys
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -162,9 +164,9 @@ def main() -> None:
             )
         verdict = "yes" if seconds < GOAL_S else "NO"
         print(f"  goal < {GOAL_S} s: {verdict}")
-        errors = sorted({metric.error[:90] for metric in failed})
-        for error in errors:
-            print(f"  a failed probe says: {error}...")
+        errors = Counter(re.sub(r"\d+\.\d+\.\d+\.\d+:\d+", "<host:port>", metric.error) for metric in failed)
+        for error, count in sorted(errors.items()):
+            print(f"  {count:4d} x {error}")
     finally:
         for listener in listeners:
             listener.close()
