@@ -157,15 +157,19 @@ def record_probes(batch: list[tuple[Source, ProbeResult]]) -> list[WalMetric]:
     earlier: dict = {}
     if previous:
         pairs = [(metric.source_id, metric.probed_at) for metric in previous.values()]
-        for row in SlotMetric.objects.raw(
-            """
-            SELECT m.* FROM monitoring_slotmetric m
-            JOIN unnest(%s::bigint[], %s::timestamptz[]) AS p(source_id, probed_at)
-              ON m.source_id = p.source_id AND m.probed_at = p.probed_at
-            """,
-            [[source_id for source_id, _ in pairs], [at for _, at in pairs]],
-        ):
-            earlier[(row.source_id, row.slot_name)] = row
+        with connection.cursor() as cursor:
+            cursor.execute(
+                """
+                SELECT m.source_id, m.slot_name, m.probed_at, m.restart_lsn, m.confirmed_flush_lsn,
+                       m.inactive_since
+                FROM monitoring_slotmetric m
+                JOIN unnest(%s::bigint[], %s::timestamptz[]) AS p(source_id, probed_at)
+                  ON m.source_id = p.source_id AND m.probed_at = p.probed_at
+                """,
+                [[source_id for source_id, _ in pairs], [at for _, at in pairs]],
+            )
+            for row in cursor.fetchall():
+                earlier[(row[0], row[1])] = EarlierSlot(*row[2:])
     latest_settings = {
         row.source_id: row
         for row in WalSettings.objects.raw(
@@ -259,7 +263,18 @@ def _insert_rows(model, objects: list) -> None:
         cursor.execute(query.as_string(connection.connection), columns)
 
 
-def _inactive_since(slot, earlier: SlotMetric | None, now: dt.datetime) -> dt.datetime | None:
+@dataclass
+class EarlierSlot:
+    """What _inactive_since needs of a slot's previous reading (a tuple, not a model: a
+    tick reads one per source and slot)."""
+
+    probed_at: dt.datetime
+    restart_lsn: str
+    confirmed_flush_lsn: str
+    inactive_since: dt.datetime | None
+
+
+def _inactive_since(slot, earlier: "EarlierSlot | SlotMetric | None", now: dt.datetime) -> dt.datetime | None:
     """A slot is idle when it is not active and neither of its LSNs moved since the last probe.
 
     Batch pipelines hold a slot only while they read, so "not active" alone is normal;
