@@ -151,9 +151,11 @@ class WalSettingsAdmin(ReadOnlyMetricsAdmin):
 
 @admin.register(AlertState)
 class AlertStateAdmin(ReadOnlyMetricsAdmin):
-    list_display = ["source", "condition", "level_badge", "since", "message"]
+    list_display = ["source", "slot_name", "condition", "level_badge", "since", "message"]
     list_filter = ["level", "condition", "source"]
-    ordering = ["source__name", "condition"]
+    list_select_related = ["source"]
+    search_fields = ["=slot_name", "=server_id"]
+    ordering = ["source__name", "slot_name", "condition"]
 
     @admin.display(description="level", ordering="level")
     def level_badge(self, obj):
