@@ -72,3 +72,13 @@ def test_a_slot_going_from_unreserved_to_lost_is_notified_as_lost(make_source, c
 
     probe_sources([source])
     assert len(mail.outbox) == 2
+
+
+def test_the_alert_state_admin_lists_slot_alerts_by_source_and_slot(make_source, cluster_setting, admin_browser):
+    source = make_source()
+    create_slot(source.conn, source.slot_name)
+    make_slot_lost(source, cluster_setting)
+    probe_sources([source])
+
+    page = admin_browser.get(f"/admin/monitoring/alertstate/?q={source.slot_name}").content.decode()
+    assert source.slot_name in page and "slot lost" in page and "re-copy needed" in page
