@@ -286,6 +286,7 @@ def load(args, cluster: Cluster, work_dir: Path) -> dict:
         insert_select(
             AlertState,
             {
+                "key": "'source:' || src.id || ':' || c.name",
                 "source": "src.id",
                 "condition": "c.name",
                 "level": "CASE WHEN c.name = 'retained_wal' AND mod(src.id, 100) < 5 THEN 'critical' "

@@ -119,15 +119,15 @@ class SlotMetricAdmin(ReadOnlyMetricsAdmin):
 
     @admin.display(description="retained WAL", ordering="retained_bytes")
     def retained(self, obj):
-        return human_bytes(obj.retained_bytes)
+        return obj.display_bytes(obj.retained_bytes)
 
     @admin.display(description="unconfirmed", ordering="unconfirmed_bytes")
     def unconfirmed(self, obj):
-        return human_bytes(obj.unconfirmed_bytes)
+        return obj.display_bytes(obj.unconfirmed_bytes)
 
     @admin.display(description="safe_wal_size")
     def safe_wal(self, obj):
-        return "unlimited" if obj.safe_wal_size is None else human_bytes(obj.safe_wal_size)
+        return obj.display_safe_wal_size
 
 
 @admin.register(WalSettings)
@@ -151,9 +151,11 @@ class WalSettingsAdmin(ReadOnlyMetricsAdmin):
 
 @admin.register(AlertState)
 class AlertStateAdmin(ReadOnlyMetricsAdmin):
-    list_display = ["source", "condition", "level_badge", "since", "message"]
+    list_display = ["source", "slot_name", "condition", "level_badge", "since", "message"]
     list_filter = ["level", "condition", "source"]
-    ordering = ["source__name", "condition"]
+    list_select_related = ["source"]
+    search_fields = ["=slot_name", "=server_id"]
+    ordering = ["source__name", "slot_name", "condition"]
 
     @admin.display(description="level", ordering="level")
     def level_badge(self, obj):
@@ -273,10 +275,6 @@ def wal_panel_html(source) -> str:
     for slot in state["slots"]:
         since = slot["inactive_since"]
         slot["inactive_for"] = human_duration((now - since).total_seconds()) if since else ""
-        slot["unconfirmed"] = human_bytes(slot["unconfirmed_bytes"])
-        slot["safe_wal"] = (
-            "unlimited" if slot["safe_wal_size"] is None else human_bytes(slot["safe_wal_size"])
-        )
         slot["bar_width"] = min(100, slot["percent_of_critical"] or 0)
     last = state["last_probe"]
     context = {

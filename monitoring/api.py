@@ -184,14 +184,22 @@ class SlotStateSerializer(serializers.Serializer):
     active = serializers.BooleanField()
     restart_lsn = serializers.CharField()
     confirmed_flush_lsn = serializers.CharField()
-    retained_bytes = serializers.IntegerField(allow_null=True)
+    lost = serializers.BooleanField(help_text="wal_status lost: the slot's pipeline must copy its tables again.")
+    reserves_wal = serializers.BooleanField(help_text="False for a physical slot created without reserving WAL.")
+    retained_bytes = serializers.IntegerField(allow_null=True, help_text="null for a lost slot or one reserving none.")
+    retained = serializers.CharField(help_text='As shown: e.g. "1.5 MB", "n/a (lost)", "-".')
     unconfirmed_bytes = serializers.IntegerField(allow_null=True)
+    unconfirmed = serializers.CharField()
     wal_status = serializers.CharField()
     safe_wal_size = serializers.IntegerField(allow_null=True)
+    safe_wal = serializers.CharField(help_text='As shown: "unlimited", "n/a (lost)", "-" or a size.')
     inactive_since = serializers.DateTimeField(allow_null=True)
     level = serializers.CharField(help_text="ok / warn / critical against the source's thresholds.")
     percent_of_critical = serializers.FloatField(allow_null=True)
     is_sources_slot = serializers.BooleanField()
+    pipelines = serializers.ListField(
+        child=serializers.DictField(), help_text="The pipelines reading this slot (this source's)."
+    )
     forecast = ForecastSerializer()
 
 

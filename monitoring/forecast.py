@@ -73,6 +73,18 @@ class Forecast:
         }
 
 
+def lost_forecast(lost_at: dt.datetime) -> Forecast:
+    """A lost slot has nothing left to forecast: its pipeline must copy its tables again."""
+    return Forecast(
+        growth_bytes_per_s=None,
+        seconds_to_critical=None,
+        seconds_to_lost=0.0,
+        critical_at=None,
+        lost_at=lost_at,
+        summary=f"lost at {lost_at:%Y-%m-%d %H:%M:%S %Z}: re-copy needed",
+    )
+
+
 def forecast_slot(
     points: list[tuple[dt.datetime, float]],
     retained_bytes: int | None,

@@ -34,7 +34,22 @@ class Condition(models.TextChoices):
     RETAINED_WAL = "retained_wal", "retained WAL over threshold"
     SLOT_INACTIVE = "slot_inactive", "slot inactive"
     WAL_STATUS = "wal_status", "slot wal_status"
+    SLOT_LOST = "slot_lost", "slot lost"
     PROBE_FAILED = "probe_failed", "probe failing"
+
+
+# Conditions about one replication slot: judged once per server and slot, not per source.
+SLOT_CONDITIONS = (Condition.RETAINED_WAL, Condition.SLOT_INACTIVE, Condition.WAL_STATUS, Condition.SLOT_LOST)
+
+
+def alert_key(condition: str, *, source_id: int | None = None, server_id: str = "", slot_name: str = "") -> str:
+    """What one alert is about: a slot on a server, or else one source.
+
+    Other kinds of alert (e.g. about a pipeline) take their own prefix.
+    """
+    if server_id:
+        return f"server:{server_id}:slot:{slot_name}:{condition}"
+    return f"source:{source_id}:{condition}"
 
 
 class WalMetric(models.Model):
@@ -57,6 +72,9 @@ class WalMetric(models.Model):
     wal_segments = models.PositiveIntegerField(null=True, blank=True)
     wal_rate_bytes_per_s = models.FloatField("WAL written (bytes/s)", null=True, blank=True)
     heartbeat_lsn = models.CharField(max_length=32, blank=True, default="")
+    system_identifier = models.CharField(
+        max_length=32, blank=True, default="", db_default="", help_text="The server's pg_control_system() system_identifier."
+    )
 
     class Meta:
         verbose_name = "WAL metric"
@@ -115,6 +133,33 @@ class SlotMetric(models.Model):
     def __str__(self):
         return f"{self.slot_name} at {self.probed_at:%Y-%m-%d %H:%M:%S}"
 
+    @property
+    def is_lost(self) -> bool:
+        return self.wal_status == "lost"
+
+    @property
+    def reserves_wal(self) -> bool:
+        """A physical slot created without reserving WAL has no restart_lsn: it holds nothing."""
+        return bool(self.restart_lsn) or self.resolution == Resolution.HOURLY and self.retained_bytes is not None
+
+    def display_bytes(self, value: int | None) -> str:
+        """A size of this slot as shown everywhere: a lost slot has no meaningful figures."""
+        if self.is_lost:
+            return "n/a (lost)"
+        if value is None:
+            return "-"
+        return human_bytes(value)
+
+    @property
+    def display_safe_wal_size(self) -> str:
+        # NULL means unlimited only for a slot that still reserves WAL (PostgreSQL also
+        # returns NULL for lost slots, and reports nothing for slots that reserve nothing).
+        if self.is_lost:
+            return "n/a (lost)"
+        if not self.reserves_wal or not self.wal_status:
+            return "-"
+        return "unlimited" if self.safe_wal_size is None else human_bytes(self.safe_wal_size)
+
 
 class WalSettings(models.Model):
     """The server's WAL budget settings, recorded when they change (bytes; -1 = unlimited)."""
@@ -147,10 +192,21 @@ class WalSettings(models.Model):
 
 
 class AlertState(models.Model):
-    """The current level of one condition on one source; a change creates an AlertEvent."""
+    """The current level of one condition; a change creates an AlertEvent.
 
+    `key` says what the alert is about (alert_key()): a slot on a server (identified by
+    its system identifier, so that every source on that server shares one state), or
+    one source. `source` is the source the alert is attributed to: for a slot, the
+    source that owns it when one does.
+    """
+
+    key = models.CharField(max_length=300, unique=True)
     source = models.ForeignKey(Source, on_delete=models.CASCADE, related_name="alert_states")
-    condition = models.CharField(max_length=16, choices=Condition.choices)
+    condition = models.CharField(max_length=32, choices=Condition.choices)
+    server_id = models.CharField(
+        max_length=200, blank=True, default="", help_text="The server's system identifier (or host:port)."
+    )
+    slot_name = models.CharField(max_length=64, blank=True, default="")
     level = models.CharField(max_length=8, choices=Level.choices, default=Level.OK)
     message = models.TextField(blank=True, default="")
     since = models.DateTimeField(default=timezone.now, help_text="When the current level began.")
@@ -160,12 +216,11 @@ class AlertState(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
-        constraints = [
-            models.UniqueConstraint(fields=["source", "condition"], name="alertstate_one_per_condition")
-        ]
+        indexes = [models.Index(fields=["source", "condition"], name="alertstate_source_condition")]
 
     def __str__(self):
-        return f"{self.source} {self.condition}: {self.level}"
+        about = f" slot {self.slot_name}" if self.slot_name else ""
+        return f"{self.source}{about} {self.condition}: {self.level}"
 
 
 class AlertEvent(models.Model):
@@ -181,7 +236,7 @@ class AlertEvent(models.Model):
 
     source = models.ForeignKey(Source, on_delete=models.CASCADE, related_name="alert_events")
     created_at = models.DateTimeField(default=timezone.now)
-    condition = models.CharField(max_length=16, choices=Condition.choices)
+    condition = models.CharField(max_length=32, choices=Condition.choices)
     kind = models.CharField(max_length=8, choices=Kind.choices, default=Kind.CHANGE)
     previous_level = models.CharField(max_length=8, choices=Level.choices)
     level = models.CharField(max_length=8, choices=Level.choices)

@@ -88,18 +88,22 @@ def webhook_payload(event: AlertEvent, subject: str, text: str) -> dict:
     }
 
 
-def send_pending_notifications(now: dt.datetime | None = None) -> int:
-    """Deliver every event that is due; returns how many were fully delivered."""
-    now = now or timezone.now()
-    due = list(
-        AlertEvent.objects.filter(
-            notified_at__isnull=True,
-            next_attempt_at__lte=now,
-            notify_attempts__lt=settings.ROSETTA_ALERT_MAX_ATTEMPTS,
-        )
-        .select_related("source")
-        .order_by("created_at")[:100]
+def due_notifications(now: dt.datetime | None = None):
+    """Events that still owe an email or webhook and whose (next) attempt is due."""
+    return AlertEvent.objects.filter(
+        notified_at__isnull=True,
+        next_attempt_at__lte=now or timezone.now(),
+        notify_attempts__lt=settings.ROSETTA_ALERT_MAX_ATTEMPTS,
     )
+
+
+def send_pending_notifications(now: dt.datetime | None = None) -> int:
+    """Deliver every event that is due; returns how many were fully delivered.
+
+    Runs in its own task (monitoring.tasks.notify_pending_alerts), never in the probe tick.
+    """
+    now = now or timezone.now()
+    due = list(due_notifications(now).select_related("source").order_by("created_at")[:100])
     delivered = 0
     for event in due:
         claimed = AlertEvent.objects.filter(

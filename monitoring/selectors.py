@@ -16,11 +16,11 @@ from django.db.models import (
     Value,
     When,
 )
+from django.urls import reverse
 from django.utils import timezone
 
 from sources.models import Source
 
-from .forecast import human_bytes
 from .models import LEVEL_RANK, AlertState, Level, SlotMetric, WalMetric, WalSettings, retained_wal_level
 
 UNKNOWN = "unknown"
@@ -87,12 +87,21 @@ def source_wal_state(source: Source, now: dt.datetime | None = None) -> dict:
     slots = []
     worst_forecast = None
     if last_ok is not None:
+        pipelines = [
+            {"id": pk, "name": name, "url": reverse("admin:pipelines_pipeline_change", args=[pk])}
+            for pk, name in source.pipelines.order_by("name").values_list("pk", "name")
+        ]
         for slot in SlotMetric.objects.filter(source=source, probed_at=last_ok.probed_at).order_by(
             "slot_name"
         ):
-            forecast = slot_forecast(source, slot, now)
-            retained = slot.retained_bytes
-            level = UNKNOWN if retained is None else retained_wal_level(source, retained)
+            # Times count from the probe that measured the slot, not from this request.
+            forecast = slot_forecast(source, slot, last_ok.probed_at)
+            retained = None if slot.is_lost else slot.retained_bytes
+            if slot.is_lost:
+                level = Level.CRITICAL
+            else:
+                level = UNKNOWN if retained is None else retained_wal_level(source, retained)
+            is_sources_slot = slot.slot_name == source.slot_name
             slots.append(
                 {
                     "slot_name": slot.slot_name,
@@ -102,17 +111,22 @@ def source_wal_state(source: Source, now: dt.datetime | None = None) -> dict:
                     "active": slot.active,
                     "restart_lsn": slot.restart_lsn,
                     "confirmed_flush_lsn": slot.confirmed_flush_lsn,
+                    "lost": slot.is_lost,
+                    "reserves_wal": slot.reserves_wal,
                     "retained_bytes": retained,
-                    "retained": human_bytes(retained),
-                    "unconfirmed_bytes": slot.unconfirmed_bytes,
+                    "retained": slot.display_bytes(retained),
+                    "unconfirmed_bytes": None if slot.is_lost else slot.unconfirmed_bytes,
+                    "unconfirmed": slot.display_bytes(slot.unconfirmed_bytes),
                     "wal_status": slot.wal_status,
-                    "safe_wal_size": slot.safe_wal_size,
+                    "safe_wal_size": None if slot.is_lost else slot.safe_wal_size,
+                    "safe_wal": slot.display_safe_wal_size,
                     "inactive_since": slot.inactive_since,
                     "level": str(level),
                     "percent_of_critical": (
                         round(100 * retained / source.wal_critical_bytes, 1) if retained is not None else None
                     ),
-                    "is_sources_slot": slot.slot_name == source.slot_name,
+                    "is_sources_slot": is_sources_slot,
+                    "pipelines": pipelines if is_sources_slot else [],
                     "forecast": forecast.as_dict(),
                 }
             )

@@ -6,20 +6,23 @@ calls it, and records what came back. Tasks, the API, the admin and probe_wal ca
 
 import datetime as dt
 import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from django.conf import settings
 from django.contrib.postgres.aggregates import BoolOr
-from django.db import transaction
-from django.db.models import Case, Count, IntegerField, Max, Min, Q, Value, When
-from django.db.models.functions import Trunc
+from django.db import connection, transaction
+from django.db.models import Case, Count, IntegerField, Max, Min, Q, TextField, Value, When
+from django.db.models.functions import Cast, Trunc
 from django.utils import timezone
+from psycopg import sql as psycopg_sql
 
-from rosetta.secrets import SecretDecryptionError
+from rosetta.secrets import SecretDecryptionError, decrypt
 from sources.models import Source
 
-from .forecast import Forecast, forecast_slot, human_bytes, human_duration
+from .forecast import Forecast, forecast_slot, human_bytes, human_duration, lost_forecast
 from .models import (
-    LEVEL_RANK,
     AlertEvent,
     AlertState,
     Condition,
@@ -28,9 +31,10 @@ from .models import (
     SlotMetric,
     WalMetric,
     WalSettings,
+    alert_key,
     retained_wal_level,
 )
-from .notifications import send_pending_notifications
+from .notifications import due_notifications
 from .probe import ProbeResult, parse_lsn, probe_many, wal_rate
 
 log = logging.getLogger(__name__)
@@ -38,7 +42,7 @@ log = logging.getLogger(__name__)
 # How far back the growth rate of a slot's retained WAL is measured.
 FORECAST_WINDOW = dt.timedelta(hours=1)
 
-WAL_STATUS_LEVEL = {"extended": Level.WARN, "unreserved": Level.CRITICAL, "lost": Level.CRITICAL}
+WAL_STATUS_LEVEL = {"extended": Level.WARN, "unreserved": Level.CRITICAL}
 WAL_STATUS_MEANING = {
     "extended": "retains more WAL than max_wal_size",
     "unreserved": "no longer has its WAL reserved: it will be lost at the next checkpoint",
@@ -48,58 +52,145 @@ WAL_STATUS_MEANING = {
 
 # --- probing -----------------------------------------------------------------------
 
+# Results are recorded in batches at most this far apart, so a tick costs a number of
+# queries that depends on its duration, not on how many sources or slots it sees.
+RECORD_EVERY_SECONDS = 0.5
+
 
 def probe_sources(sources=None) -> list[WalMetric]:
-    """Probe the given sources (default: all) concurrently, record each outcome, move
-    the alerts, then send notifications. One source's failure never stops the others."""
+    """Probe the given sources (default: all) concurrently and record each outcome as it
+    comes, with the alerts it moves; slot alerts are judged once per server at the end.
+
+    One source's failure never stops the others, and the tick ends within connect
+    timeout + statement timeout + a grace whatever the servers do (probe_many). If the
+    tick is interrupted, what has come in is recorded. Notifications go out from their
+    own task (notify_pending_alerts)."""
     if sources is None:
         sources = Source.objects.all()
-    # The password is decrypted per source below, so one bad token fails one probe only.
-    sources = list(sources.defer("pg_password") if hasattr(sources, "defer") else sources)
-    targets, refused = {}, {}
-    for source in sources:
-        try:
-            kwargs = source.connection_kwargs(connect_timeout=settings.ROSETTA_CONNECT_TIMEOUT)
-        except SecretDecryptionError as error:
-            refused[source.pk] = ProbeResult(ok=False, probed_at=timezone.now(), error=str(error))
-            continue
-        targets[source.pk] = (kwargs, source.heartbeat_enabled)
-    results = probe_many(
-        targets,
-        statement_timeout_ms=settings.ROSETTA_STATEMENT_TIMEOUT_MS,
-        max_parallel=settings.ROSETTA_PROBE_MAX_PARALLEL,
-    )
-    results.update(refused)
-
-    metrics = []
-    for source in sources:
-        metric = record_probe(source, results[source.pk])
-        try:
-            evaluate_alerts(source, metric)
-        except Exception:
-            log.exception("Evaluating the WAL alerts of source %s failed", source)
-        metrics.append(metric)
+    # The passwords come in the same query, still encrypted (the Cast skips the field's
+    # decryption), and are decrypted per source below: one bad token fails one probe only.
+    if hasattr(sources, "defer"):
+        sources = sources.defer("pg_password").annotate(password_token=Cast("pg_password", TextField()))
+    sources = list(sources)
+    tick = ProbeTick({source.pk: source for source in sources})
+    targets = {}
     try:
-        send_pending_notifications()
-    except Exception:
-        log.exception("Sending alert notifications failed; they are retried after the next probe")
-    return metrics
+        for source in sources:
+            try:
+                if hasattr(source, "password_token"):
+                    source.pg_password = decrypt(source.password_token) if source.password_token else ""
+                kwargs = source.connection_kwargs(connect_timeout=settings.ROSETTA_CONNECT_TIMEOUT)
+            except SecretDecryptionError as error:
+                tick.add(source.pk, ProbeResult(ok=False, probed_at=timezone.now(), error=str(error)))
+                continue
+            targets[source.pk] = (kwargs, source.heartbeat_enabled)
+        probe_many(
+            targets,
+            statement_timeout_ms=settings.ROSETTA_STATEMENT_TIMEOUT_MS,
+            max_parallel=settings.ROSETTA_PROBE_MAX_PARALLEL,
+            on_result=tick.add,
+        )
+    finally:
+        tick.finish()
+    return [tick.metrics[source.pk] for source in sources if source.pk in tick.metrics]
+
+
+class ProbeTick:
+    """Collects one tick's results and records them in batches as they come."""
+
+    def __init__(self, sources: dict):
+        self.sources = sources
+        self.pending: list = []
+        self.metrics: dict = {}
+        self.last_flush = time.monotonic()
+
+    def add(self, source_pk, result: ProbeResult) -> None:
+        self.pending.append((self.sources[source_pk], result))
+        if time.monotonic() - self.last_flush >= RECORD_EVERY_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        batch, self.pending = self.pending, []
+        self.last_flush = time.monotonic()
+        if not batch:
+            return
+        for metric in record_probes(batch):
+            self.metrics[metric.source_id] = metric
+        try:
+            evaluate_probe_failures([source for source, _ in batch], batch[-1][1].probed_at)
+        except Exception:
+            log.exception("Evaluating the probe-failure alerts failed")
+
+    def finish(self) -> None:
+        self.flush()
+        try:
+            evaluate_slot_alerts(list(self.metrics.values()))
+        except Exception:
+            log.exception("Evaluating the slot alerts failed")
+        schedule_notifications()
 
 
 def record_probe(source: Source, result: ProbeResult) -> WalMetric:
-    """Store one probe: a WalMetric row, a SlotMetric row per slot, settings that changed."""
-    previous = (
-        WalMetric.objects.filter(source=source, resolution=Resolution.RAW, ok=True)
-        .order_by("-probed_at")
-        .only("probed_at", "lsn_position")
-        .first()
-    )
-    rate = None
-    if result.ok and previous is not None:
-        rate = wal_rate(previous.current_lsn, previous.probed_at, result.current_lsn, result.probed_at)
+    """Store one probe (see record_probes)."""
+    return record_probes([(source, result)])[0]
 
-    with transaction.atomic():
-        metric = WalMetric.objects.create(
+
+def record_probes(batch: list[tuple[Source, ProbeResult]]) -> list[WalMetric]:
+    """Store probes of several sources in a fixed number of queries: a WalMetric row per
+    probe, a SlotMetric row per slot, the settings that changed."""
+    ids = [source.pk for source, _ in batch]
+    previous = {
+        metric.source_id: metric
+        for metric in WalMetric.objects.raw(
+            """
+            SELECT w.id, w.source_id, w.probed_at, w.lsn_position
+            FROM unnest(%s::bigint[]) AS s(id)
+            CROSS JOIN LATERAL (
+                SELECT id, source_id, probed_at, lsn_position FROM monitoring_walmetric m
+                WHERE m.source_id = s.id AND m.resolution = 'raw' AND m.ok
+                ORDER BY m.probed_at DESC LIMIT 1
+            ) w
+            """,
+            [ids],
+        )
+    }
+    earlier: dict = {}
+    if previous:
+        pairs = [(metric.source_id, metric.probed_at) for metric in previous.values()]
+        with connection.cursor() as cursor:
+            cursor.execute(
+                """
+                SELECT m.source_id, m.slot_name, m.probed_at, m.restart_lsn, m.confirmed_flush_lsn,
+                       m.inactive_since
+                FROM monitoring_slotmetric m
+                JOIN unnest(%s::bigint[], %s::timestamptz[]) AS p(source_id, probed_at)
+                  ON m.source_id = p.source_id AND m.probed_at = p.probed_at
+                """,
+                [[source_id for source_id, _ in pairs], [at for _, at in pairs]],
+            )
+            for row in cursor.fetchall():
+                earlier[(row[0], row[1])] = EarlierSlot(*row[2:])
+    latest_settings = {
+        row.source_id: row
+        for row in WalSettings.objects.raw(
+            """
+            SELECT w.* FROM unnest(%s::bigint[]) AS s(id)
+            CROSS JOIN LATERAL (
+                SELECT * FROM monitoring_walsettings m WHERE m.source_id = s.id
+                ORDER BY m.recorded_at DESC LIMIT 1
+            ) w
+            """,
+            [ids],
+        )
+    }
+
+    metrics, slot_rows, settings_rows = [], [], []
+    for source, result in batch:
+        before = previous.get(source.pk)
+        rate = None
+        if result.ok and before is not None:
+            rate = wal_rate(before.current_lsn, before.probed_at, result.current_lsn, result.probed_at)
+        metric = WalMetric(
             source=source,
             probed_at=result.probed_at,
             ok=result.ok,
@@ -112,22 +203,17 @@ def record_probe(source: Source, result: ProbeResult) -> WalMetric:
             wal_segments=result.wal_segments,
             wal_rate_bytes_per_s=rate,
             heartbeat_lsn=result.heartbeat_lsn or "",
+            system_identifier=result.system_identifier or "",
         )
+        metric.slot_rows = []
+        metrics.append(metric)
         if not result.ok:
             log.warning("WAL probe of source %s failed: %s", source, result.error)
-            metric.slot_rows = []
-            return metric
+            continue
         for warning in result.warnings:
             log.warning("WAL probe of source %s: %s", source, warning)
-
-        earlier = {}
-        if previous is not None:
-            earlier = {
-                row.slot_name: row
-                for row in SlotMetric.objects.filter(source=source, probed_at=previous.probed_at)
-            }
-        slot_rows = [
-            SlotMetric(
+        for slot in result.slots:
+            row = SlotMetric(
                 source=source,
                 probed_at=result.probed_at,
                 slot_name=slot.slot_name,
@@ -141,16 +227,54 @@ def record_probe(source: Source, result: ProbeResult) -> WalMetric:
                 unconfirmed_bytes=slot.unconfirmed_bytes,
                 wal_status=slot.wal_status or "",
                 safe_wal_size=slot.safe_wal_size,
-                inactive_since=_inactive_since(slot, earlier.get(slot.slot_name), result.probed_at),
+                inactive_since=_inactive_since(slot, earlier.get((source.pk, slot.slot_name)), result.probed_at),
             )
-            for slot in result.slots
-        ]
-        metric.slot_rows = SlotMetric.objects.bulk_create(slot_rows)
-        _record_settings(source, result.settings, result.probed_at)
-    return metric
+            metric.slot_rows.append(row)
+            slot_rows.append(row)
+        values = {name: result.settings.get(name) for name in WalSettings.WATCHED}
+        latest = latest_settings.get(source.pk)
+        if latest is None or latest.as_dict() != values:
+            settings_rows.append(WalSettings(source=source, recorded_at=result.probed_at, **values))
+    with transaction.atomic():
+        WalMetric.objects.bulk_create(metrics)
+        if slot_rows:
+            _insert_rows(SlotMetric, slot_rows)
+        if settings_rows:
+            WalSettings.objects.bulk_create(settings_rows)
+    return metrics
 
 
-def _inactive_since(slot, earlier: SlotMetric | None, now: dt.datetime) -> dt.datetime | None:
+def _insert_rows(model, objects: list) -> None:
+    """INSERT ... SELECT FROM unnest(one array per column): one statement, and a fraction of
+    bulk_create's Python work per row, which would otherwise hold the GIL from the probe
+    threads while a tick over many sources and slots is being recorded. Plain-valued
+    fields only (no JSON)."""
+    fields = [field for field in model._meta.concrete_fields if not field.primary_key]
+    query = psycopg_sql.SQL("INSERT INTO {} ({}) SELECT * FROM unnest({})").format(
+        psycopg_sql.Identifier(model._meta.db_table),
+        psycopg_sql.SQL(", ").join(psycopg_sql.Identifier(field.column) for field in fields),
+        psycopg_sql.SQL(", ").join(
+            psycopg_sql.SQL("%s::{}[]").format(psycopg_sql.SQL(field.db_type(connection))) for field in fields
+        ),
+    )
+    columns = [[getattr(obj, field.attname) for obj in objects] for field in fields]
+    connection.ensure_connection()
+    with connection.cursor() as cursor:
+        cursor.execute(query.as_string(connection.connection), columns)
+
+
+@dataclass
+class EarlierSlot:
+    """What _inactive_since needs of a slot's previous reading (a tuple, not a model: a
+    tick reads one per source and slot)."""
+
+    probed_at: dt.datetime
+    restart_lsn: str
+    confirmed_flush_lsn: str
+    inactive_since: dt.datetime | None
+
+
+def _inactive_since(slot, earlier: "EarlierSlot | SlotMetric | None", now: dt.datetime) -> dt.datetime | None:
     """A slot is idle when it is not active and neither of its LSNs moved since the last probe.
 
     Batch pipelines hold a slot only while they read, so "not active" alone is normal;
@@ -168,18 +292,41 @@ def _inactive_since(slot, earlier: SlotMetric | None, now: dt.datetime) -> dt.da
     return earlier.inactive_since or earlier.probed_at
 
 
-def _record_settings(source: Source, values: dict, now: dt.datetime) -> None:
-    values = {name: values.get(name) for name in WalSettings.WATCHED}
-    latest = WalSettings.objects.filter(source=source).order_by("-recorded_at").first()
-    if latest is None or latest.as_dict() != values:
-        WalSettings.objects.create(source=source, recorded_at=now, **values)
-
-
 # --- alerts --------------------------------------------------------------------------
+
+# Serialises alert evaluation, so two ticks that finish together agree on one event.
+ALERT_LOCK_ID = 0x524F53_414C52  # "ROS" "ALR"
+
+
+@dataclass
+class Judgement:
+    """What one alert (AlertState.key) should be now; apply_judgements() stores it."""
+
+    key: str
+    source_id: int
+    condition: str
+    level: str
+    message: str
+    server_id: str = ""
+    slot_name: str = ""
+    value: int | None = None
+    # Computed only when an event is raised: a forecast reads the slot's history.
+    forecast: Callable[[], Forecast | None] | None = None
+    # False: the level changes without a notification (another alert reports it).
+    notify: bool = True
 
 
 def slot_forecast(source: Source, slot: SlotMetric, now: dt.datetime | None = None) -> Forecast:
-    now = now or timezone.now()
+    """The forecast of one slot, with times counted from `now` (the probe's time)."""
+    now = now or slot.probed_at
+    if slot.is_lost:
+        lost_at = (
+            AlertState.objects.filter(condition=Condition.SLOT_LOST, slot_name=slot.slot_name, level=Level.CRITICAL)
+            .filter(Q(source=source) | Q(server_id=_server_of(source)))
+            .values_list("since", flat=True)
+            .first()
+        )
+        return lost_forecast(lost_at or slot.probed_at)
     points = list(
         SlotMetric.objects.filter(
             source=source,
@@ -195,108 +342,23 @@ def slot_forecast(source: Source, slot: SlotMetric, now: dt.datetime | None = No
     return forecast_slot(points, slot.retained_bytes, source.wal_critical_bytes, slot.safe_wal_size, now)
 
 
-def evaluate_alerts(source: Source, metric: WalMetric) -> list[AlertEvent]:
-    """Move every condition of the source to the level this probe shows."""
-    now = metric.probed_at
-    events = [_evaluate_probe_failures(source, now)]
-    if metric.ok:
-        slots = getattr(metric, "slot_rows", None)
-        if slots is None:
-            slots = list(SlotMetric.objects.filter(source=source, probed_at=metric.probed_at))
-        events += [
-            _evaluate_retained(source, slots, now),
-            _evaluate_inactive(source, slots, now),
-            _evaluate_wal_status(source, slots, now),
-        ]
-    return [event for event in events if event is not None]
-
-
-def _evaluate_probe_failures(source, now):
-    needed = max(1, settings.ROSETTA_PROBE_FAILURES_ALERT)
-    recent = list(
-        WalMetric.objects.filter(source=source, resolution=Resolution.RAW)
+def _server_of(source: Source) -> str:
+    latest = (
+        WalMetric.objects.filter(source=source, ok=True)
         .order_by("-probed_at")
-        .values_list("ok", "error")[:needed]
+        .values_list("system_identifier", flat=True)
+        .first()
     )
-    failing = len(recent) == needed and not any(ok for ok, _ in recent)
-    if failing:
-        message = f"The last {needed} WAL probes of {source} failed. Latest: {recent[0][1]}"
-        return set_alert_state(source, Condition.PROBE_FAILED, Level.CRITICAL, message, now)
-    return set_alert_state(source, Condition.PROBE_FAILED, Level.OK, f"{source} answers the WAL probe.", now)
+    return latest or _fallback_server_id(source)
 
 
-def _evaluate_retained(source, slots, now):
-    measured = [slot for slot in slots if slot.retained_bytes is not None]
-    if not measured:
-        return set_alert_state(
-            source, Condition.RETAINED_WAL, Level.OK, "No replication slot retains WAL on this server.", now
-        )
-    worst = max(measured, key=lambda slot: slot.retained_bytes)
-    retained = worst.retained_bytes
-    level = retained_wal_level(source, retained)
-    limits = f"warning at {human_bytes(source.wal_warn_bytes)}, critical at {human_bytes(source.wal_critical_bytes)}"
-    if level == Level.OK:
-        message = f"Retained WAL is under the thresholds: the largest is slot {worst.slot_name}, {human_bytes(retained)} ({limits})."
-    else:
-        message = f"Slot {worst.slot_name} retains {human_bytes(retained)} of WAL on {source} ({limits})."
-    forecast = slot_forecast(source, worst, now)
-    return set_alert_state(
-        source, Condition.RETAINED_WAL, level, message, now, slot=worst, value=retained, forecast=forecast
-    )
+def _fallback_server_id(source: Source) -> str:
+    """When the role may not read pg_control_system(): the address is the best we have."""
+    return f"{source.pg_host}:{source.pg_port}"
 
 
-def _evaluate_inactive(source, slots, now):
-    limit = dt.timedelta(minutes=source.slot_inactive_alert_minutes)
-    idle = [slot for slot in slots if slot.inactive_since is not None and now - slot.inactive_since >= limit]
-    if not idle:
-        return set_alert_state(
-            source, Condition.SLOT_INACTIVE, Level.OK, "Every replication slot is active or advancing.", now
-        )
-    idle.sort(key=lambda slot: slot.inactive_since)
-    described = "; ".join(
-        f"slot {slot.slot_name} for {human_duration((now - slot.inactive_since).total_seconds())}"
-        for slot in idle
-    )
-    message = (
-        f"Replication slot(s) on {source} neither active nor advancing: {described} "
-        f"(alert after {source.slot_inactive_alert_minutes} min). An unread slot keeps WAL forever."
-    )
-    worst = idle[0]
-    return set_alert_state(
-        source,
-        Condition.SLOT_INACTIVE,
-        Level.WARN,
-        message,
-        now,
-        slot=worst,
-        value=worst.retained_bytes,
-        forecast=slot_forecast(source, worst, now),
-    )
-
-
-def _evaluate_wal_status(source, slots, now):
-    bad = [slot for slot in slots if slot.wal_status in WAL_STATUS_LEVEL]
-    if not bad:
-        return set_alert_state(
-            source, Condition.WAL_STATUS, Level.OK, "Every slot's WAL is reserved (wal_status).", now
-        )
-    bad.sort(key=lambda slot: -LEVEL_RANK[WAL_STATUS_LEVEL[slot.wal_status]])
-    worst = bad[0]
-    level = WAL_STATUS_LEVEL[worst.wal_status]
-    message = " ".join(
-        f"Slot {slot.slot_name} on {source} {WAL_STATUS_MEANING[slot.wal_status]} (wal_status {slot.wal_status})."
-        for slot in bad
-    )
-    return set_alert_state(
-        source,
-        Condition.WAL_STATUS,
-        level,
-        message,
-        now,
-        slot=worst,
-        value=worst.retained_bytes,
-        forecast=slot_forecast(source, worst, now),
-    )
+def server_id_of(metric: WalMetric) -> str:
+    return metric.system_identifier or _fallback_server_id(metric.source)
 
 
 def set_alert_state(
@@ -306,50 +368,272 @@ def set_alert_state(
     message: str,
     now: dt.datetime,
     *,
+    key: str | None = None,
     slot: SlotMetric | None = None,
     value: int | None = None,
     forecast: Forecast | None = None,
 ) -> AlertEvent | None:
-    """Store the condition's level; a change (or a due reminder) creates the AlertEvent to notify.
+    """Move one alert to `level`: the entry point for raising (or clearing) any alert.
 
-    The row lock makes two probes of one source that finish together agree on one event.
+    `key` (alert_key(), or a prefix of its own for a new kind of alert) says what the
+    alert is about; by default the source's own `condition`. A change of level, or a
+    due reminder, creates the AlertEvent; it is notified by the notification task
+    once the caller's transaction commits.
     """
+    judgement = Judgement(
+        key=key or alert_key(condition, source_id=source.pk),
+        source_id=source.pk,
+        condition=condition,
+        level=level,
+        message=message,
+        slot_name=slot.slot_name if slot else "",
+        value=value,
+        forecast=(lambda: forecast) if forecast is not None else None,
+    )
+    events = apply_judgements([judgement], now)
+    schedule_notifications()
+    return events[0] if events else None
+
+
+def apply_judgements(judgements: list[Judgement], now: dt.datetime) -> list[AlertEvent]:
+    """Store many alerts' levels in a fixed number of queries; a change (or a due
+    reminder) creates the AlertEvent that the notification task sends."""
+    if not judgements:
+        return []
     repeat = dt.timedelta(minutes=settings.ROSETTA_ALERT_REPEAT_MINUTES)
     with transaction.atomic():
-        state, _ = AlertState.objects.select_for_update().get_or_create(
-            source=source, condition=condition, defaults={"level": Level.OK, "since": now}
-        )
-        event = None
-        if state.level != level:
-            kind, previous = AlertEvent.Kind.CHANGE, state.level
-            state.level, state.since = level, now
-        elif (
-            level != Level.OK
-            and repeat.total_seconds() > 0
-            and (state.last_event_at is None or now - state.last_event_at >= repeat)
-        ):
-            kind, previous = AlertEvent.Kind.REMINDER, level
-        else:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [ALERT_LOCK_ID])
+        states = {state.key: state for state in AlertState.objects.filter(key__in=[j.key for j in judgements])}
+        rows, events = {}, []
+        for judgement in judgements:
+            state = states.get(judgement.key) or AlertState(key=judgement.key, level=Level.OK, since=now)
             kind = None
-        if kind is not None:
-            event = AlertEvent.objects.create(
-                source=source,
-                created_at=now,
-                condition=condition,
-                kind=kind,
-                previous_level=previous,
+            if state.level != judgement.level:
+                if judgement.notify:
+                    kind, previous = AlertEvent.Kind.CHANGE, state.level
+                state.level, state.since = judgement.level, now
+            elif (
+                judgement.notify
+                and judgement.level != Level.OK
+                and repeat.total_seconds() > 0
+                and (state.last_event_at is None or now - state.last_event_at >= repeat)
+            ):
+                kind, previous = AlertEvent.Kind.REMINDER, judgement.level
+            if kind is not None:
+                forecast = judgement.forecast() if judgement.forecast and judgement.level != Level.OK else None
+                events.append(
+                    AlertEvent(
+                        source_id=judgement.source_id,
+                        created_at=now,
+                        condition=judgement.condition,
+                        kind=kind,
+                        previous_level=previous,
+                        level=judgement.level,
+                        message=judgement.message,
+                        slot_name=judgement.slot_name,
+                        value_bytes=judgement.value,
+                        forecast=forecast.summary if forecast else "",
+                        forecast_seconds=forecast.seconds_to_trouble if forecast else None,
+                        next_attempt_at=now,
+                    )
+                )
+                state.last_event_at = now
+            state.pk = None  # upserted on key below
+            state.source_id = judgement.source_id
+            state.condition = judgement.condition
+            state.server_id = judgement.server_id
+            state.slot_name = judgement.slot_name
+            state.message = judgement.message
+            rows[judgement.key] = state
+        AlertState.objects.bulk_create(
+            rows.values(),
+            update_conflicts=True,
+            unique_fields=["key"],
+            update_fields=[
+                "source",
+                "condition",
+                "server_id",
+                "slot_name",
+                "level",
+                "message",
+                "since",
+                "last_event_at",
+                "updated_at",
+            ],
+        )
+        AlertEvent.objects.bulk_create(events)
+    return events
+
+
+def schedule_notifications() -> None:
+    """Once the caller commits, let the notification task send what is due (retries too)."""
+    if not due_notifications().exists():
+        return
+
+    def enqueue():
+        from .tasks import notify_pending_alerts
+
+        try:
+            notify_pending_alerts.delay()
+        except Exception:
+            log.exception("Could not queue the alert notifications; the next probe tick tries again")
+
+    transaction.on_commit(enqueue)
+
+
+def evaluate_alerts(source: Source, metric: WalMetric) -> list[AlertEvent]:
+    """Move every alert that one probe of one source decides."""
+    events = evaluate_probe_failures([source], metric.probed_at)
+    if metric.ok:
+        events += evaluate_slot_alerts([metric])
+    schedule_notifications()
+    return events
+
+
+def evaluate_probe_failures(sources: list[Source], now: dt.datetime) -> list[AlertEvent]:
+    """A source whose last N probes all failed is critical (N = ROSETTA_PROBE_FAILURES_ALERT)."""
+    needed = max(1, settings.ROSETTA_PROBE_FAILURES_ALERT)
+    recent: dict = {}
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            SELECT w.source_id, w.ok, w.error FROM unnest(%s::bigint[]) AS s(id)
+            CROSS JOIN LATERAL (
+                SELECT source_id, ok, error, probed_at FROM monitoring_walmetric m
+                WHERE m.source_id = s.id AND m.resolution = 'raw'
+                ORDER BY m.probed_at DESC LIMIT %s
+            ) w
+            ORDER BY w.source_id, w.probed_at DESC
+            """,
+            [[source.pk for source in sources], needed],
+        )
+        for source_id, ok, error in cursor.fetchall():
+            recent.setdefault(source_id, []).append((ok, error))
+    judgements = []
+    for source in sources:
+        rows = recent.get(source.pk, [])
+        failing = len(rows) == needed and not any(ok for ok, _ in rows)
+        if failing:
+            level, message = Level.CRITICAL, f"The last {needed} WAL probes of {source} failed. Latest: {rows[0][1]}"
+        else:
+            level, message = Level.OK, f"{source} answers the WAL probe."
+        judgements.append(
+            Judgement(
+                key=alert_key(Condition.PROBE_FAILED, source_id=source.pk),
+                source_id=source.pk,
+                condition=Condition.PROBE_FAILED,
                 level=level,
                 message=message,
-                slot_name=slot.slot_name if slot else "",
-                value_bytes=value,
-                forecast=forecast.summary if forecast and level != Level.OK else "",
-                forecast_seconds=forecast.seconds_to_trouble if forecast and level != Level.OK else None,
-                next_attempt_at=now,
             )
-            state.last_event_at = now
-        state.message = message
-        state.save()
-    return event
+        )
+    return apply_judgements(judgements, now)
+
+
+def evaluate_slot_alerts(metrics: list[WalMetric]) -> list[AlertEvent]:
+    """Judge every slot once per server (its system identifier) and slot, whatever the
+    number of sources pointing at that server, and attribute it to the source that owns
+    the slot (its slot_name), or else to the server's first source."""
+    servers: dict[str, list[WalMetric]] = {}
+    for metric in metrics:
+        if metric.ok:
+            servers.setdefault(server_id_of(metric), []).append(metric)
+    if not servers:
+        return []
+    now = max(metric.probed_at for on_server in servers.values() for metric in on_server)
+    judgements = []
+    for server_id, on_server in servers.items():
+        on_server.sort(key=lambda metric: metric.source_id)
+        owners: dict = {}
+        for metric in on_server:
+            owners.setdefault(metric.source.slot_name, metric)
+        names = sorted({slot.slot_name for metric in on_server for slot in metric.slot_rows})
+        for name in names:
+            metric = owners.get(name)
+            if metric is None or not any(slot.slot_name == name for slot in metric.slot_rows):
+                metric = next(m for m in on_server if any(slot.slot_name == name for slot in m.slot_rows))
+            slot = next(slot for slot in metric.slot_rows if slot.slot_name == name)
+            judgements += _judge_slot(metric.source, server_id, slot, metric.probed_at)
+    judged = {judgement.key for judgement in judgements}
+    for state in AlertState.objects.filter(server_id__in=list(servers)).exclude(level=Level.OK):
+        if state.key not in judged:
+            judgements.append(
+                Judgement(
+                    key=state.key,
+                    source_id=state.source_id,
+                    condition=state.condition,
+                    level=Level.OK,
+                    message=f"Slot {state.slot_name} no longer exists on this server.",
+                    server_id=state.server_id,
+                    slot_name=state.slot_name,
+                )
+            )
+    return apply_judgements(judgements, now)
+
+
+def _judge_slot(source: Source, server_id: str, slot: SlotMetric, now: dt.datetime) -> list[Judgement]:
+    def judgement(condition, level, message, *, value=None, notify=True):
+        return Judgement(
+            key=alert_key(condition, server_id=server_id, slot_name=slot.slot_name),
+            source_id=source.pk,
+            condition=condition,
+            level=level,
+            message=message,
+            server_id=server_id,
+            slot_name=slot.slot_name,
+            value=value,
+            forecast=(lambda: slot_forecast(source, slot, now)) if level != Level.OK else None,
+            notify=notify,
+        )
+
+    name = slot.slot_name
+    if slot.is_lost:
+        return [
+            judgement(Condition.RETAINED_WAL, Level.OK, f"Slot {name} is lost: it retains no WAL."),
+            judgement(Condition.SLOT_INACTIVE, Level.OK, f"Slot {name} is lost."),
+            # The loss is reported once, by the slot lost alert, not also as a wal_status change.
+            judgement(
+                Condition.WAL_STATUS, Level.OK, f"Slot {name} is lost (see the slot lost alert).", notify=False
+            ),
+            judgement(
+                Condition.SLOT_LOST,
+                Level.CRITICAL,
+                f"Slot {name} on {source} {WAL_STATUS_MEANING['lost']} (wal_status lost): re-copy needed.",
+                value=None,
+            ),
+        ]
+    judgements = [judgement(Condition.SLOT_LOST, Level.OK, f"Slot {name} is not lost.")]
+
+    retained = slot.retained_bytes
+    limits = f"warning at {human_bytes(source.wal_warn_bytes)}, critical at {human_bytes(source.wal_critical_bytes)}"
+    if retained is None:
+        judgements.append(judgement(Condition.RETAINED_WAL, Level.OK, f"Slot {name} reserves no WAL."))
+    else:
+        level = retained_wal_level(source, retained)
+        if level == Level.OK:
+            message = f"Slot {name} retains {human_bytes(retained)}, under the thresholds ({limits})."
+        else:
+            message = f"Slot {name} retains {human_bytes(retained)} of WAL on {source} ({limits})."
+        judgements.append(judgement(Condition.RETAINED_WAL, level, message, value=retained))
+
+    limit = dt.timedelta(minutes=source.slot_inactive_alert_minutes)
+    since = slot.inactive_since
+    if since is not None and now - since >= limit:
+        message = (
+            f"Replication slot(s) on {source} neither active nor advancing: slot {name} for "
+            f"{human_duration((now - since).total_seconds())} (alert after {source.slot_inactive_alert_minutes} "
+            "min). An unread slot keeps WAL forever."
+        )
+        judgements.append(judgement(Condition.SLOT_INACTIVE, Level.WARN, message, value=retained))
+    else:
+        judgements.append(judgement(Condition.SLOT_INACTIVE, Level.OK, f"Slot {name} is active or advancing."))
+
+    if slot.wal_status in WAL_STATUS_LEVEL:
+        message = f"Slot {name} on {source} {WAL_STATUS_MEANING[slot.wal_status]} (wal_status {slot.wal_status})."
+        judgements.append(judgement(Condition.WAL_STATUS, WAL_STATUS_LEVEL[slot.wal_status], message, value=retained))
+    else:
+        judgements.append(judgement(Condition.WAL_STATUS, Level.OK, f"Slot {name}'s WAL is reserved (wal_status)."))
+    return judgements
 
 
 def raise_pipeline_alert(source: Source, message: str, *, slot_name: str = "") -> AlertEvent:
@@ -357,10 +641,10 @@ def raise_pipeline_alert(source: Source, message: str, *, slot_name: str = "") -
     dropped replication slot). Only an event: it is notified like any other and
     leaves the probe's alert states alone."""
     now = timezone.now()
-    return AlertEvent.objects.create(
+    event = AlertEvent.objects.create(
         source=source,
         created_at=now,
-        condition=Condition.WAL_STATUS,
+        condition=Condition.SLOT_LOST,
         kind=AlertEvent.Kind.CHANGE,
         previous_level=Level.OK,
         level=Level.CRITICAL,
@@ -368,6 +652,8 @@ def raise_pipeline_alert(source: Source, message: str, *, slot_name: str = "") -
         slot_name=slot_name,
         next_attempt_at=now,
     )
+    schedule_notifications()
+    return event
 
 
 # --- history -------------------------------------------------------------------------
@@ -492,7 +778,9 @@ def _downsample_slots(start, end) -> int:
             active=bool(group["active"]),
             retained_bytes=group["retained_bytes"],
             unconfirmed_bytes=group["unconfirmed_bytes"],
-            safe_wal_size=group["safe_wal_size"],
+            # PostgreSQL reports no safe_wal_size for a lost slot: an hour that saw the loss
+            # must not keep an earlier minimum, which would read as WAL still to spare.
+            safe_wal_size=None if status_by_rank.get(group["worst_status"]) == "lost" else group["safe_wal_size"],
             wal_status=status_by_rank.get(group["worst_status"], ""),
             inactive_since=group["inactive_since"],
         )

@@ -2,7 +2,7 @@
 
 from celery import shared_task
 
-from . import services
+from . import notifications, services
 
 
 @shared_task(ignore_result=True, soft_time_limit=240, time_limit=300)
@@ -15,3 +15,9 @@ def probe_all_sources() -> int:
 def downsample_wal_metrics() -> dict:
     """Scheduled hourly: per-probe rows past the full-resolution window become hourly maxima."""
     return services.downsample_metrics()
+
+
+@shared_task(ignore_result=True, soft_time_limit=900, time_limit=960)
+def notify_pending_alerts() -> int:
+    """Queued by the probe tick after it commits events (or while some are due for a retry)."""
+    return notifications.send_pending_notifications()

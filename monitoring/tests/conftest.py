@@ -21,6 +21,19 @@ SEGMENT = re.compile(r"^[0-9A-F]{24}$")
 
 
 @pytest.fixture(autouse=True)
+def notifications_inline():
+    """The notification task runs in the test's process as soon as it is queued, so a test
+    sees the emails of one tick right after it. test_notifications_never_block_a_tick
+    runs it on a real worker instead."""
+    from rosetta.celery import app
+
+    before = app.conf.task_always_eager
+    app.conf.task_always_eager = True
+    yield
+    app.conf.task_always_eager = before
+
+
+@pytest.fixture(autouse=True)
 def monitoring_settings(settings):
     settings.ROSETTA_CONNECT_TIMEOUT = 2  # psycopg's minimum
     settings.ROSETTA_STATEMENT_TIMEOUT_MS = 5000
@@ -213,6 +226,7 @@ class StallingProxy:
         self.listener.listen(16)
         self.port = self.listener.getsockname()[1]
         self.sockets: list[socket.socket] = []
+        self.clients_gone = 0  # clients that closed their connection
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self):
@@ -234,8 +248,7 @@ class StallingProxy:
         except OSError:
             pass
 
-    @staticmethod
-    def _startup_then_swallow(client, upstream):
+    def _startup_then_swallow(self, client, upstream):
         try:
             header = client.recv(4, socket.MSG_WAITALL)
             length = int.from_bytes(header, "big")
@@ -244,6 +257,7 @@ class StallingProxy:
                 pass  # queries never reach the server
         except OSError:
             pass
+        self.clients_gone += 1
 
     def close(self):
         self.listener.close()
@@ -258,3 +272,17 @@ def stalling_port(pg_cluster):
     proxy = StallingProxy(pg_cluster.port)
     yield proxy.port
     proxy.close()
+
+
+def make_slot_lost(source, cluster_setting) -> None:
+    """max_slot_wal_keep_size 1MB, more WAL than that, checkpoints: PostgreSQL drops the slot's WAL."""
+    cluster_setting("max_slot_wal_keep_size", "1MB")
+    for _ in range(10):
+        generate_wal(source.conn, 20 * 1024 * 1024)
+        run_sql(source.conn, "CHECKPOINT")
+        status = run_sql(
+            source.conn, "SELECT wal_status FROM pg_replication_slots WHERE slot_name = %s", [source.slot_name]
+        )[0][0]
+        if status == "lost":
+            return
+    raise AssertionError(f"slot {source.slot_name} is {status}, not lost")

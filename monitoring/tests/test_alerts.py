@@ -183,7 +183,7 @@ def test_a_slot_inactive_for_longer_than_the_threshold_warns_until_it_advances(m
     assert changes(source, Condition.SLOT_INACTIVE) == [("ok", "warn"), ("warn", "ok")]
 
 
-def test_wal_status_extended_warns_and_lost_is_critical(make_source, cluster_setting):
+def test_wal_status_extended_warns_and_lost_is_its_own_critical_alert(make_source, cluster_setting):
     source = make_source(wal_warn_bytes=1024**3, wal_critical_bytes=2 * 1024**3)
     create_slot(source.conn, source.slot_name)
     cluster_setting("max_wal_size", "32MB")
@@ -196,7 +196,10 @@ def test_wal_status_extended_warns_and_lost_is_critical(make_source, cluster_set
     cluster_setting("max_slot_wal_keep_size", "1MB")
     run_sql(source.conn, "CHECKPOINT")
     probe_sources([source])
-    state = AlertState.objects.get(source=source, condition=Condition.WAL_STATUS)
+    state = AlertState.objects.get(source=source, condition=Condition.SLOT_LOST)
     assert state.level == "critical", state.message
-    assert "is lost" in state.message and "re-snapshot" in state.message
-    assert changes(source, Condition.WAL_STATUS) == [("ok", "warn"), ("warn", "critical")]
+    assert "is lost" in state.message and "re-copy needed" in state.message
+    # The loss is one event (slot lost); the wal_status alert closes without a second one.
+    assert changes(source, Condition.SLOT_LOST) == [("ok", "critical")]
+    assert changes(source, Condition.WAL_STATUS) == [("ok", "warn")]
+    assert AlertState.objects.get(source=source, condition=Condition.WAL_STATUS).level == "ok"

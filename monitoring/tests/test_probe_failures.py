@@ -29,7 +29,7 @@ def test_dead_and_hanging_sources_fail_within_the_timeout_while_the_others_are_p
     metrics = {metric.source.name: metric for metric in probe_sources()}
     elapsed = time.monotonic() - started
 
-    # Connect timeout 2 s; a server that stops answering after connecting is abandoned at
+    # Connect timeout 2 s; a server that stops answering after connecting is cut at
     # connect timeout + statement timeout + 2 s = 5 s. All in parallel, not one after another.
     assert elapsed < 7.5, elapsed
     assert metrics[healthy.name].ok
@@ -39,7 +39,8 @@ def test_dead_and_hanging_sources_fail_within_the_timeout_while_the_others_are_p
     assert not metrics["never-answers"].ok
     assert "within the timeout" in metrics["never-answers"].error
     assert not metrics["stops-answering"].ok
-    assert "the probe was abandoned" in metrics["stops-answering"].error
+    assert "did not answer within 5 s" in metrics["stops-answering"].error
+    assert "the connection was closed" in metrics["stops-answering"].error
     assert not metrics["no-such-host"].ok
     assert "does not resolve (DNS)" in metrics["no-such-host"].error
     for name in ("refuses", "never-answers", "stops-answering", "no-such-host"):
@@ -99,3 +100,19 @@ def test_a_wrong_password_is_reported_as_an_authentication_failure(replica_clust
     source.save()
     (metric,) = probe_sources([source])
     assert metric.ok and metric.slot_rows == []
+
+
+def test_a_password_that_cannot_be_decrypted_fails_its_own_probe_only(make_source):
+    from django.db import connection
+
+    make_source(name="healthy")
+    broken = make_source(name="broken-secret")
+    with connection.cursor() as cursor:
+        cursor.execute("UPDATE sources_source SET pg_password = 'not-a-fernet-token' WHERE id = %s", [broken.pk])
+
+    metrics = {metric.source.name: metric for metric in probe_sources()}
+
+    assert metrics["healthy"].ok
+    assert not metrics["broken-secret"].ok and metrics["broken-secret"].error
+    assert "not-a-fernet-token" not in metrics["broken-secret"].error
+    assert WalMetric.objects.get(source=broken).ok is False
