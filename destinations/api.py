@@ -3,7 +3,7 @@ from rest_framework import serializers, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
-from rosetta.api import CanChangeObject, ProtectedDeleteMixin, StrictModelSerializer
+from rosetta.api import CanChangeObject, ProtectedDeleteMixin, StrictModelSerializer, action_body
 
 from .models import Destination
 from .services import test_destination_connection
@@ -73,5 +73,6 @@ class DestinationViewSet(ProtectedDeleteMixin, viewsets.ModelViewSet):
     )
     @action(detail=True, methods=["post"], url_path="test-connection", permission_classes=[CanChangeObject])
     def test_connection(self, request, pk=None):
+        action_body(request)
         ok, message = test_destination_connection(self.get_object())
         return Response({"ok": ok, "message": message})

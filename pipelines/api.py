@@ -6,7 +6,7 @@ from rest_framework import serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
-from rosetta.api import CanChangeObject, StrictModelSerializer
+from rosetta.api import CanChangeObject, StrictModelSerializer, StrictSerializer, action_body, query_bool
 from rosetta.pagination import EstimatedCountPagination
 
 from . import services
@@ -122,7 +122,7 @@ class PipelineFilter(filters.FilterSet):
         fields = ["status", "source", "destination", "name"]
 
 
-class RefreshSerializer(serializers.Serializer):
+class RefreshSerializer(StrictSerializer):
     tables = serializers.ListField(
         child=serializers.CharField(),
         required=False,
@@ -171,7 +171,7 @@ class PipelineViewSet(viewsets.ModelViewSet):
     )
     def destroy(self, request, *args, **kwargs):
         pipeline = self.get_object()
-        drop_slot = request.query_params.get("drop_slot", "false").lower() in ("1", "true", "yes")
+        drop_slot = query_bool(request, "drop_slot")
         try:
             services.delete_pipeline(pipeline, drop_slot=drop_slot)
         except IllegalTransition as refusal:
@@ -198,22 +198,21 @@ class PipelineViewSet(viewsets.ModelViewSet):
     @extend_schema(request=None, responses={200: PipelineSerializer, 409: TransitionResult})
     @action(detail=True, methods=["post"], permission_classes=[CanChangeObject])
     def start(self, request, pk=None):
+        action_body(request)
         return self._transition(request, services.start_pipeline)
 
     @extend_schema(request=None, responses={200: PipelineSerializer, 409: TransitionResult})
     @action(detail=True, methods=["post"], permission_classes=[CanChangeObject])
     def pause(self, request, pk=None):
+        action_body(request)
         return self._transition(request, services.pause_pipeline)
 
     @extend_schema(request=RefreshSerializer, responses={200: PipelineSerializer, 409: TransitionResult})
     @action(detail=True, methods=["post"], permission_classes=[CanChangeObject])
     def refresh(self, request, pk=None):
-        body = RefreshSerializer(data=request.data)
-        body.is_valid(raise_exception=True)
+        body = action_body(request, RefreshSerializer)
         try:
-            return self._transition(
-                request, services.refresh_pipeline, tables=body.validated_data.get("tables")
-            )
+            return self._transition(request, services.refresh_pipeline, tables=body.get("tables"))
         except ValueError as error:
             raise serializers.ValidationError({"tables": [str(error)]}) from None
 

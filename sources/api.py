@@ -7,7 +7,7 @@ from rest_framework.response import Response
 from monitoring.api import SourceWalStateSerializer
 from monitoring.selectors import source_wal_state
 from monitoring.services import probe_sources
-from rosetta.api import CanChangeObject, ProtectedDeleteMixin, StrictModelSerializer
+from rosetta.api import CanChangeObject, ProtectedDeleteMixin, StrictModelSerializer, action_body
 
 from .models import Source
 from .services import test_source_connection
@@ -77,6 +77,7 @@ class SourceViewSet(ProtectedDeleteMixin, viewsets.ModelViewSet):
     )
     @action(detail=True, methods=["post"], url_path="test-connection", permission_classes=[CanChangeObject])
     def test_connection(self, request, pk=None):
+        action_body(request)
         checks = test_source_connection(self.get_object())
         return Response({"ok": all(check["ok"] for check in checks), "checks": checks})
 
@@ -90,6 +91,7 @@ class SourceViewSet(ProtectedDeleteMixin, viewsets.ModelViewSet):
     @action(detail=True, methods=["post"], permission_classes=[CanChangeObject])
     def probe(self, request, pk=None):
         """Probe this source's WAL now (as the scheduled probe does), then answer like .../wal/."""
+        action_body(request)
         source = self.get_object()
         probe_sources([source])
         return Response(source_wal_state(source))
