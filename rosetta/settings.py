@@ -107,6 +107,9 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # and old keys stay until `manage.py rotate_secrets` has re-encrypted.
 ROSETTA_ENCRYPTION_KEYS = env.list("ROSETTA_ENCRYPTION_KEYS", default=[])
 
+# If set, DuckDB destination files must lie under this directory (paths are always absolute).
+ROSETTA_DATA_DIR = env.str("ROSETTA_DATA_DIR", default="")
+
 # How long a "Test connection" or a probe waits for a server, in seconds.
 ROSETTA_CONNECT_TIMEOUT = env.int("ROSETTA_CONNECT_TIMEOUT", default=5)
 ROSETTA_STATEMENT_TIMEOUT_MS = env.int("ROSETTA_STATEMENT_TIMEOUT_MS", default=10_000)
