@@ -4,6 +4,7 @@ from rest_framework.decorators import action
 from rest_framework.response import Response
 
 from rosetta.api import CanChangeObject, ProtectedDeleteMixin, StrictModelSerializer, action_body
+from rosetta.audit import AuditedViewSetMixin, record_audit_event
 
 from .models import Destination
 from .services import test_destination_connection
@@ -57,7 +58,7 @@ class DestinationSerializer(StrictModelSerializer):
         return [name for name in Destination.SECRET_FIELDS if getattr(destination, name)]
 
 
-class DestinationViewSet(ProtectedDeleteMixin, viewsets.ModelViewSet):
+class DestinationViewSet(AuditedViewSetMixin, ProtectedDeleteMixin, viewsets.ModelViewSet):
     queryset = Destination.objects.all()
     serializer_class = DestinationSerializer
     filterset_fields = ["kind", "name"]
@@ -74,5 +75,7 @@ class DestinationViewSet(ProtectedDeleteMixin, viewsets.ModelViewSet):
     @action(detail=True, methods=["post"], url_path="test-connection", permission_classes=[CanChangeObject])
     def test_connection(self, request, pk=None):
         action_body(request)
-        ok, message = test_destination_connection(self.get_object())
+        destination = self.get_object()
+        ok, message = test_destination_connection(destination)
+        record_audit_event(request, "test_connection", destination, detail="ok" if ok else "failed")
         return Response({"ok": ok, "message": message})

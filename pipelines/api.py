@@ -7,6 +7,7 @@ from rest_framework.decorators import action
 from rest_framework.response import Response
 
 from rosetta.api import CanChangeObject, StrictModelSerializer, StrictSerializer, action_body, query_bool
+from rosetta.audit import AuditedViewSetMixin, deleted, record_audit_event
 from rosetta.pagination import EstimatedCountPagination
 
 from . import services
@@ -133,7 +134,16 @@ class RefreshSerializer(StrictSerializer):
 TransitionResult = inline_serializer("TransitionRefused", {"detail": serializers.CharField()})
 
 
-class PipelineViewSet(viewsets.ModelViewSet):
+def describe_arguments(kwargs) -> str:
+    """{"tables": ["public.a"]} -> "tables: public.a", for the audit trail."""
+    return "; ".join(
+        f"{name}: {', '.join(value) if isinstance(value, list) else value}"
+        for name, value in kwargs.items()
+        if value is not None
+    )
+
+
+class PipelineViewSet(AuditedViewSetMixin, viewsets.ModelViewSet):
     serializer_class = PipelineSerializer
     filterset_class = PipelineFilter
     search_fields = ["name", "source__name", "destination__name"]
@@ -172,6 +182,7 @@ class PipelineViewSet(viewsets.ModelViewSet):
     def destroy(self, request, *args, **kwargs):
         pipeline = self.get_object()
         drop_slot = query_bool(request, "drop_slot")
+        target = deleted(pipeline)
         try:
             services.delete_pipeline(pipeline, drop_slot=drop_slot)
         except IllegalTransition as refusal:
@@ -182,6 +193,7 @@ class PipelineViewSet(viewsets.ModelViewSet):
             return Response(
                 {"detail": f"{pipeline.name} was not deleted: {problem}"}, status=status.HTTP_409_CONFLICT
             )
+        record_audit_event(request, "delete", target, detail=f"drop_slot={str(drop_slot).lower()}")
         return Response(status=status.HTTP_204_NO_CONTENT)
 
     def _transition(self, request, operation, **kwargs):
@@ -193,6 +205,7 @@ class PipelineViewSet(viewsets.ModelViewSet):
                 {"detail": f"Cannot {operation.__name__.split('_')[0]} {pipeline.name}: {refusal}."},
                 status=status.HTTP_409_CONFLICT,
             )
+        record_audit_event(request, self.action, pipeline, detail=describe_arguments(kwargs))
         return Response(self.get_serializer(self.get_queryset().get(pk=pipeline.pk)).data)
 
     @extend_schema(request=None, responses={200: PipelineSerializer, 409: TransitionResult})

@@ -3,11 +3,13 @@
 from django.core.exceptions import RequestDataTooBig
 from django.db import connection
 from drf_spectacular.utils import extend_schema, inline_serializer
-from rest_framework import permissions, serializers
+from rest_framework import permissions, serializers, viewsets
 from rest_framework.decorators import api_view, permission_classes
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
+from .models import AuditEvent
+from .pagination import EstimatedCountPagination
 from .permissions import CanChangeObject, ModelPermissions  # noqa: F401 - re-exported for the apps
 
 
@@ -141,3 +143,33 @@ def exception_handler(exc, context):
 
 
 
+
+
+class AuditEventSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = AuditEvent
+        fields = [
+            "id",
+            "at",
+            "user",
+            "username",
+            "via",
+            "remote_addr",
+            "action",
+            "object_type",
+            "object_id",
+            "object_repr",
+            "changed_fields",
+            "detail",
+        ]
+
+
+class AuditEventViewSet(viewsets.ReadOnlyModelViewSet):
+    """The audit trail: every operator action through the API, the admin or a command."""
+
+    queryset = AuditEvent.objects.all()
+    serializer_class = AuditEventSerializer
+    pagination_class = EstimatedCountPagination
+    filterset_fields = ["user", "username", "via", "action", "object_type", "object_id"]
+    search_fields = ["username", "object_repr", "detail"]
+    ordering_fields = ["at"]

@@ -9,7 +9,7 @@ from pipelines.api import PipelineRunViewSet, PipelineViewSet
 from sources.api import SourceViewSet
 
 from .admin_overview import install as install_admin_overview
-from .api import health
+from .api import AuditEventViewSet, health
 
 install_admin_overview(admin.site)
 
@@ -21,6 +21,7 @@ router.register("pipeline-runs", PipelineRunViewSet)
 router.register("wal-metrics", WalMetricViewSet)
 router.register("slot-metrics", SlotMetricViewSet)
 router.register("alerts", AlertEventViewSet)
+router.register("audit-events", AuditEventViewSet)
 
 urlpatterns = [
     path("admin/", admin.site.urls),

@@ -2,6 +2,7 @@ from django.contrib import admin, messages
 
 from monitoring.admin import SourceWalMonitoringMixin
 from rosetta.admin_utils import SecretFieldsAdminMixin, SecretFieldsForm
+from rosetta.audit import AuditedAdminMixin, record_audit_event
 
 from .models import Source
 from .services import test_source_connection
@@ -16,7 +17,7 @@ class SourceForm(SecretFieldsForm):
 
 
 @admin.register(Source)
-class SourceAdmin(SecretFieldsAdminMixin, SourceWalMonitoringMixin, admin.ModelAdmin):
+class SourceAdmin(AuditedAdminMixin, SecretFieldsAdminMixin, SourceWalMonitoringMixin, admin.ModelAdmin):
     form = SourceForm
     list_display = [
         "name",
@@ -60,6 +61,7 @@ class SourceAdmin(SecretFieldsAdminMixin, SourceWalMonitoringMixin, admin.ModelA
         for source in queryset:
             checks = test_source_connection(source)
             failed = [check for check in checks if not check["ok"]]
+            record_audit_event(request, "test_connection", source, detail="failed" if failed else "ok")
             summary = " ".join(check["message"] for check in (failed or checks))
             if failed:
                 self.message_user(request, f"{source}: {summary}", messages.ERROR)

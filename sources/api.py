@@ -8,6 +8,7 @@ from monitoring.api import SourceWalStateSerializer
 from monitoring.selectors import source_wal_state
 from monitoring.services import probe_sources
 from rosetta.api import CanChangeObject, ProtectedDeleteMixin, StrictModelSerializer, action_body
+from rosetta.audit import AuditedViewSetMixin, record_audit_event
 
 from .models import Source
 from .services import test_source_connection
@@ -61,7 +62,7 @@ class PreflightCheckSerializer(serializers.Serializer):
     message = serializers.CharField()
 
 
-class SourceViewSet(ProtectedDeleteMixin, viewsets.ModelViewSet):
+class SourceViewSet(AuditedViewSetMixin, ProtectedDeleteMixin, viewsets.ModelViewSet):
     queryset = Source.objects.all()
     serializer_class = SourceSerializer
     filterset_class = SourceFilter
@@ -78,8 +79,11 @@ class SourceViewSet(ProtectedDeleteMixin, viewsets.ModelViewSet):
     @action(detail=True, methods=["post"], url_path="test-connection", permission_classes=[CanChangeObject])
     def test_connection(self, request, pk=None):
         action_body(request)
-        checks = test_source_connection(self.get_object())
-        return Response({"ok": all(check["ok"] for check in checks), "checks": checks})
+        source = self.get_object()
+        checks = test_source_connection(source)
+        ok = all(check["ok"] for check in checks)
+        record_audit_event(request, "test_connection", source, detail="ok" if ok else "failed")
+        return Response({"ok": ok, "checks": checks})
 
     @extend_schema(responses=SourceWalStateSerializer)
     @action(detail=True, methods=["get"])
@@ -94,4 +98,5 @@ class SourceViewSet(ProtectedDeleteMixin, viewsets.ModelViewSet):
         action_body(request)
         source = self.get_object()
         probe_sources([source])
+        record_audit_event(request, "probe", source)
         return Response(source_wal_state(source))
