@@ -10,14 +10,16 @@ env = environ.Env()
 environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
 
 # "development" or "production"; production turns on the hardening below and
-# refuses to start without a real SECRET_KEY.
+# refuses to start (a system check error each, see rosetta/apps.py) without these
+# variables and a valid ROSETTA_ENCRYPTION_KEYS, instead of quietly using localhost.
 ROSETTA_ENV = env.str("ROSETTA_ENV", default="development")
 PRODUCTION = ROSETTA_ENV == "production"
+REQUIRED_IN_PRODUCTION = ["SECRET_KEY", "ALLOWED_HOSTS", "DATABASE_URL", "CELERY_BROKER_URL"]
+MISSING_PRODUCTION_SETTINGS = [
+    name for name in REQUIRED_IN_PRODUCTION if PRODUCTION and not env.str(name, default="").strip()
+]
 
-if PRODUCTION:
-    SECRET_KEY = env.str("SECRET_KEY")
-else:
-    SECRET_KEY = env.str("SECRET_KEY", default="dev-only-insecure-key-change-me")
+SECRET_KEY = env.str("SECRET_KEY", default="" if PRODUCTION else "dev-only-insecure-key-change-me")
 DEBUG = env.bool("DEBUG", default=not PRODUCTION)
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=[] if PRODUCTION else ["*"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
