@@ -7,6 +7,7 @@ class RosettaConfig(AppConfig):
     verbose_name = "Rosetta"
 
     def ready(self):
+        from . import login_throttle  # noqa: F401 - connects the failed-login counter
         checks.register(check_encryption_keys, checks.Tags.security)
         checks.register(check_production_settings, checks.Tags.security)
 

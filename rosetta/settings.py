@@ -152,6 +152,20 @@ SPECTACULAR_SETTINGS = {
     "ENUM_NAME_OVERRIDES": {"AlertLevelEnum": "monitoring.models.Level"},
 }
 
+# The cache (Redis): counts failed logins across processes. Defaults to the broker's Redis.
+CACHE_URL = env.str("CACHE_URL", default="")
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": CACHE_URL or env.str("CELERY_BROKER_URL", default="redis://127.0.0.1:6379/0"),
+        "KEY_PREFIX": "rosetta",
+    }
+}
+# After this many failed logins from one address, the admin login and the token endpoint
+# refuse it (429) until this many seconds after the first failure.
+ROSETTA_LOGIN_FAILURE_LIMIT = env.int("ROSETTA_LOGIN_FAILURE_LIMIT", default=5)
+ROSETTA_LOGIN_LOCKOUT_SECONDS = env.int("ROSETTA_LOGIN_LOCKOUT_SECONDS", default=15 * 60)
+
 # Celery: Redis as broker, JSON only, Beat schedules from the database.
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="redis://127.0.0.1:6379/0")
 CELERY_RESULT_BACKEND = env.str("CELERY_RESULT_BACKEND", default=None)
