@@ -1,5 +1,8 @@
 """Filter backends every API list shares (a module of its own: DRF imports it while loading)."""
 
+from datetime import UTC
+
+import django_filters
 from rest_framework import filters, serializers
 
 
@@ -11,3 +14,13 @@ class SearchFilter(filters.SearchFilter):
             return super().get_search_terms(request)
         except serializers.ValidationError as error:
             raise serializers.ValidationError({self.search_param: error.detail}) from None
+
+
+class UtcIsoDateTimeFilter(django_filters.IsoDateTimeFilter):
+    """An ISO 8601 time filter that compares in UTC: PostgreSQL refuses offsets past ±15:59
+    (e.g. "-23:22"), which ISO 8601 and Python accept, and would answer a 500."""
+
+    def filter(self, qs, value):
+        if value is not None:
+            value = value.astimezone(UTC)
+        return super().filter(qs, value)
