@@ -25,7 +25,8 @@ class ApiErrorsMiddleware:
         if response.get("Content-Type", "").startswith("application/json"):
             return response
         status = getattr(request, "_rosetta_error_status", response.status_code)
-        return JsonResponse({"detail": _reason(status)}, status=status)
+        data = getattr(response, "data", None)  # DRF's error, rendered as HTML for a browser
+        return JsonResponse(data if isinstance(data, dict) else {"detail": _reason(status)}, status=status)
 
     def process_exception(self, request, exception):
         if request.path.startswith(API_PREFIX) and isinstance(exception, RequestDataTooBig):

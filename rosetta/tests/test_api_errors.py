@@ -105,3 +105,10 @@ def test_a_time_filter_with_an_offset_postgresql_refuses_is_compared_in_utc(admi
     # Found by the API fuzz test: ISO 8601 allows -23:22, PostgreSQL only up to ±15:59.
     response = admin_api.get(url, {"since": "1686-03-02T03:16:58.699-23:22"})
     assert response.status_code == 200, response.content[:300]
+
+
+def test_a_browser_asking_for_html_still_gets_the_error_object(admin_api, db):
+    response = admin_api.get("/api/pipelines/999999/", HTTP_ACCEPT="text/html")
+    assert response.status_code == 404
+    assert response["Content-Type"] == "application/json"
+    assert response.json() == {"detail": "No Pipeline matches the given query."}
