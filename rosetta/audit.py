@@ -64,7 +64,7 @@ class AuditedViewSetMixin:
         record_audit_event(self.request, "change", serializer.instance, changed_fields=changed)
 
     def perform_destroy(self, instance):
-        event_target = _Deleted(instance)
+        event_target = deleted(instance)
         super().perform_destroy(instance)
         record_audit_event(self.request, "delete", event_target)
 
@@ -102,12 +102,12 @@ class AuditedAdminMixin:
         record_audit_event(request, "change" if change else "create", form.instance, changed_fields=changed)
 
     def delete_model(self, request, obj):
-        target = _Deleted(obj)
+        target = deleted(obj)
         super().delete_model(request, obj)
         record_audit_event(request, "delete", target)
 
     def delete_queryset(self, request, queryset):
-        targets = [_Deleted(obj) for obj in queryset]
+        targets = [deleted(obj) for obj in queryset]
         super().delete_queryset(request, queryset)
         for target in targets:
             record_audit_event(request, "delete", target)
