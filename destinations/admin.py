@@ -2,6 +2,7 @@ from django import forms
 from django.contrib import admin, messages
 
 from rosetta.admin_utils import SecretFieldsAdminMixin, SecretFieldsForm
+from rosetta.audit import AuditedAdminMixin, record_audit_event
 
 from .models import Destination
 from .services import test_destination_connection
@@ -17,7 +18,7 @@ class DestinationForm(SecretFieldsForm):
 
 
 @admin.register(Destination)
-class DestinationAdmin(SecretFieldsAdminMixin, admin.ModelAdmin):
+class DestinationAdmin(AuditedAdminMixin, SecretFieldsAdminMixin, admin.ModelAdmin):
     form = DestinationForm
     list_display = ["name", "kind", "target", "updated_at"]
     list_filter = ["kind"]
@@ -67,6 +68,7 @@ class DestinationAdmin(SecretFieldsAdminMixin, admin.ModelAdmin):
     def test_connection(self, request, queryset):
         for destination in queryset:
             ok, message = test_destination_connection(destination)
+            record_audit_event(request, "test_connection", destination, detail="ok" if ok else "failed")
             self.message_user(
                 request, f"{destination.name}: {message}", messages.SUCCESS if ok else messages.ERROR
             )

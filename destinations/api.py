@@ -3,7 +3,8 @@ from rest_framework import serializers, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
-from rosetta.api import CanChangeObject, ProtectedDeleteMixin, StrictModelSerializer
+from rosetta.api import CanChangeObject, ProtectedDeleteMixin, StrictModelSerializer, action_body
+from rosetta.audit import AuditedViewSetMixin, record_audit_event
 
 from .models import Destination
 from .services import test_destination_connection
@@ -57,7 +58,7 @@ class DestinationSerializer(StrictModelSerializer):
         return [name for name in Destination.SECRET_FIELDS if getattr(destination, name)]
 
 
-class DestinationViewSet(ProtectedDeleteMixin, viewsets.ModelViewSet):
+class DestinationViewSet(AuditedViewSetMixin, ProtectedDeleteMixin, viewsets.ModelViewSet):
     queryset = Destination.objects.all()
     serializer_class = DestinationSerializer
     filterset_fields = ["kind", "name"]
@@ -73,5 +74,8 @@ class DestinationViewSet(ProtectedDeleteMixin, viewsets.ModelViewSet):
     )
     @action(detail=True, methods=["post"], url_path="test-connection", permission_classes=[CanChangeObject])
     def test_connection(self, request, pk=None):
-        ok, message = test_destination_connection(self.get_object())
+        action_body(request)
+        destination = self.get_object()
+        ok, message = test_destination_connection(destination)
+        record_audit_event(request, "test_connection", destination, detail="ok" if ok else "failed")
         return Response({"ok": ok, "message": message})

@@ -1,8 +1,15 @@
+import re
+from pathlib import PurePosixPath
+
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
 from rosetta.secrets import EncryptedTextField
+
+# Schemas Rosetta creates tables in: quoted all the same, but "public; drop table x" is surely a typo.
+PG_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_$]{0,62}")
 
 
 class Destination(models.Model):
@@ -82,8 +89,52 @@ class Destination(models.Model):
                 )
             elif self.snowflake_private_key and self.snowflake_private_key_path:
                 errors["snowflake_private_key_path"] = "Give either the private key or its path, not both."
+        for field, problem in (
+            ("duckdb_path", self.duckdb_path_problem()),
+            ("pg_schema", self.pg_schema_problem()),
+            ("snowflake_private_key", self.private_key_problem()),
+        ):
+            if problem and field not in errors:
+                errors[field] = problem
         if errors:
             raise ValidationError(errors)
+
+    def duckdb_path_problem(self) -> str | None:
+        """A relative path would be resolved against whichever process opens it (web, worker)."""
+        if self.kind != self.Kind.DUCKDB or not self.duckdb_path:
+            return None
+        path = PurePosixPath(self.duckdb_path)
+        if not path.is_absolute():
+            return "Give an absolute path (it is opened by the workers, whatever their working directory)."
+        if ".." in path.parts:
+            return 'The path may not contain "..".'
+        data_dir = settings.ROSETTA_DATA_DIR
+        if data_dir and not path.is_relative_to(PurePosixPath(data_dir)):
+            return f"The DuckDB file must be under the data directory {data_dir}."
+        return None
+
+    def pg_schema_problem(self) -> str | None:
+        if self.kind != self.Kind.POSTGRES or not self.pg_schema:
+            return None
+        if not PG_IDENTIFIER.fullmatch(self.pg_schema):
+            return (
+                "Use a plain PostgreSQL identifier: letters, digits, underscores and $, starting "
+                "with a letter or underscore, at most 63 characters."
+            )
+        return None
+
+    def private_key_problem(self) -> str | None:
+        """The pasted key is read (and decrypted with its passphrase) on save, not at the first run."""
+        if self.kind != self.Kind.SNOWFLAKE or not self.snowflake_private_key:
+            return None
+        from destinations.writers.base import ConnectionProblem
+        from destinations.writers.snowflake import load_private_key
+
+        try:
+            load_private_key(self.snowflake_private_key, None, self.snowflake_private_key_passphrase)
+        except ConnectionProblem as problem:
+            return str(problem)
+        return None
 
     def secret_state(self, field_name: str) -> str:
         """What an admin page may say of a stored secret: "set" / "not set", and a key's fingerprint."""

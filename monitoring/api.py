@@ -4,6 +4,8 @@ from django_filters import rest_framework as filters
 from rest_framework import serializers, viewsets
 from rest_framework.pagination import CursorPagination
 
+from rosetta.filters import UtcIsoDateTimeFilter
+
 from .models import AlertEvent, Condition, Level, Resolution, SlotMetric, WalMetric
 
 
@@ -101,8 +103,8 @@ class AlertEventSerializer(serializers.ModelSerializer):
 
 class MetricFilter(filters.FilterSet):
     source_name = filters.CharFilter(field_name="source__name")
-    since = filters.IsoDateTimeFilter(field_name="probed_at", lookup_expr="gte")
-    until = filters.IsoDateTimeFilter(field_name="probed_at", lookup_expr="lt")
+    since = UtcIsoDateTimeFilter(field_name="probed_at", lookup_expr="gte")
+    until = UtcIsoDateTimeFilter(field_name="probed_at", lookup_expr="lt")
     resolution = filters.ChoiceFilter(choices=Resolution.choices)
 
 
@@ -120,8 +122,8 @@ class SlotMetricFilter(MetricFilter):
 
 class AlertEventFilter(filters.FilterSet):
     source_name = filters.CharFilter(field_name="source__name")
-    since = filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
-    until = filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
+    since = UtcIsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
+    until = UtcIsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
     condition = filters.ChoiceFilter(choices=Condition.choices)
     level = filters.ChoiceFilter(choices=Level.choices)
 

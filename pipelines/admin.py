@@ -10,6 +10,7 @@ from django.utils.html import format_html, format_html_join
 
 from destinations.models import Destination
 from rosetta.admin_utils import badge, report_per_object
+from rosetta.audit import AuditedAdminMixin, deleted, record_audit_event
 from rosetta.pagination import EstimatedCountPaginator
 
 from . import services
@@ -55,7 +56,7 @@ class MoveForm(forms.Form):
 
 
 @admin.register(Pipeline)
-class PipelineAdmin(admin.ModelAdmin):
+class PipelineAdmin(AuditedAdminMixin, admin.ModelAdmin):
     list_display = ["name", "status_badge", "source", "destination", "last_run", "short_error"]
     list_filter = ["status", "source", "destination"]
     search_fields = ["name", "source__name", "destination__name", "last_error"]
@@ -193,11 +194,13 @@ class PipelineAdmin(admin.ModelAdmin):
             if choice not in ("yes", "no"):
                 self.message_user(request, "Choose whether to drop the replication slot.", messages.ERROR)
                 return redirect(request.path)
+            target = deleted(pipeline)
             try:
                 done = services.delete_pipeline(pipeline, drop_slot=choice == "yes")
             except (IllegalTransition, SourceProblem) as problem:
                 self.message_user(request, f"{pipeline.name} was not deleted: {problem}", messages.ERROR)
                 return redirect(request.path)
+            record_audit_event(request, "delete", target, detail=f"drop_slot={str(choice == 'yes').lower()}")
             self.message_user(request, done, messages.SUCCESS if choice == "yes" else messages.WARNING)
             return redirect(reverse("admin:pipelines_pipeline_changelist"))
         context = {
@@ -212,6 +215,7 @@ class PipelineAdmin(admin.ModelAdmin):
         for pipeline in queryset:
             try:
                 operation(pipeline)
+                record_audit_event(request, operation.__name__.split("_")[0], pipeline)
                 outcomes[done_label].append(pipeline.name)
             except IllegalTransition as refusal:
                 outcomes.setdefault(f"refused: {refusal}", []).append(pipeline.name)

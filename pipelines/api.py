@@ -8,7 +8,8 @@ from rest_framework.decorators import action
 from rest_framework.response import Response
 
 from destinations.models import Destination
-from rosetta.api import CanChangeObject, StrictModelSerializer
+from rosetta.api import CanChangeObject, StrictModelSerializer, StrictSerializer, action_body, query_bool
+from rosetta.audit import AuditedViewSetMixin, deleted, record_audit_event
 from rosetta.pagination import EstimatedCountPagination
 
 from . import services
@@ -139,7 +140,7 @@ class PipelineFilter(filters.FilterSet):
         fields = ["status", "source", "destination", "name"]
 
 
-class RefreshSerializer(serializers.Serializer):
+class RefreshSerializer(StrictSerializer):
     tables = serializers.ListField(
         child=serializers.CharField(),
         required=False,
@@ -147,7 +148,7 @@ class RefreshSerializer(serializers.Serializer):
     )
 
 
-class MoveSerializer(serializers.Serializer):
+class MoveSerializer(StrictSerializer):
     destination = serializers.PrimaryKeyRelatedField(
         queryset=Destination.objects.all(), help_text="The destination to copy every table into from now on."
     )
@@ -156,7 +157,16 @@ class MoveSerializer(serializers.Serializer):
 TransitionResult = inline_serializer("TransitionRefused", {"detail": serializers.CharField()})
 
 
-class PipelineViewSet(viewsets.ModelViewSet):
+def describe_arguments(kwargs) -> str:
+    """{"tables": ["public.a"]} -> "tables: public.a", for the audit trail."""
+    return "; ".join(
+        f"{name}: {', '.join(value) if isinstance(value, list) else value}"
+        for name, value in kwargs.items()
+        if value is not None
+    )
+
+
+class PipelineViewSet(AuditedViewSetMixin, viewsets.ModelViewSet):
     serializer_class = PipelineSerializer
     filterset_class = PipelineFilter
     search_fields = ["name", "source__name", "destination__name"]
@@ -194,7 +204,8 @@ class PipelineViewSet(viewsets.ModelViewSet):
     )
     def destroy(self, request, *args, **kwargs):
         pipeline = self.get_object()
-        drop_slot = request.query_params.get("drop_slot", "false").lower() in ("1", "true", "yes")
+        drop_slot = query_bool(request, "drop_slot")
+        target = deleted(pipeline)
         try:
             services.delete_pipeline(pipeline, drop_slot=drop_slot)
         except IllegalTransition as refusal:
@@ -205,6 +216,7 @@ class PipelineViewSet(viewsets.ModelViewSet):
             return Response(
                 {"detail": f"{pipeline.name} was not deleted: {problem}"}, status=status.HTTP_409_CONFLICT
             )
+        record_audit_event(request, "delete", target, detail=f"drop_slot={str(drop_slot).lower()}")
         return Response(status=status.HTTP_204_NO_CONTENT)
 
     def _transition(self, request, operation, **kwargs):
@@ -216,27 +228,27 @@ class PipelineViewSet(viewsets.ModelViewSet):
                 {"detail": f"Cannot {operation.__name__.split('_')[0]} {pipeline.name}: {refusal}."},
                 status=status.HTTP_409_CONFLICT,
             )
+        record_audit_event(request, self.action, pipeline, detail=describe_arguments(kwargs))
         return Response(self.get_serializer(self.get_queryset().get(pk=pipeline.pk)).data)
 
     @extend_schema(request=None, responses={200: PipelineSerializer, 409: TransitionResult})
     @action(detail=True, methods=["post"], permission_classes=[CanChangeObject])
     def start(self, request, pk=None):
+        action_body(request)
         return self._transition(request, services.start_pipeline)
 
     @extend_schema(request=None, responses={200: PipelineSerializer, 409: TransitionResult})
     @action(detail=True, methods=["post"], permission_classes=[CanChangeObject])
     def pause(self, request, pk=None):
+        action_body(request)
         return self._transition(request, services.pause_pipeline)
 
     @extend_schema(request=RefreshSerializer, responses={200: PipelineSerializer, 409: TransitionResult})
     @action(detail=True, methods=["post"], permission_classes=[CanChangeObject])
     def refresh(self, request, pk=None):
-        body = RefreshSerializer(data=request.data)
-        body.is_valid(raise_exception=True)
+        body = action_body(request, RefreshSerializer)
         try:
-            return self._transition(
-                request, services.refresh_pipeline, tables=body.validated_data.get("tables")
-            )
+            return self._transition(request, services.refresh_pipeline, tables=body.get("tables"))
         except ValueError as error:
             raise serializers.ValidationError({"tables": [str(error)]}) from None
 
@@ -245,16 +257,16 @@ class PipelineViewSet(viewsets.ModelViewSet):
     def move(self, request, pk=None):
         """Write to another destination: every table is re-copied there, then changes go on."""
         pipeline = self.get_object()
-        body = MoveSerializer(data=request.data)
-        body.is_valid(raise_exception=True)
+        body = action_body(request, MoveSerializer)
         try:
-            services.move_pipeline(pipeline, body.validated_data["destination"])
+            services.move_pipeline(pipeline, body["destination"])
         except IllegalTransition as refusal:
             return Response(
                 {"detail": f"Cannot move {pipeline.name}: {refusal}."}, status=status.HTTP_409_CONFLICT
             )
         except ValueError as error:
             raise serializers.ValidationError({"destination": [str(error)]}) from None
+        record_audit_event(request, "move", pipeline, detail=f"to destination {body['destination']}")
         return Response(self.get_serializer(self.get_queryset().get(pk=pipeline.pk)).data)
 
 

@@ -10,14 +10,16 @@ env = environ.Env()
 environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
 
 # "development" or "production"; production turns on the hardening below and
-# refuses to start without a real SECRET_KEY.
+# refuses to start (a system check error each, see rosetta/apps.py) without these
+# variables and a valid ROSETTA_ENCRYPTION_KEYS, instead of quietly using localhost.
 ROSETTA_ENV = env.str("ROSETTA_ENV", default="development")
 PRODUCTION = ROSETTA_ENV == "production"
+REQUIRED_IN_PRODUCTION = ["SECRET_KEY", "ALLOWED_HOSTS", "DATABASE_URL", "CELERY_BROKER_URL"]
+MISSING_PRODUCTION_SETTINGS = [
+    name for name in REQUIRED_IN_PRODUCTION if PRODUCTION and not env.str(name, default="").strip()
+]
 
-if PRODUCTION:
-    SECRET_KEY = env.str("SECRET_KEY")
-else:
-    SECRET_KEY = env.str("SECRET_KEY", default="dev-only-insecure-key-change-me")
+SECRET_KEY = env.str("SECRET_KEY", default="" if PRODUCTION else "dev-only-insecure-key-change-me")
 DEBUG = env.bool("DEBUG", default=not PRODUCTION)
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=[] if PRODUCTION else ["*"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
@@ -44,6 +46,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "rosetta.middleware.ApiErrorsMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -106,6 +109,9 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # and old keys stay until `manage.py rotate_secrets` has re-encrypted.
 ROSETTA_ENCRYPTION_KEYS = env.list("ROSETTA_ENCRYPTION_KEYS", default=[])
 
+# If set, DuckDB destination files must lie under this directory (paths are always absolute).
+ROSETTA_DATA_DIR = env.str("ROSETTA_DATA_DIR", default="")
+
 # How long a "Test connection" or a probe waits for a server, in seconds.
 ROSETTA_CONNECT_TIMEOUT = env.int("ROSETTA_CONNECT_TIMEOUT", default=5)
 ROSETTA_STATEMENT_TIMEOUT_MS = env.int("ROSETTA_STATEMENT_TIMEOUT_MS", default=10_000)
@@ -131,8 +137,9 @@ REST_FRAMEWORK = {
     "DEFAULT_FILTER_BACKENDS": [
         "django_filters.rest_framework.DjangoFilterBackend",
         "rest_framework.filters.OrderingFilter",
-        "rest_framework.filters.SearchFilter",
+        "rosetta.filters.SearchFilter",
     ],
+    "EXCEPTION_HANDLER": "rosetta.api.exception_handler",
     "DEFAULT_PAGINATION_CLASS": "rosetta.pagination.PageSizePagination",
     "PAGE_SIZE": env.int("API_PAGE_SIZE", default=50),
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
@@ -150,6 +157,20 @@ SPECTACULAR_SETTINGS = {
     # Alert events carry two fields with the same choices (previous_level, level).
     "ENUM_NAME_OVERRIDES": {"AlertLevelEnum": "monitoring.models.Level"},
 }
+
+# The cache (Redis): counts failed logins across processes. Defaults to the broker's Redis.
+CACHE_URL = env.str("CACHE_URL", default="")
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": CACHE_URL or env.str("CELERY_BROKER_URL", default="redis://127.0.0.1:6379/0"),
+        "KEY_PREFIX": "rosetta",
+    }
+}
+# After this many failed logins from one address, the admin login and the token endpoint
+# refuse it (429) until this many seconds after the first failure.
+ROSETTA_LOGIN_FAILURE_LIMIT = env.int("ROSETTA_LOGIN_FAILURE_LIMIT", default=5)
+ROSETTA_LOGIN_LOCKOUT_SECONDS = env.int("ROSETTA_LOGIN_LOCKOUT_SECONDS", default=15 * 60)
 
 # Celery: Redis as broker, JSON only, Beat schedules from the database.
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="redis://127.0.0.1:6379/0")

@@ -7,6 +7,7 @@ from django.urls import path, reverse
 
 from monitoring.admin import SourceWalMonitoringMixin
 from rosetta.admin_utils import SecretFieldsAdminMixin, SecretFieldsForm
+from rosetta.audit import AuditedAdminMixin, record_audit_event
 from rosetta.validators import postgres_identifier
 
 from .models import Source
@@ -32,7 +33,7 @@ class ChangeSlotForm(forms.Form):
 
 
 @admin.register(Source)
-class SourceAdmin(SecretFieldsAdminMixin, SourceWalMonitoringMixin, admin.ModelAdmin):
+class SourceAdmin(AuditedAdminMixin, SecretFieldsAdminMixin, SourceWalMonitoringMixin, admin.ModelAdmin):
     form = SourceForm
     list_display = [
         "name",
@@ -76,6 +77,7 @@ class SourceAdmin(SecretFieldsAdminMixin, SourceWalMonitoringMixin, admin.ModelA
         for source in queryset:
             checks = test_source_connection(source)
             failed = [check for check in checks if not check["ok"]]
+            record_audit_event(request, "test_connection", source, detail="failed" if failed else "ok")
             summary = " ".join(check["message"] for check in (failed or checks))
             if failed:
                 self.message_user(request, f"{source}: {summary}", messages.ERROR)

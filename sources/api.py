@@ -7,7 +7,14 @@ from rest_framework.response import Response
 from monitoring.api import SourceWalStateSerializer
 from monitoring.selectors import source_wal_state
 from monitoring.services import probe_sources
-from rosetta.api import CanChangeObject, ProtectedDeleteMixin, StrictModelSerializer
+from rosetta.api import (
+    CanChangeObject,
+    ProtectedDeleteMixin,
+    StrictModelSerializer,
+    StrictSerializer,
+    action_body,
+)
+from rosetta.audit import AuditedViewSetMixin, record_audit_event
 from rosetta.validators import postgres_identifier
 
 from .models import Source
@@ -62,14 +69,14 @@ class PreflightCheckSerializer(serializers.Serializer):
     message = serializers.CharField()
 
 
-class ChangeSlotSerializer(serializers.Serializer):
+class ChangeSlotSerializer(StrictSerializer):
     slot_name = serializers.CharField(max_length=63, validators=[postgres_identifier])
     drop_old_slot = serializers.BooleanField(
         help_text="Required: drop the old slot on the source (a kept slot keeps WAL there until dropped)."
     )
 
 
-class SourceViewSet(ProtectedDeleteMixin, viewsets.ModelViewSet):
+class SourceViewSet(AuditedViewSetMixin, ProtectedDeleteMixin, viewsets.ModelViewSet):
     queryset = Source.objects.all()
     serializer_class = SourceSerializer
     filterset_class = SourceFilter
@@ -85,8 +92,12 @@ class SourceViewSet(ProtectedDeleteMixin, viewsets.ModelViewSet):
     )
     @action(detail=True, methods=["post"], url_path="test-connection", permission_classes=[CanChangeObject])
     def test_connection(self, request, pk=None):
-        checks = test_source_connection(self.get_object())
-        return Response({"ok": all(check["ok"] for check in checks), "checks": checks})
+        action_body(request)
+        source = self.get_object()
+        checks = test_source_connection(source)
+        ok = all(check["ok"] for check in checks)
+        record_audit_event(request, "test_connection", source, detail="ok" if ok else "failed")
+        return Response({"ok": ok, "checks": checks})
 
     @extend_schema(responses=SourceWalStateSerializer)
     @action(detail=True, methods=["get"])
@@ -98,8 +109,10 @@ class SourceViewSet(ProtectedDeleteMixin, viewsets.ModelViewSet):
     @action(detail=True, methods=["post"], permission_classes=[CanChangeObject])
     def probe(self, request, pk=None):
         """Probe this source's WAL now (as the scheduled probe does), then answer like .../wal/."""
+        action_body(request)
         source = self.get_object()
         probe_sources([source])
+        record_audit_event(request, "probe", source)
         return Response(source_wal_state(source))
 
     @extend_schema(
@@ -113,12 +126,14 @@ class SourceViewSet(ProtectedDeleteMixin, viewsets.ModelViewSet):
         from pipelines.services import change_source_slot
 
         source = self.get_object()
-        body = ChangeSlotSerializer(data=request.data)
-        body.is_valid(raise_exception=True)
+        body = action_body(request, ChangeSlotSerializer)
         try:
-            done = change_source_slot(source, **body.validated_data)
+            done = change_source_slot(source, **body)
         except IllegalTransition as refusal:
             return Response({"detail": f"Cannot change the slot of {source.name}: {refusal}."}, status=409)
         except ValueError as error:
             raise serializers.ValidationError({"slot_name": [str(error)]}) from None
+        record_audit_event(
+            request, "change_slot", source, detail=f"slot {body['slot_name']}, drop_old_slot={body['drop_old_slot']}"
+        )
         return Response({"detail": done})

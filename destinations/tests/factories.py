@@ -1,6 +1,13 @@
 import factory
 
 from destinations.models import Destination
+from destinations.tests.fakesnow_support import private_key_pem
+
+# One real encrypted key for every factory-made Snowflake destination: keys are parsed on save.
+SNOWFLAKE_KEY_PASSPHRASE = "key-passphrase-secret"
+SNOWFLAKE_KEY_PEM = private_key_pem(SNOWFLAKE_KEY_PASSPHRASE)
+# A line from the middle of the PEM, to look for where the key must never appear.
+SNOWFLAKE_KEY_LINE = SNOWFLAKE_KEY_PEM.splitlines()[5]
 
 
 class DestinationFactory(factory.django.DjangoModelFactory):
@@ -32,5 +39,5 @@ class SnowflakeDestinationFactory(DestinationFactory):
     snowflake_warehouse = "LOADING"
     snowflake_database = "ANALYTICS"
     snowflake_schema = "RAW"
-    snowflake_private_key = "-----BEGIN PRIVATE KEY-----\nnot-a-real-key\n-----END PRIVATE KEY-----\n"
-    snowflake_private_key_passphrase = "key-passphrase-secret"
+    snowflake_private_key = SNOWFLAKE_KEY_PEM
+    snowflake_private_key_passphrase = SNOWFLAKE_KEY_PASSPHRASE

@@ -4,9 +4,12 @@ from django.db import connection
 from destinations.models import Destination
 
 from .factories import DestinationFactory, PostgresDestinationFactory, SnowflakeDestinationFactory
+from .fakesnow_support import private_key_pem
 
 pytestmark = pytest.mark.django_db
 
+SNOWFLAKE_PEM = private_key_pem("pass-phrase-secret")
+KEY_LINE = SNOWFLAKE_PEM.splitlines()[5]
 SNOWFLAKE = {
     "name": "snow",
     "kind": "snowflake",
@@ -16,7 +19,7 @@ SNOWFLAKE = {
     "snowflake_warehouse": "LOADING",
     "snowflake_database": "ANALYTICS",
     "snowflake_schema": "RAW",
-    "snowflake_private_key": "-----BEGIN PRIVATE KEY-----\nMIIE-secret\n-----END PRIVATE KEY-----\n",
+    "snowflake_private_key": SNOWFLAKE_PEM,
     "snowflake_private_key_passphrase": "pass-phrase-secret",
 }
 POSTGRES = {
@@ -37,7 +40,7 @@ def test_each_kind_can_be_created_and_read_back_without_its_secrets(admin_api, p
     response = admin_api.post("/api/destinations/", payload, format="json")
     assert response.status_code == 201, response.data
     detail = admin_api.get(f"/api/destinations/{response.data['id']}/").content.decode()
-    for secret in ("MIIE-secret", "pass-phrase-secret", "pg-secret-password"):
+    for secret in (KEY_LINE, "pass-phrase-secret", "pg-secret-password"):
         assert secret not in response.content.decode()
         assert secret not in detail
     destination = Destination.objects.get(pk=response.data["id"])
@@ -53,7 +56,7 @@ def test_secrets_are_ciphertext_in_the_database(admin_api):
             [response.data["id"]],
         )
         key, passphrase = cursor.fetchone()
-    assert "MIIE-secret" not in key and "pass-phrase-secret" not in passphrase
+    assert KEY_LINE not in key and "pass-phrase-secret" not in passphrase
     assert (
         Destination.objects.get(pk=response.data["id"]).snowflake_private_key
         == SNOWFLAKE["snowflake_private_key"]

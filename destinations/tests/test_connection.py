@@ -77,7 +77,11 @@ def test_a_duckdb_path_that_cannot_be_written_is_reported(admin_api, tmp_path):
 
 
 def test_a_snowflake_key_that_is_not_a_key_is_named_as_such(admin_api, caplog):
-    destination = SnowflakeDestinationFactory(snowflake_private_key_passphrase="")
+    # Stored before keys were checked on save (the factory skips the model's clean()).
+    destination = SnowflakeDestinationFactory(
+        snowflake_private_key="-----BEGIN PRIVATE KEY-----\nnot-a-real-key\n-----END PRIVATE KEY-----\n",
+        snowflake_private_key_passphrase="",
+    )
     with caplog.at_level(logging.DEBUG):
         response = admin_api.post(f"/api/destinations/{destination.pk}/test-connection/")
     assert response.data["ok"] is False

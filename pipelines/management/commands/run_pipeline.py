@@ -2,6 +2,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from pipelines import services
 from pipelines.models import Pipeline, PipelineRun
+from rosetta.audit import record_audit_event
 
 
 class ProgressBar(services.RunObserver):
@@ -47,8 +48,10 @@ class Command(BaseCommand):
         if pipeline.status == Pipeline.Status.CREATED:
             try:
                 services.start_pipeline(pipeline)
+                record_audit_event(None, "start", pipeline)
             except services.IllegalTransition as refusal:
                 raise CommandError(f"Cannot start {name}: {refusal}.") from None
+        record_audit_event(None, "run", pipeline, detail="snapshot only" if snapshot_only else "")
         observer = ProgressBar(self.stderr)
         options = {"snapshot_only": snapshot_only, "observer": observer}
         if until_caught_up and not snapshot_only:

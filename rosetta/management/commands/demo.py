@@ -4,6 +4,7 @@ destination and a running pipeline between them; `--generate` keeps writing to t
 import random
 import secrets
 import time
+from pathlib import Path
 
 import psycopg
 from django.contrib.auth import get_user_model
@@ -78,7 +79,9 @@ class Command(BaseCommand):
             },
         )
         destination, _ = Destination.objects.update_or_create(
-            name="demo-warehouse", defaults={"kind": "duckdb", "duckdb_path": options["duckdb_path"]}
+            # Stored absolute: destinations never keep a path relative to some process's directory.
+            name="demo-warehouse",
+            defaults={"kind": "duckdb", "duckdb_path": str(Path(options["duckdb_path"]).resolve())},
         )
         pipeline, created = Pipeline.objects.get_or_create(
             name="shop-to-duckdb", defaults={"source": source, "destination": destination}

@@ -8,6 +8,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import connection, transaction
 
 from destinations.models import Destination
+from rosetta.audit import record_audit_event
 from rosetta.secrets import EncryptedTextField, SecretDecryptionError, rotate
 from sources.models import Source
 
@@ -26,6 +27,7 @@ class Command(BaseCommand):
                     total += self._rotate_model(model, fields)
         except SecretDecryptionError as error:
             raise CommandError(f"{error} Nothing was changed.") from None
+        record_audit_event(None, "rotate_secrets", detail=f"{total} secret(s) re-encrypted")
         self.stdout.write(f"Re-encrypted {total} secret(s) with the newest key.")
 
     def _rotate_model(self, model, fields) -> int:
