@@ -174,6 +174,9 @@ ROSETTA_PROBE_MAX_PARALLEL = env.int("ROSETTA_PROBE_MAX_PARALLEL", default=16)
 ROSETTA_PROBE_FAILURES_ALERT = env.int("ROSETTA_PROBE_FAILURES_ALERT", default=3)
 # A source whose last probe is older than this shows health "unknown".
 ROSETTA_PROBE_STALE_SECONDS = env.int("ROSETTA_PROBE_STALE_SECONDS", default=600)
+# /api/health/ reports a worker or Beat down when its last heartbeat is older than this
+# (a worker records one every 30 s, Beat one per task it sends).
+ROSETTA_HEARTBEAT_STALE_SECONDS = env.int("ROSETTA_HEARTBEAT_STALE_SECONDS", default=180)
 # Who is told about alert changes: emails (comma-separated) and a Slack-compatible webhook.
 ROSETTA_ALERT_EMAILS = env.list("ROSETTA_ALERT_EMAILS", default=[])
 ROSETTA_ALERT_WEBHOOK_URL = env.str("ROSETTA_ALERT_WEBHOOK_URL", default="")
