@@ -51,6 +51,20 @@ class PipelineAdmin(admin.ModelAdmin):
     fields = ["name", "source", "destination", "batch_size", "soft_delete", *readonly_fields]
     actions = ["start", "pause", "refresh"]
 
+    def get_urls(self):
+        from django.urls import path
+
+        from .console import action_view
+
+        act = self.admin_site.admin_view(lambda request, object_id, action: action_view(self, request, object_id, action))
+        return [path("<int:object_id>/act/<str:action>/", act, name="pipelines_pipeline_act"), *super().get_urls()]
+
+    def formfield_for_dbfield(self, db_field, request, **kwargs):
+        field = super().formfield_for_dbfield(db_field, request, **kwargs)
+        if db_field.name == "batch_size":
+            field.widget.attrs["style"] = "width: 10em"  # the default box shows "100000" of 1000000
+        return field
+
     def get_queryset(self, request):
         last_run = PipelineRun.objects.filter(pipeline=OuterRef("pk")).order_by("-started_at")
         return (
@@ -91,12 +105,16 @@ class PipelineAdmin(admin.ModelAdmin):
             return "No runs yet."
         rows = format_html_join(
             "",
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{} / {} / {}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{} &ndash; {}</td><td>{}</td><td>{} / {} / {}</td>"
+            "<td>{}</td></tr>",
             (
                 (
                     run.started_at.strftime("%Y-%m-%d %H:%M:%S"),
                     badge(run.outcome),
+                    "-" if run.duration_seconds is None else f"{run.duration_seconds:.1f} s",
+                    run.start_lsn or "-",
                     run.end_lsn or "-",
+                    f"{run.changes_read:,}",
                     run.rows_inserted,
                     run.rows_updated,
                     run.rows_deleted,
@@ -107,7 +125,8 @@ class PipelineAdmin(admin.ModelAdmin):
         )
         history = reverse("admin:pipelines_pipelinerun_changelist") + f"?pipeline__id__exact={pipeline.pk}"
         return format_html(
-            "<table><tr><th>started</th><th>outcome</th><th>LSN</th><th>ins / upd / del</th><th>error</th></tr>"
+            "<table><tr><th>started</th><th>outcome</th><th>duration</th><th>LSN range</th><th>changes</th>"
+            "<th>ins / upd / del</th><th>error</th></tr>"
             '{}</table><a href="{}">All runs</a>',
             rows,
             history,
