@@ -8,10 +8,7 @@ from monitoring.api import AlertEventViewSet, SlotMetricViewSet, WalMetricViewSe
 from pipelines.api import PipelineRunViewSet, PipelineViewSet
 from sources.api import SourceViewSet
 
-from .admin_overview import install as install_admin_overview
 from .api import health
-
-install_admin_overview(admin.site)
 
 router = DefaultRouter()
 router.register("sources", SourceViewSet)
