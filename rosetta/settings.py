@@ -177,6 +177,10 @@ ROSETTA_PROBE_STALE_SECONDS = env.int("ROSETTA_PROBE_STALE_SECONDS", default=600
 # /api/health/ reports a worker or Beat down when its last heartbeat is older than this
 # (a worker records one every 30 s, Beat one per task it sends).
 ROSETTA_HEARTBEAT_STALE_SECONDS = env.int("ROSETTA_HEARTBEAT_STALE_SECONDS", default=180)
+# GET /metrics (Prometheus text) answers a request carrying "Authorization: Bearer <token>"
+# or coming from one of these addresses; everything else gets 403.
+ROSETTA_METRICS_TOKEN = env.str("ROSETTA_METRICS_TOKEN", default="")
+ROSETTA_METRICS_ALLOWED_IPS = env.list("ROSETTA_METRICS_ALLOWED_IPS", default=["127.0.0.1", "::1"])
 # Who is told about alert changes: emails (comma-separated) and a Slack-compatible webhook.
 ROSETTA_ALERT_EMAILS = env.list("ROSETTA_ALERT_EMAILS", default=[])
 ROSETTA_ALERT_WEBHOOK_URL = env.str("ROSETTA_ALERT_WEBHOOK_URL", default="")

@@ -9,6 +9,7 @@ from pipelines.api import PipelineRunViewSet, PipelineViewSet
 from sources.api import SourceViewSet
 
 from .api import health
+from .metrics import metrics_view
 
 router = DefaultRouter()
 router.register("sources", SourceViewSet)
@@ -22,6 +23,7 @@ router.register("alerts", AlertEventViewSet)
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/health/", health, name="health"),
+    path("metrics", metrics_view, name="metrics"),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
     path("api/auth/", include("rest_framework.urls")),
