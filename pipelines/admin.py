@@ -3,6 +3,7 @@ from django.db.models import OuterRef, Subquery
 from django.shortcuts import redirect
 from django.template.defaultfilters import truncatechars
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
 from rosetta.admin_utils import badge, report_per_object
@@ -211,7 +212,7 @@ class SelectedPipelineFilter(admin.SimpleListFilter):
 class PipelineRunAdmin(admin.ModelAdmin):
     list_display = [
         "pipeline",
-        "started_at",
+        "started",
         "outcome_badge",
         "duration",
         "end_lsn",
@@ -234,6 +235,16 @@ class PipelineRunAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None):
         return False
+
+    def get_actions(self, request):
+        # Run history is a record: no bulk delete from the list.
+        actions = super().get_actions(request)
+        actions.pop("delete_selected", None)
+        return actions
+
+    @admin.display(description="started", ordering="started_at")
+    def started(self, run):
+        return run.started_at.astimezone(timezone.get_current_timezone()).strftime("%Y-%m-%d %H:%M:%S")
 
     @admin.display(description="outcome", ordering="outcome")
     def outcome_badge(self, run):
