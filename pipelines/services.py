@@ -23,6 +23,7 @@ from pipelines.engine.batch import lsn_to_str
 from pipelines.engine.fold import TableSpec
 from pipelines.engine.runner import BatchOutcome, Engine
 from pipelines.engine.source import SourceDatabase, SourceProblem
+from rosetta.logs import log_context
 
 from .models import IllegalTransition, Pipeline, PipelineRun, PipelineTable
 
@@ -242,19 +243,25 @@ def run_pipeline(
         pipeline.refresh_from_db()
         run = PipelineRun.objects.create(pipeline=pipeline)
         run.caught_up = False
-        try:
-            outcome = _run_locked(pipeline, run, snapshot_only, observer, hooks)
-        except Exception as error:
-            log.exception("Pipeline %s run failed", pipeline.name)
-            run.outcome = PipelineRun.Outcome.FAILED
-            run.error = describe_error(error)
-            _record_failure(pipeline, run.error)
-        else:
-            run.outcome = PipelineRun.Outcome.SUCCEEDED
-            run.caught_up = outcome is None or outcome.caught_up
-            _record_success(pipeline, outcome)
-        run.finished_at = timezone.now()
-        run.save()
+        with log_context(pipeline=pipeline.name, run=run.pk):
+            log.info("Run started")
+            try:
+                outcome = _run_locked(pipeline, run, snapshot_only, observer, hooks)
+            except Exception as error:
+                run.outcome = PipelineRun.Outcome.FAILED
+                run.error = describe_error(error)
+                # The worded error (never a DSN); the traceback only when debugging.
+                log.error("Run failed: %s", run.error, exc_info=log.isEnabledFor(logging.DEBUG))
+                _record_failure(pipeline, run.error)
+            else:
+                run.outcome = PipelineRun.Outcome.SUCCEEDED
+                run.caught_up = outcome is None or outcome.caught_up
+                _record_success(pipeline, outcome)
+                log.info(
+                    "Run succeeded: %s changes read, %s snapshot rows", run.changes_read, run.snapshot_rows
+                )
+            run.finished_at = timezone.now()
+            run.save()
         return run
 
 

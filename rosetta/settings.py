@@ -158,6 +158,8 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+# Workers log through LOGGING below (LOG_FORMAT, pipeline and run on each line), not Celery's own.
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 
 # Mail for alerts (the WAL monitor); console by default so nothing leaves the box.
 EMAIL_BACKEND = env.str("EMAIL_BACKEND", default="django.core.mail.backends.console.EmailBackend")
@@ -195,11 +197,23 @@ ROSETTA_ALERT_MAX_ATTEMPTS = env.int("ROSETTA_ALERT_MAX_ATTEMPTS", default=8)
 ROSETTA_METRICS_FULL_RESOLUTION_DAYS = env.int("ROSETTA_METRICS_FULL_RESOLUTION_DAYS", default=7)
 ROSETTA_METRICS_HOURLY_RETENTION_DAYS = env.int("ROSETTA_METRICS_HOURLY_RETENTION_DAYS", default=365)
 
+# LOG_FORMAT=json: one JSON object per line; either way a run's lines name its pipeline and run.
+LOG_FORMAT = env.str("LOG_FORMAT", default="plain")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"context": {"()": "rosetta.logs.ContextFilter"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s%(context)s: %(message)s"},
+        "json": {"()": "rosetta.logs.JsonFormatter"},
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "json" if LOG_FORMAT == "json" else "plain",
+            "filters": ["context"],
+        }
+    },
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
 }
 
