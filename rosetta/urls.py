@@ -1,7 +1,5 @@
 from django.contrib import admin
-from django.templatetags.static import static
 from django.urls import include, path
-from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import DefaultRouter
 
@@ -12,6 +10,16 @@ from sources.api import SourceViewSet
 
 from .api import health
 from .metrics import metrics_view
+
+
+def favicon(request):
+    """Browsers ask for /favicon.ico on any page; the URL is resolved per request, since the
+    production static storage knows hashed names only after collectstatic."""
+    from django.http import HttpResponsePermanentRedirect
+    from django.templatetags.static import static
+
+    return HttpResponsePermanentRedirect(static("rosetta/favicon.svg"))
+
 
 router = DefaultRouter()
 router.register("sources", SourceViewSet)
@@ -26,7 +34,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/health/", health, name="health"),
     path("metrics", metrics_view, name="metrics"),
-    path("favicon.ico", RedirectView.as_view(url=static("rosetta/favicon.svg"), permanent=True)),
+    path("favicon.ico", favicon),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
     path("api/auth/", include("rest_framework.urls")),

@@ -1,4 +1,6 @@
 from django.contrib import admin, messages
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
 
 from monitoring.admin import SourceWalMonitoringMixin
 from rosetta.admin_utils import SecretFieldsAdminMixin, SecretFieldsForm
@@ -62,6 +64,23 @@ class SourceAdmin(SecretFieldsAdminMixin, SourceWalMonitoringMixin, admin.ModelA
             failed = [check for check in checks if not check["ok"]]
             summary = " ".join(check["message"] for check in (failed or checks))
             if failed:
-                self.message_user(request, f"{source}: {summary}", messages.ERROR)
+                # Each failed check on its own line, with the SQL that fixes it.
+                self.message_user(
+                    request,
+                    format_html(
+                        "{}: {} check(s) failed:<br>{}",
+                        source,
+                        len(failed),
+                        format_html_join(
+                            mark_safe("<br>"),
+                            "{}{}",
+                            (
+                                (c["message"], format_html(' Fix: <code class="rosetta-fix">{}</code>', c["fix"]) if c.get("fix") else "")
+                                for c in failed
+                            ),
+                        ),
+                    ),
+                    messages.ERROR,
+                )
             else:
                 self.message_user(request, f"{source}: all checks passed. {summary}", messages.SUCCESS)

@@ -7,6 +7,7 @@ source before a pipeline fails on it.
 from dataclasses import asdict, dataclass
 
 import psycopg
+from psycopg import sql
 
 
 @dataclass
@@ -14,6 +15,7 @@ class Check:
     name: str
     ok: bool
     message: str
+    fix: str = ""  # the SQL that fixes a failed check, run by someone who may
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -66,8 +68,10 @@ def run_checks(
                 "wal_level is logical."
                 if wal_level == "logical"
                 else f"wal_level is {wal_level!r}; set wal_level = logical and restart the server.",
+                "" if wal_level == "logical" else "ALTER SYSTEM SET wal_level = logical;  -- then restart PostgreSQL",
             )
         )
+        user = sql.Identifier(connect_kwargs.get("user") or "").as_string(conn)
         can_replicate, is_superuser = conn.execute(
             "SELECT rolreplication, rolsuper FROM pg_roles WHERE rolname = current_user"
         ).fetchone()
@@ -78,9 +82,27 @@ def run_checks(
                 "The user may replicate."
                 if can_replicate or is_superuser
                 else "The user has neither REPLICATION nor superuser: run ALTER ROLE ... WITH REPLICATION.",
+                "" if can_replicate or is_superuser else f"ALTER ROLE {user} WITH REPLICATION;",
             )
         )
-        checks.append(_publication_check(conn, publication_name, is_superuser))
+        may_monitor = is_superuser or conn.execute(
+            "SELECT pg_has_role(current_user, 'pg_monitor', 'MEMBER')"
+        ).fetchone()[0]
+        checks.append(
+            Check(
+                "monitoring_privilege",
+                may_monitor,
+                "The user may read the WAL directory's size (pg_monitor)."
+                if may_monitor
+                else "The user is not in pg_monitor: the WAL probe cannot measure the WAL directory.",
+                "" if may_monitor else f"GRANT pg_monitor TO {user};",
+            )
+        )
+        publication = _publication_check(conn, publication_name, is_superuser)
+        if not publication.ok:
+            database = sql.Identifier(conn.info.dbname).as_string(conn)
+            publication.fix = f"GRANT CREATE ON DATABASE {database} TO {user};"
+        checks.append(publication)
         for schema, table in tables:
             checks.append(_table_check(conn, schema, table))
     return checks
@@ -123,9 +145,11 @@ def _table_check(conn, schema: str, table: str) -> Check:
     if has_primary_key or replica_identity == "f":
         how = "a primary key" if has_primary_key else "REPLICA IDENTITY FULL"
         return Check(f"table {name}", True, f"Table {name} has {how}.")
+    quoted = sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(table)).as_string(conn)
     return Check(
         f"table {name}",
         False,
         f"Table {name} has no primary key: add one, or run ALTER TABLE {name} REPLICA IDENTITY FULL, "
         "so updates and deletes can be matched.",
+        f"ALTER TABLE {quoted} REPLICA IDENTITY FULL;",
     )
