@@ -4,7 +4,6 @@ a DuckDB destination; create a pipeline; start it from its page; see a run and r
 it; see the front page flag a slot over its warn threshold. The front page's screenshot is
 kept in .artifacts/front-page.png (its top in front-page-top.png, which docs/front-page.png copies)."""
 
-import os
 import re
 import time
 import uuid
@@ -12,10 +11,6 @@ from pathlib import Path
 
 import psycopg
 import pytest
-
-# Playwright's sync API runs an event loop in this thread; the ORM calls below are plain
-# synchronous test code, not async views.
-os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -32,9 +27,12 @@ ARTIFACTS = Path(__file__).resolve().parents[2] / ".artifacts"
 
 
 @pytest.fixture
-def page():
+def page(monkeypatch):
     from playwright.sync_api import sync_playwright
 
+    # Playwright's sync API runs an event loop in this thread; the ORM calls of the test are
+    # plain synchronous code, not async views. Only for this test, never for subprocesses.
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
     assert Path(CHROMIUM).exists(), "Debian's chromium is missing: run scripts/setup.sh (apt-get install chromium)"
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
