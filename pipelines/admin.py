@@ -55,10 +55,21 @@ class PipelineAdmin(admin.ModelAdmin):
     def get_urls(self):
         from django.urls import path
 
-        from .console import action_view
+        from .console import action_view, pick_tables_view
 
         act = self.admin_site.admin_view(lambda request, object_id, action: action_view(self, request, object_id, action))
-        return [path("<int:object_id>/act/<str:action>/", act, name="pipelines_pipeline_act"), *super().get_urls()]
+        pick = self.admin_site.admin_view(lambda request, object_id: pick_tables_view(self, request, object_id))
+        return [
+            path("<int:object_id>/act/<str:action>/", act, name="pipelines_pipeline_act"),
+            path("<int:object_id>/tables/", pick, name="pipelines_pipeline_tables"),
+            *super().get_urls(),
+        ]
+
+    def response_add(self, request, obj, post_url_continue=None):
+        # A new pipeline without tables goes on to pick them from the source's list.
+        if not obj.tables.exists() and "_addanother" not in request.POST:
+            return redirect(reverse("admin:pipelines_pipeline_tables", args=[obj.pk]))
+        return super().response_add(request, obj, post_url_continue)
 
     def formfield_for_dbfield(self, db_field, request, **kwargs):
         field = super().formfield_for_dbfield(db_field, request, **kwargs)

@@ -108,3 +108,44 @@ def _refusal(pipeline, action):
     if action == "run":
         return None if pipeline.status in RUNNABLE else f"{pipeline.status}; start it first"
     return pipeline.refusal_reason(action)
+
+
+def pick_tables_view(model_admin, request, object_id):
+    """Choose the tables from the source's own list (row estimate, key or not) instead of
+    typing names; saving calls services.set_pipeline_tables."""
+    from django.conf import settings
+
+    from sources.preflight import describe_connection_error, list_tables
+
+    pipeline = get_object_or_404(Pipeline.objects.select_related("source"), pk=object_id)
+    if not model_admin.has_change_permission(request, pipeline):
+        raise PermissionDenied
+    page = reverse("admin:pipelines_pipeline_change", args=[pipeline.pk])
+    chosen = {t.qualified_name for t in pipeline.tables.all()}
+    if request.method == "POST":
+        names = request.POST.getlist("table")
+        try:
+            services.set_pipeline_tables(pipeline, names)
+        except ValueError as problem:
+            model_admin.message_user(request, str(problem), messages.ERROR)
+            return redirect(request.path)
+        model_admin.message_user(
+            request, f"{pipeline.name} copies {len(names)} table(s): {', '.join(names) or 'none'}.", messages.SUCCESS
+        )
+        return redirect(page)
+    source = pipeline.source
+    kwargs = source.connection_kwargs(connect_timeout=settings.ROSETTA_CONNECT_TIMEOUT)
+    try:
+        tables, problem = list_tables(kwargs, settings.ROSETTA_STATEMENT_TIMEOUT_MS), None
+    except Exception as error:  # noqa: BLE001 - shown as one line, never with the DSN
+        tables, problem = [], describe_connection_error(error, kwargs.get("host"), kwargs.get("port"))
+    context = {
+        **model_admin.admin_site.each_context(request),
+        "opts": Pipeline._meta,
+        "original": pipeline,
+        "title": f"Tables of {pipeline.name} from {source.name}",
+        "tables": [{"table": t, "chosen": t.name in chosen} for t in tables],
+        "problem": problem,
+        "page": page,
+    }
+    return TemplateResponse(request, "admin/pipelines/pipeline/pick_tables.html", context)

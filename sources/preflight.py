@@ -153,3 +153,40 @@ def _table_check(conn, schema: str, table: str) -> Check:
         "so updates and deletes can be matched.",
         f"ALTER TABLE {quoted} REPLICA IDENTITY FULL;",
     )
+
+
+@dataclass
+class SourceTable:
+    schema: str
+    table: str
+    row_estimate: int | None  # pg_class.reltuples; None before the first ANALYZE
+    has_primary_key: bool
+    replica_identity_full: bool
+
+    @property
+    def name(self) -> str:
+        return f"{self.schema}.{self.table}"
+
+
+def list_tables(connect_kwargs: dict, statement_timeout_ms: int = 10_000) -> list[SourceTable]:
+    """The user tables a pipeline could copy, with the planner's row estimate and whether
+    updates and deletes can be matched (a primary key or REPLICA IDENTITY FULL)."""
+    with psycopg.connect(**connect_kwargs, autocommit=True) as conn:
+        conn.execute(f"SET statement_timeout = {int(statement_timeout_ms)}")
+        rows = conn.execute(
+            """
+            SELECT n.nspname, c.relname, c.reltuples::bigint,
+                   EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary),
+                   c.relreplident = 'f'
+            FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+            WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
+              AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%%'
+              AND has_table_privilege(c.oid, 'SELECT')
+            ORDER BY 1, 2
+            LIMIT 5000
+            """
+        ).fetchall()
+    return [
+        SourceTable(schema, table, None if estimate is None or estimate < 0 else estimate, pk, full)
+        for schema, table, estimate, pk, full in rows
+    ]
