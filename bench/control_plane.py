@@ -401,7 +401,8 @@ def measure_admin(client, requests: int, ids: dict) -> list[tuple]:
     from django.contrib import admin
     from django.urls import reverse
 
-    urls = ["/admin/", reverse("admin:rosetta_overview")]
+    # The front page (the admin index, first and 100th page of pipelines), the overview, /metrics.
+    urls = ["/admin/", "/admin/?p=100", reverse("admin:rosetta_overview"), "/metrics"]
     for model in admin.site._registry:
         if model._meta.app_label in ("sources", "destinations", "pipelines", "monitoring"):
             urls.append(reverse(f"admin:{model._meta.app_label}_{model._meta.model_name}_changelist"))

@@ -53,6 +53,12 @@ class ReadOnlyMetricsAdmin(admin.ModelAdmin):
     def has_change_permission(self, request, obj=None):
         return False
 
+    def get_actions(self, request):
+        # Old measurements are pruned on a schedule; a bulk delete here would only lose history.
+        actions = super().get_actions(request)
+        actions.pop("delete_selected", None)
+        return actions
+
 
 @admin.register(WalMetric)
 class WalMetricAdmin(ReadOnlyMetricsAdmin):

@@ -9,6 +9,7 @@ from html import escape
 
 from .forecast import human_bytes
 
+THRESHOLD_REACH = 3  # draw a threshold up to 3x the data's maximum; beyond, say it in words
 PALETTE = ["#1565c0", "#6a1b9a", "#00838f", "#558b2f", "#ad1457", "#4e342e", "#283593", "#f9a825", "#37474f"]
 
 
@@ -35,12 +36,21 @@ def line_chart(
 ) -> str:
     """series: [(name, [(time, bytes), ...])]; thresholds: [(label, bytes, colour)].
 
+    The y-axis fits the data: a threshold is drawn when it is within THRESHOLD_REACH times
+    the largest value, and otherwise said in words, so kB of real data is not a flat line
+    under a 5 GB threshold. The legend sits under the plot with each series' full name.
     A line breaks where two points are more than gap_seconds apart (no data there).
     """
-    left, right, top, bottom = 70, 170, 24, 28
+    legend_rows = len(series)
+    height += 16 * legend_rows
+    left, right, top, bottom = 70, 20, 24, 28 + 16 * legend_rows
     plot_w, plot_h = width - left - right, height - top - bottom
     values = [value for _, points in series for _, value in points if value is not None]
-    values += [value for _, value, _ in thresholds]
+    data_max = max(values) if values else 0.0
+    drawn = [t for t in thresholds if values and t[1] <= data_max * THRESHOLD_REACH]
+    far = [t for t in thresholds if t not in drawn]
+    thresholds = drawn
+    values += [value for _, value, _ in drawn]
     top_value = max(values) if values else 1.0
     top_value = max(top_value * 1.08, 1.0)
     step = _nice_step(top_value)
@@ -78,7 +88,7 @@ def line_chart(
         mx = x(mark)
         out.append(f'<line x1="{mx:.1f}" x2="{mx:.1f}" y1="{top}" y2="{top + plot_h}" stroke="#f3f3f3"/>')
         out.append(
-            f'<text x="{mx:.1f}" y="{height - 10}" text-anchor="middle" fill="#555">{mark:{fmt}}</text>'
+            f'<text x="{mx:.1f}" y="{top + plot_h + 14}" text-anchor="middle" fill="#555">{mark:{fmt}}</text>'
         )
         mark += label_every
     out.append(f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="none" stroke="#bbb"/>')
@@ -92,7 +102,12 @@ def line_chart(
             f'<text x="{left + plot_w - 4}" y="{ty - 4:.1f}" text-anchor="end" fill="{colour}">'
             f"{escape(label)} {human_bytes(value)}</text>"
         )
-    legend_y = top + 4
+    if far and values:
+        words = " and ".join(f"{label} {human_bytes(value)}" for label, value, _ in far)
+        out.append(
+            f'<text x="{left + 6}" y="{top + 14}" fill="#555">{escape(words)}: far above the data, not drawn</text>'
+        )
+    legend_y = top + plot_h + 24
     for index, (name, points) in enumerate(series):
         colour = PALETTE[index % len(PALETTE)]
         runs, run, previous = [], [], None
@@ -114,9 +129,9 @@ def line_chart(
                     f'<polyline fill="none" stroke="{colour}" stroke-width="1.6" points="{" ".join(run)}"/>'
                 )
         latest = next((value for _, value in reversed(points) if value is not None), None)
-        out.append(f'<rect x="{left + plot_w + 10}" y="{legend_y}" width="10" height="10" fill="{colour}"/>')
+        out.append(f'<rect x="{left}" y="{legend_y}" width="10" height="10" fill="{colour}"/>')
         out.append(
-            f'<text x="{left + plot_w + 24}" y="{legend_y + 9}">{escape(name[:18])} '
+            f'<text x="{left + 14}" y="{legend_y + 9}">{escape(name)} '
             f'<tspan fill="#555">{human_bytes(latest)}</tspan></text>'
         )
         legend_y += 16

@@ -147,7 +147,7 @@ def source_wal_state(source: Source, now: dt.datetime | None = None) -> dict:
         },
         "heartbeat_enabled": source.heartbeat_enabled,
         "last_probe": _probe_dict(last),
-        "last_successful_probe": _probe_dict(last_ok) if last_ok is not last else None,
+        "last_successful_probe": _probe_dict(last_ok),
         "largest_retained_bytes": annotated.wal_largest_retained,
         "slots": slots,
         "forecast": (

@@ -6,6 +6,7 @@ from django.shortcuts import redirect
 from django.template.defaultfilters import truncatechars
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
+from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
 from destinations.models import Destination
@@ -88,6 +89,30 @@ class PipelineAdmin(AuditedAdminMixin, admin.ModelAdmin):
     ]
     actions = ["start", "pause", "refresh"]
 
+    def get_urls(self):
+        from .console import action_view, pick_tables_view
+
+        act = self.admin_site.admin_view(lambda request, object_id, action: action_view(self, request, object_id, action))
+        pick = self.admin_site.admin_view(lambda request, object_id: pick_tables_view(self, request, object_id))
+        return [
+            path("<int:object_id>/act/<str:action>/", act, name="pipelines_pipeline_act"),
+            path("<int:object_id>/tables/", pick, name="pipelines_pipeline_tables"),
+            path("<int:object_id>/move/", self.admin_site.admin_view(self.move_view), name="pipelines_pipeline_move"),
+            *super().get_urls(),
+        ]
+
+    def response_add(self, request, obj, post_url_continue=None):
+        # A new pipeline without tables goes on to pick them from the source's list.
+        if not obj.tables.exists() and "_addanother" not in request.POST:
+            return redirect(reverse("admin:pipelines_pipeline_tables", args=[obj.pk]))
+        return super().response_add(request, obj, post_url_continue)
+
+    def formfield_for_dbfield(self, db_field, request, **kwargs):
+        field = super().formfield_for_dbfield(db_field, request, **kwargs)
+        if db_field.name == "batch_size":
+            field.widget.attrs["style"] = "width: 10em"  # the default box shows "100000" of 1000000
+        return field
+
     def get_queryset(self, request):
         last_run = PipelineRun.objects.filter(pipeline=OuterRef("pk")).order_by("-started_at")
         return (
@@ -128,12 +153,16 @@ class PipelineAdmin(AuditedAdminMixin, admin.ModelAdmin):
             return "No runs yet."
         rows = format_html_join(
             "",
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{} / {} / {}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{} &ndash; {}</td><td>{}</td><td>{} / {} / {}</td>"
+            "<td>{}</td></tr>",
             (
                 (
                     run.started_at.strftime("%Y-%m-%d %H:%M:%S"),
                     badge(run.outcome),
+                    "-" if run.duration_seconds is None else f"{run.duration_seconds:.1f} s",
+                    run.start_lsn or "-",
                     run.end_lsn or "-",
+                    f"{run.changes_read:,}",
                     run.rows_inserted,
                     run.rows_updated,
                     run.rows_deleted,
@@ -144,15 +173,12 @@ class PipelineAdmin(AuditedAdminMixin, admin.ModelAdmin):
         )
         history = reverse("admin:pipelines_pipelinerun_changelist") + f"?pipeline__id__exact={pipeline.pk}"
         return format_html(
-            "<table><tr><th>started</th><th>outcome</th><th>LSN</th><th>ins / upd / del</th><th>error</th></tr>"
+            "<table><tr><th>started</th><th>outcome</th><th>duration</th><th>LSN range</th><th>changes</th>"
+            "<th>ins / upd / del</th><th>error</th></tr>"
             '{}</table><a href="{}">All runs</a>',
             rows,
             history,
         )
-
-    def get_urls(self):
-        view = self.admin_site.admin_view(self.move_view)
-        return [path("<int:object_id>/move/", view, name="pipelines_pipeline_move"), *super().get_urls()]
 
     def move_view(self, request, object_id):
         """Another destination for a started pipeline: every table is re-copied there."""
@@ -261,7 +287,7 @@ class SelectedPipelineFilter(admin.SimpleListFilter):
 class PipelineRunAdmin(admin.ModelAdmin):
     list_display = [
         "pipeline",
-        "started_at",
+        "started",
         "outcome_badge",
         "duration",
         "end_lsn",
@@ -284,6 +310,16 @@ class PipelineRunAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None):
         return False
+
+    def get_actions(self, request):
+        # Run history is a record: no bulk delete from the list.
+        actions = super().get_actions(request)
+        actions.pop("delete_selected", None)
+        return actions
+
+    @admin.display(description="started", ordering="started_at")
+    def started(self, run):
+        return run.started_at.astimezone(timezone.get_current_timezone()).strftime("%Y-%m-%d %H:%M:%S")
 
     @admin.display(description="outcome", ordering="outcome")
     def outcome_badge(self, run):

@@ -24,6 +24,7 @@ from pipelines.engine.fold import TableSpec
 from pipelines.engine.names import MAX_IDENTIFIER_BYTES, format_table_name, parse_table_name
 from pipelines.engine.runner import BatchOutcome, Engine
 from pipelines.engine.source import SourceDatabase, SourceProblem
+from rosetta.logs import log_context
 
 from .models import IllegalTransition, Pipeline, PipelineRun, PipelineTable, new_checkpoint_key
 
@@ -332,23 +333,29 @@ def run_pipeline(
         interrupted = close_interrupted_runs(pipeline)
         run = PipelineRun.objects.create(pipeline=pipeline)
         run.caught_up = False
-        try:
-            outcome = _run_locked(pipeline, run, snapshot_only, observer, hooks)
-        except Exception as error:
-            log.exception("Pipeline %s run failed", pipeline.name)
-            run.outcome = PipelineRun.Outcome.FAILED
-            run.error = describe_error(error)
-            _record_failure(pipeline, run.error)
-        else:
-            run.outcome = PipelineRun.Outcome.SUCCEEDED
-            run.caught_up = outcome is None or outcome.caught_up
-            _record_success(pipeline, outcome)
-        if interrupted:
-            run.notes = "\n".join(
-                filter(None, [f"Closed {interrupted} earlier run(s) left running as interrupted.", run.notes])
-            )
-        run.finished_at = timezone.now()
-        run.save()
+        with log_context(pipeline=pipeline.name, run=run.pk):
+            log.info("Run started")
+            try:
+                outcome = _run_locked(pipeline, run, snapshot_only, observer, hooks)
+            except Exception as error:
+                run.outcome = PipelineRun.Outcome.FAILED
+                run.error = describe_error(error)
+                # The worded error (never a DSN); the traceback only when debugging.
+                log.error("Run failed: %s", run.error, exc_info=log.isEnabledFor(logging.DEBUG))
+                _record_failure(pipeline, run.error)
+            else:
+                run.outcome = PipelineRun.Outcome.SUCCEEDED
+                run.caught_up = outcome is None or outcome.caught_up
+                _record_success(pipeline, outcome)
+                log.info(
+                    "Run succeeded: %s changes read, %s snapshot rows", run.changes_read, run.snapshot_rows
+                )
+            if interrupted:
+                run.notes = "\n".join(
+                    filter(None, [f"Closed {interrupted} earlier run(s) left running as interrupted.", run.notes])
+                )
+            run.finished_at = timezone.now()
+            run.save()
         return run
 
 

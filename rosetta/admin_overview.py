@@ -79,17 +79,3 @@ def overview_view(request):
         raise PermissionDenied
     context = {**admin.site.each_context(request), "title": "Overview", **overview_context()}
     return TemplateResponse(request, "admin/rosetta_overview.html", context)
-
-
-def install(site: admin.AdminSite) -> None:
-    """Serve the overview at <admin>/overview/ (name admin:rosetta_overview) and link it
-    from the admin index."""
-    from django.urls import path
-
-    site.index_template = "admin/rosetta_index.html"
-    admin_urls = site.get_urls
-
-    def get_urls():
-        return [path("overview/", site.admin_view(overview_view), name="rosetta_overview"), *admin_urls()]
-
-    site.get_urls = get_urls

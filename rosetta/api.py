@@ -90,21 +90,28 @@ def database_status() -> str:
         return f"unavailable ({type(error).__name__})"
 
 
+HEALTH_COMPONENTS = ("database", "broker", "worker", "beat", "probes")
+
+
 @extend_schema(
     responses=inline_serializer(
-        "Health",
-        {
-            "status": serializers.CharField(),
-            "database": serializers.CharField(),
-            "broker": serializers.CharField(),
-        },
+        "Health", {"status": serializers.CharField(), **{c: serializers.CharField() for c in HEALTH_COMPONENTS}}
     )
 )
 @api_view(["GET"])
 @permission_classes([permissions.AllowAny])
 def health(request):
-    """Database and broker status, for load balancers and uptime checks."""
+    """Each component's status ("ok" or why not), for load balancers and uptime checks:
+    503 when any is down. Worker and Beat count by their heartbeats (rosetta/heartbeat.py)."""
+    from . import heartbeat
+
     checks = {"database": database_status(), "broker": broker_status()}
+    if checks["database"] == "ok":
+        checks["worker"] = heartbeat.component_status("worker")
+        checks["beat"] = heartbeat.component_status("beat")
+        checks["probes"] = heartbeat.probes_status()
+    else:
+        checks.update(dict.fromkeys(("worker", "beat", "probes"), "unknown (the database is down)"))
     healthy = all(value == "ok" for value in checks.values())
     return Response({"status": "ok" if healthy else "degraded", **checks}, status=200 if healthy else 503)
 

@@ -1,5 +1,13 @@
 from django.apps import AppConfig
+from django.contrib.admin import apps as admin_apps
 from django.core import checks
+
+
+class RosettaAdminConfig(admin_apps.AdminConfig):
+    """django.contrib.admin with Rosetta's site (rosetta/admin_site.py) as admin.site."""
+
+    default = False  # RosettaConfig stays the default config of the rosetta app
+    default_site = "rosetta.admin_site.RosettaAdminSite"
 
 
 class RosettaConfig(AppConfig):

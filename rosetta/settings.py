@@ -25,7 +25,7 @@ ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=[] if PRODUCTION else ["*"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    "rosetta.apps.RosettaAdminConfig",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -192,6 +192,8 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+# Workers log through LOGGING below (LOG_FORMAT, pipeline and run on each line), not Celery's own.
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 
 # Mail for alerts (the WAL monitor); console by default so nothing leaves the box.
 EMAIL_BACKEND = env.str("EMAIL_BACKEND", default="django.core.mail.backends.console.EmailBackend")
@@ -208,6 +210,13 @@ ROSETTA_PROBE_MAX_PARALLEL = env.int("ROSETTA_PROBE_MAX_PARALLEL", default=16)
 ROSETTA_PROBE_FAILURES_ALERT = env.int("ROSETTA_PROBE_FAILURES_ALERT", default=3)
 # A source whose last probe is older than this shows health "unknown".
 ROSETTA_PROBE_STALE_SECONDS = env.int("ROSETTA_PROBE_STALE_SECONDS", default=600)
+# /api/health/ reports a worker or Beat down when its last heartbeat is older than this
+# (a worker records one every 30 s, Beat one per task it sends).
+ROSETTA_HEARTBEAT_STALE_SECONDS = env.int("ROSETTA_HEARTBEAT_STALE_SECONDS", default=180)
+# GET /metrics (Prometheus text) answers a request carrying "Authorization: Bearer <token>"
+# or coming from one of these addresses; everything else gets 403.
+ROSETTA_METRICS_TOKEN = env.str("ROSETTA_METRICS_TOKEN", default="")
+ROSETTA_METRICS_ALLOWED_IPS = env.list("ROSETTA_METRICS_ALLOWED_IPS", default=["127.0.0.1", "::1"])
 # Who is told about alert changes: emails (comma-separated) and a Slack-compatible webhook.
 ROSETTA_ALERT_EMAILS = env.list("ROSETTA_ALERT_EMAILS", default=[])
 ROSETTA_ALERT_WEBHOOK_URL = env.str("ROSETTA_ALERT_WEBHOOK_URL", default="")
@@ -222,11 +231,23 @@ ROSETTA_ALERT_MAX_ATTEMPTS = env.int("ROSETTA_ALERT_MAX_ATTEMPTS", default=8)
 ROSETTA_METRICS_FULL_RESOLUTION_DAYS = env.int("ROSETTA_METRICS_FULL_RESOLUTION_DAYS", default=7)
 ROSETTA_METRICS_HOURLY_RETENTION_DAYS = env.int("ROSETTA_METRICS_HOURLY_RETENTION_DAYS", default=365)
 
+# LOG_FORMAT=json: one JSON object per line; either way a run's lines name its pipeline and run.
+LOG_FORMAT = env.str("LOG_FORMAT", default="plain")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"context": {"()": "rosetta.logs.ContextFilter"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s%(context)s: %(message)s"},
+        "json": {"()": "rosetta.logs.JsonFormatter"},
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "json" if LOG_FORMAT == "json" else "plain",
+            "filters": ["context"],
+        }
+    },
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
 }
 

@@ -9,11 +9,19 @@ from monitoring.api import AlertEventViewSet, SlotMetricViewSet, WalMetricViewSe
 from pipelines.api import PipelineRunViewSet, PipelineViewSet
 from sources.api import SourceViewSet
 
-from .admin_overview import install as install_admin_overview
 from .api import AuditEventViewSet, health
 from .login_throttle import ObtainTokenView, throttled_login
+from .metrics import metrics_view
 
-install_admin_overview(admin.site)
+
+def favicon(request):
+    """Browsers ask for /favicon.ico on any page; the URL is resolved per request, since the
+    production static storage knows hashed names only after collectstatic."""
+    from django.http import HttpResponsePermanentRedirect
+    from django.templatetags.static import static
+
+    return HttpResponsePermanentRedirect(static("rosetta/favicon.svg"))
+
 
 router = DefaultRouter()
 router.register("sources", SourceViewSet)
@@ -35,6 +43,8 @@ urlpatterns = [
     path("api/auth/token/", ObtainTokenView.as_view(), name="api-token"),
     path("admin/", admin.site.urls),
     path("api/health/", health, name="health"),
+    path("metrics", metrics_view, name="metrics"),
+    path("favicon.ico", favicon),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
     path("api/auth/", include("rest_framework.urls")),

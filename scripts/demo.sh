@@ -33,6 +33,16 @@ ENV
 fi
 set -a; . "$DEMO/env"; set +a
 
+# The README's manage.py commands read .env: point it at the demo, unless a .env that the
+# demo did not write is there (then say how to load the demo's settings instead).
+MARK="# Written by scripts/demo.sh: the demo's settings. Delete it to use your own."
+if [ ! -f .env ] || head -1 .env | grep -qF "$MARK"; then
+  { echo "$MARK"; cat "$DEMO/env"; } > .env
+  ENV_NOTE="manage.py commands read .env, which points at the demo."
+else
+  ENV_NOTE="Your own .env is kept; load the demo's first: set -a; . $DEMO/env; set +a"
+fi
+
 # Metadata database on the local PostgreSQL server.
 if ! psql -h 127.0.0.1 -U postgres -Atc "SELECT 1" postgres >/dev/null 2>&1; then
   echo "demo: no PostgreSQL answers on 127.0.0.1:5432 (start it: pg_ctlcluster 15 main start)" >&2
@@ -61,7 +71,9 @@ start() { # name, command...
   nohup "$@" > "$DEMO/$name.log" 2>&1 &
   echo $! >> "$DEMO/pids"
 }
-start web $PY manage.py runserver 127.0.0.1:8000 --noreload
+# gunicorn, not runserver: a fixed set of worker processes, each one database connection
+# (runserver's thread per request with CONN_MAX_AGE kept idle connections growing).
+start web .venv/bin/gunicorn rosetta.wsgi --bind 127.0.0.1:8000 --workers 2 --timeout 60
 start worker $PY -m celery -A rosetta worker --loglevel=INFO --concurrency=2
 start beat $PY -m celery -A rosetta beat --loglevel=INFO
 start generator $PY manage.py demo --generate --source-port "$SOURCE_PORT"
@@ -79,5 +91,6 @@ Rosetta demo is running.
   Source:   postgresql://postgres@127.0.0.1:$SOURCE_PORT/rosetta_demo_shop (a sample shop, changing every second)
   DuckDB:   $PWD/$DEMO/warehouse.duckdb (the pipeline "shop-to-duckdb" replicates into it)
   Logs:     $DEMO/web.log, worker.log, beat.log, generator.log
+  Commands: $ENV_NOTE
   Stop:     bash scripts/demo.sh stop
 MSG

@@ -21,6 +21,14 @@ if ! command -v docker-compose >/dev/null 2>&1; then
     || echo "setup: docker-compose could not be installed; the compose-file test will be skipped"
 fi
 
+# The browser tests drive Debian's chromium through Playwright (Playwright's own browser
+# download is not used).
+if [ ! -x /usr/bin/chromium ]; then
+  echo "setup: installing chromium with apt-get (for the browser tests)"
+  apt-get update -qq
+  apt-get install -y -qq chromium >/dev/null
+fi
+
 # Redis: start one on 127.0.0.1:6379 if nothing answers there.
 if ! (exec 3<>/dev/tcp/127.0.0.1/6379) 2>/dev/null; then
   echo "setup: starting redis-server on 127.0.0.1:6379"

@@ -4,6 +4,8 @@ from django.core.exceptions import PermissionDenied
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
 
 from monitoring.admin import SourceWalMonitoringMixin
 from rosetta.admin_utils import SecretFieldsAdminMixin, SecretFieldsForm
@@ -80,7 +82,24 @@ class SourceAdmin(AuditedAdminMixin, SecretFieldsAdminMixin, SourceWalMonitoring
             record_audit_event(request, "test_connection", source, detail="failed" if failed else "ok")
             summary = " ".join(check["message"] for check in (failed or checks))
             if failed:
-                self.message_user(request, f"{source}: {summary}", messages.ERROR)
+                # Each failed check on its own line, with the SQL that fixes it.
+                self.message_user(
+                    request,
+                    format_html(
+                        "{}: {} check(s) failed:<br>{}",
+                        source,
+                        len(failed),
+                        format_html_join(
+                            mark_safe("<br>"),
+                            "{}{}",
+                            (
+                                (c["message"], format_html(' Fix: <code class="rosetta-fix">{}</code>', c["fix"]) if c.get("fix") else "")
+                                for c in failed
+                            ),
+                        ),
+                    ),
+                    messages.ERROR,
+                )
             else:
                 self.message_user(request, f"{source}: all checks passed. {summary}", messages.SUCCESS)
 

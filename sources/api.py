@@ -67,6 +67,7 @@ class PreflightCheckSerializer(serializers.Serializer):
     name = serializers.CharField()
     ok = serializers.BooleanField()
     message = serializers.CharField()
+    fix = serializers.CharField(help_text="The SQL that fixes a failed check (empty when it passed).")
 
 
 class ChangeSlotSerializer(StrictSerializer):

@@ -15,6 +15,7 @@ class Check:
     name: str
     ok: bool
     message: str
+    fix: str = ""  # the SQL that fixes a failed check, run by someone who may
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -67,8 +68,10 @@ def run_checks(
                 "wal_level is logical."
                 if wal_level == "logical"
                 else f"wal_level is {wal_level!r}; set wal_level = logical and restart the server.",
+                "" if wal_level == "logical" else "ALTER SYSTEM SET wal_level = logical;  -- then restart PostgreSQL",
             )
         )
+        user = sql.Identifier(connect_kwargs.get("user") or "").as_string(conn)
         can_replicate, is_superuser = conn.execute(
             "SELECT rolreplication, rolsuper FROM pg_roles WHERE rolname = current_user"
         ).fetchone()
@@ -79,9 +82,27 @@ def run_checks(
                 "The user may replicate."
                 if can_replicate or is_superuser
                 else "The user has neither REPLICATION nor superuser: run ALTER ROLE ... WITH REPLICATION.",
+                "" if can_replicate or is_superuser else f"ALTER ROLE {user} WITH REPLICATION;",
             )
         )
-        checks.append(_publication_check(conn, publication_name, is_superuser))
+        may_monitor = is_superuser or conn.execute(
+            "SELECT pg_has_role(current_user, 'pg_monitor', 'MEMBER')"
+        ).fetchone()[0]
+        checks.append(
+            Check(
+                "monitoring_privilege",
+                may_monitor,
+                "The user may read the WAL directory's size (pg_monitor)."
+                if may_monitor
+                else "The user is not in pg_monitor: the WAL probe cannot measure the WAL directory.",
+                "" if may_monitor else f"GRANT pg_monitor TO {user};",
+            )
+        )
+        publication = _publication_check(conn, publication_name, is_superuser)
+        if not publication.ok:
+            database = sql.Identifier(conn.info.dbname).as_string(conn)
+            publication.fix = f"GRANT CREATE ON DATABASE {database} TO {user};"
+        checks.append(publication)
         for schema, table in tables:
             checks.append(_table_check(conn, schema, table))
     return checks
@@ -212,3 +233,40 @@ def _identity(conn, row, quoted: str, name: str) -> TableIdentity:
             f"{fix}."
         )
     return TableIdentity(problem=problem)
+
+
+@dataclass
+class SourceTable:
+    schema: str
+    table: str
+    row_estimate: int | None  # pg_class.reltuples; None before the first ANALYZE
+    has_primary_key: bool
+    replica_identity_full: bool
+
+    @property
+    def name(self) -> str:
+        return f"{self.schema}.{self.table}"
+
+
+def list_tables(connect_kwargs: dict, statement_timeout_ms: int = 10_000) -> list[SourceTable]:
+    """The user tables a pipeline could copy, with the planner's row estimate and whether
+    updates and deletes can be matched (a primary key or REPLICA IDENTITY FULL)."""
+    with psycopg.connect(**connect_kwargs, autocommit=True) as conn:
+        conn.execute(f"SET statement_timeout = {int(statement_timeout_ms)}")
+        rows = conn.execute(
+            """
+            SELECT n.nspname, c.relname, c.reltuples::bigint,
+                   EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary),
+                   c.relreplident = 'f'
+            FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+            WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
+              AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%%'
+              AND has_table_privilege(c.oid, 'SELECT')
+            ORDER BY 1, 2
+            LIMIT 5000
+            """
+        ).fetchall()
+    return [
+        SourceTable(schema, table, None if estimate is None or estimate < 0 else estimate, pk, full)
+        for schema, table, estimate, pk, full in rows
+    ]

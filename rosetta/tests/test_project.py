@@ -14,10 +14,21 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.django_db
-def test_health_reports_database_and_broker_without_authentication():
+def test_health_reports_every_component_without_authentication():
+    from rosetta import heartbeat
+
+    heartbeat.record("worker")
+    heartbeat.record("beat")
     response = APIClient().get("/api/health/")
     assert response.status_code == 200
-    assert response.json() == {"status": "ok", "database": "ok", "broker": "ok"}
+    assert response.json() == {
+        "status": "ok",
+        "database": "ok",
+        "broker": "ok",
+        "worker": "ok",
+        "beat": "ok",
+        "probes": "ok",
+    }
 
 
 @pytest.mark.django_db

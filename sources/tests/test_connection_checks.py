@@ -7,6 +7,7 @@ import psycopg
 import pytest
 from django.contrib.messages import get_messages
 from django.urls import reverse
+from django.utils.html import format_html
 
 from pipelines.tests.factories import PipelineTableFactory
 
@@ -120,6 +121,7 @@ def test_a_wrong_password_is_named_and_never_echoed(admin_api, replica_cluster, 
             "name": "connection",
             "ok": False,
             "message": "Authentication failed: check the user name and password.",
+            "fix": "",
         }
     ]
     assert "wrong-password-xyz" not in response.content.decode()
@@ -144,4 +146,37 @@ def test_the_admin_action_reports_the_checks(admin_browser, logical_source):
     )
     messages = [str(m) for m in get_messages(response.wsgi_request)]
     assert len(messages) == 1
-    assert messages[0].startswith(f"{logical_source.name}: Table public.audit_log has no primary key")
+    assert messages[0].startswith(
+        f"{logical_source.name}: 1 check(s) failed:<br>Table public.audit_log has no primary key"
+    )
+
+
+def test_check_lists_each_failed_check_with_the_sql_that_fixes_it(admin_browser, logical_source, pg_cluster):
+    role = f"plain_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(pg_cluster.dsn(), autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {role} LOGIN NOREPLICATION")
+        conn.execute(f'REVOKE CREATE ON DATABASE "{logical_source.pg_database}" FROM PUBLIC')
+    PipelineTableFactory(pipeline__source=logical_source, table_name="audit_log")
+    logical_source.pg_username = role
+    logical_source.save()
+    try:
+        response = admin_browser.post(
+            reverse("admin:sources_source_changelist"),
+            {"action": "test_connection", "_selected_action": [logical_source.pk]},
+            follow=True,
+        )
+        (message,) = [str(m) for m in get_messages(response.wsgi_request)]
+        page = response.content.decode()
+    finally:
+        with psycopg.connect(pg_cluster.dsn(), autocommit=True) as conn:
+            conn.execute(f'DROP OWNED BY {role}')
+            conn.execute(f"DROP ROLE {role}")
+    assert message.startswith(f"{logical_source.name}: 4 check(s) failed:<br>")
+    for fix in (
+        f'ALTER ROLE "{role}" WITH REPLICATION;',
+        f'GRANT pg_monitor TO "{role}";',
+        f'GRANT CREATE ON DATABASE "{logical_source.pg_database}" TO "{role}";',
+        'ALTER TABLE "public"."audit_log" REPLICA IDENTITY FULL;',
+    ):
+        shown = format_html('<code class="rosetta-fix">{}</code>', fix)
+        assert shown in message and shown in page, fix
