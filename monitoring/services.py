@@ -56,6 +56,8 @@ def probe_sources(sources=None) -> list[WalMetric]:
         sources = Source.objects.all()
     # The password is decrypted per source below, so one bad token fails one probe only.
     sources = list(sources.defer("pg_password") if hasattr(sources, "defer") else sources)
+    # CSV and HTTP JSON sources have no WAL to watch.
+    sources = [source for source in sources if source.kind == Source.Kind.POSTGRES]
     targets, refused = {}, {}
     for source in sources:
         try:

@@ -23,7 +23,9 @@ from pipelines.engine.batch import lsn_to_str
 from pipelines.engine.fold import TableSpec
 from pipelines.engine.runner import BatchOutcome, Engine
 from pipelines.engine.source import SourceDatabase, SourceProblem
+from sources.models import Source
 
+from . import batch
 from .models import IllegalTransition, Pipeline, PipelineRun, PipelineTable
 
 log = logging.getLogger(__name__)
@@ -71,14 +73,21 @@ def set_pipeline_tables(pipeline: Pipeline, names: list[str]) -> None:
     for key, table in existing.items():
         if key not in wanted:
             table.delete()
+    # A batch source's table has no snapshot: its first run loads it.
+    state = PipelineTable.SnapshotState.DONE if pipeline.source.is_batch else PipelineTable.SnapshotState.PENDING
     for schema, table in wanted:
         if (schema, table) not in existing:
-            PipelineTable.objects.create(pipeline=pipeline, schema_name=schema, table_name=table)
+            PipelineTable.objects.create(
+                pipeline=pipeline, schema_name=schema, table_name=table, snapshot_state=state
+            )
 
 
 def start_pipeline(pipeline: Pipeline) -> None:
     """Start (or retry a failed pipeline). The next run creates the publication and
     the slot when missing, and snapshots the tables that need it."""
+    if pipeline.source.is_batch:
+        pipeline.transition("start")  # no slot: several pipelines may load one CSV or API source
+        return
     other = (
         Pipeline.objects.filter(source_id=pipeline.source_id)
         .exclude(pk=pipeline.pk)
@@ -126,6 +135,9 @@ def delete_pipeline(pipeline: Pipeline, drop_slot: bool) -> str:
         if not locked:
             raise IllegalTransition("a run is in progress; try again in a moment")
         done = f"Deleted pipeline {pipeline.name}"
+        if source.is_batch:
+            pipeline.delete()
+            return done + "."
         if drop_slot:
             try:
                 with _source(pipeline, timeout_ms=settings.ROSETTA_STATEMENT_TIMEOUT_MS) as db:
@@ -243,7 +255,10 @@ def run_pipeline(
         run = PipelineRun.objects.create(pipeline=pipeline)
         run.caught_up = False
         try:
-            outcome = _run_locked(pipeline, run, snapshot_only, observer, hooks)
+            if pipeline.source.is_batch:
+                outcome = batch.run_batch_locked(pipeline, run, hooks)
+            else:
+                outcome = _run_locked(pipeline, run, snapshot_only, observer, hooks)
         except Exception as error:
             log.exception("Pipeline %s run failed", pipeline.name)
             run.outcome = PipelineRun.Outcome.FAILED
@@ -253,6 +268,8 @@ def run_pipeline(
             run.outcome = PipelineRun.Outcome.SUCCEEDED
             run.caught_up = outcome is None or outcome.caught_up
             _record_success(pipeline, outcome)
+            if pipeline.source.is_batch:
+                batch.schedule_next(pipeline)
         run.finished_at = timezone.now()
         run.save()
         return run
@@ -432,6 +449,12 @@ def dispatch_pipeline_runs(enqueue: Callable[[int], object]) -> list[int]:
         Pipeline.objects.filter(
             Q(status__in=ACTIVE) | Q(status=Pipeline.Status.FAILED, next_run_at__isnull=False)
         )
+        # A batch pipeline without a schedule runs only when asked (batch.schedule_next).
+        .exclude(
+            Q(source__kind__in=Source.BATCH_KINDS)
+            & Q(schedule_interval__isnull=True)
+            & Q(schedule_crontab__isnull=True)
+        )
         .filter(Q(next_run_at__isnull=True) | Q(next_run_at__lte=now))
         .filter(Q(run_enqueued_at__isnull=True) | Q(run_enqueued_at__lt=stale))
     )
@@ -445,6 +468,8 @@ def dispatch_pipeline_runs(enqueue: Callable[[int], object]) -> list[int]:
 def measure_lag(pipeline: Pipeline) -> str | None:
     """Measure the slot's lag on the source now and store it; returns an error text
     (the stored figures stay) when the source does not answer."""
+    if pipeline.source.is_batch:
+        return None  # no replication slot, no lag in bytes
     try:
         with _source(pipeline, timeout_ms=settings.ROSETTA_STATEMENT_TIMEOUT_MS) as source:
             state = source.slot_state(pipeline.source.slot_name)

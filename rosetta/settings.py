@@ -114,6 +114,8 @@ ROSETTA_STATEMENT_TIMEOUT_MS = env.int("ROSETTA_STATEMENT_TIMEOUT_MS", default=1
 # run task keeps reading batches before it leaves the worker to other pipelines.
 ROSETTA_PEEK_TIMEOUT_SECONDS = env.int("ROSETTA_PEEK_TIMEOUT_SECONDS", default=30 * 60)
 ROSETTA_RUN_BUDGET_SECONDS = env.int("ROSETTA_RUN_BUDGET_SECONDS", default=50)
+# CSV and HTTP JSON sources: records per destination transaction (each with its checkpoint).
+ROSETTA_BATCH_PART_ROWS = env.int("ROSETTA_BATCH_PART_ROWS", default=50_000)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
