@@ -142,38 +142,47 @@ class BatchLoader:
 
     def _changes(self, records: list[Record], sequence: int, notes: list[str]):
         """The part's rows as the writers' TableChanges (typed values, one row per key),
-        and the records that cannot be keyed (rejected)."""
+        and the records that cannot be keyed (rejected). Column by column: a part's
+        values of one field share their classification and conversion loop."""
         schema = self.schema
         classify = self.classify
         key_columns = [schema.column_for(name) for name in self.primary_key] or [ROW_ID]
-        kinds: dict[str, dict] = {}  # column -> {type: (first record, raw value) of that type}
-        rows, rejected = [], []
-        for record in records:
-            cells = {}
+        count = len(records)
+        raw_columns: dict[str, list] = {}
+        mapping = schema.mapping
+        for position, record in enumerate(records):
             for original, raw in record.fields.items():
-                column = schema.mapping.get(original) or schema.column_for(original)
-                kind, value = classify(raw)
-                cells[column] = (kind, value, raw)
-                if kind is not None:
-                    seen = kinds.setdefault(column, {})
-                    if kind not in seen:
-                        seen[kind] = (record, raw)
-            if self.primary_key:
+                column = mapping.get(original) or schema.column_for(original)
+                values = raw_columns.get(column)
+                if values is None:
+                    values = raw_columns[column] = [None] * count
+                values[position] = raw
+        classified = {
+            column: [_NULL if raw is None else classify(raw) for raw in values]
+            for column, values in raw_columns.items()
+        }
+        rejected_positions = set()
+        rejected = []
+        if self.primary_key:
+            for position, record in enumerate(records):
                 missing = [
                     name
                     for name, column in zip(self.primary_key, key_columns, strict=True)
-                    if cells.get(column, (None,))[0] is None
+                    if column not in classified or classified[column][position][0] is None
                 ]
                 if missing:
+                    rejected_positions.add(position)
                     reason = f"no value for the key field {', '.join(missing)}"
                     rejected.append(Reject(record.origin, record.line, reason, _raw(record)))
-                    continue
-            else:
-                cells[ROW_ID] = ("text", f"{record.origin}:{record.line}", None)
-            rows.append(cells)
-        if not rows:
+        kept = [position for position in range(count) if position not in rejected_positions]
+        if not kept:
             return None, rejected
-        for column, seen in kinds.items():
+        for column, cells in classified.items():
+            seen = {}  # type -> first position with a value of that type
+            for position in kept:
+                kind = cells[position][0]
+                if kind is not None and kind not in seen:
+                    seen[kind] = position
             part_type = None
             for kind in seen:
                 part_type = merge_types(part_type, kind)
@@ -181,7 +190,7 @@ class BatchLoader:
             new = widen(established, part_type)
             if established is not None and new != established:
                 odd = [kind for kind in seen if widen(established, kind) != established]
-                record, raw = seen[odd[0]]
+                record, raw = records[seen[odd[0]]], raw_columns[column][seen[odd[0]]]
                 notes.append(
                     f"Column {column} of {self.target_table} widened from {established} to {new}: "
                     f"{record.origin} line {record.line} has {as_text(raw, raw)[:40]!r} there."
@@ -202,17 +211,34 @@ class BatchLoader:
             name=self.source_name,
             columns=[Column(c, TYPE_OIDS[types[c]], -1, c in key_columns) for c in columns],
         )
+        value_columns = []
+        for column in columns:
+            if column == ROW_ID:
+                value_columns.append([f"{r.origin}:{r.line}" for r in (records[p] for p in kept)])
+                continue
+            cells = classified.get(column)
+            if cells is None:
+                value_columns.append([None] * len(kept))
+                continue
+            wanted = types[column]
+            raws = raw_columns[column]
+            value_columns.append(
+                [
+                    cell[1] if cell[0] == wanted or cell[0] is None else convert(cell[0], cell[1], raws[p], wanted)
+                    for p, cell in ((p, cells[p]) for p in kept)
+                ]
+            )
         changes = TableChanges(relation, self.target_table)
         upserts = changes.upserts
-        for cells in rows:
-            row = {}
-            for column in columns:
-                cell = cells.get(column)
-                row[column] = None if cell is None else convert(cell[0], cell[1], cell[2], types[column])
-            key = tuple(row[c] for c in key_columns)
-            upserts[key] = (row, sequence)
-        changes.inserted = len(rows)
+        key_positions = [columns.index(key) for key in key_columns]
+        for values in zip(*value_columns, strict=True):
+            key = tuple(values[i] for i in key_positions)
+            upserts[key] = (dict(zip(columns, values, strict=True)), sequence)
+        changes.inserted = len(kept)
         return changes, rejected
+
+
+_NULL = (None, None)
 
 
 def _raw(record: Record) -> str:
