@@ -82,6 +82,7 @@ class ScriptedApi:
         self.records = []
         self.script = []
         self.requests = []  # (path, query dict, headers dict, monotonic time)
+        self.fail_pages_once = set()  # ?page= values answered with one 503 first
         self.style = "page"
         self.page_size = 3
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -133,7 +134,10 @@ class ScriptedApi:
                 parts = urlsplit(self.path)
                 query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
                 api.requests.append((parts.path, query, dict(self.headers), time.monotonic()))
-                if api.script:
+                if query.get("page") in api.fail_pages_once:
+                    api.fail_pages_once.discard(query["page"])
+                    status, headers, body, delay = 503, {}, {"error": "down"}, 0
+                elif api.script:
                     status, headers, body, delay = api.script.pop(0)
                     if delay:
                         time.sleep(delay)
