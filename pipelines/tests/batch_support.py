@@ -10,7 +10,6 @@ from urllib.parse import parse_qs, urlsplit
 
 import duckdb
 import psycopg
-import pytest
 
 from pipelines import services
 from pipelines.models import Pipeline
@@ -157,10 +156,3 @@ class ScriptedApi:
                     pass
 
         return Handler
-
-
-@pytest.fixture
-def api():
-    server = ScriptedApi()
-    yield server
-    server.close()

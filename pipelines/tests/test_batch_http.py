@@ -6,7 +6,7 @@ import pytest
 
 from pipelines import services
 
-from .batch_support import api, column_types, make_batch_pipeline, make_source, query  # noqa: F401 - api is a fixture
+from .batch_support import column_types, make_batch_pipeline, make_source, query
 
 pytestmark = pytest.mark.django_db
 
