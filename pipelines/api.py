@@ -1,4 +1,5 @@
 from django.db.models import OuterRef, Subquery
+from django.shortcuts import get_object_or_404
 from django.utils import timezone
 from django_filters import rest_framework as filters
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
@@ -307,7 +308,9 @@ class PipelineViewSet(viewsets.ModelViewSet):
     @action(detail=True, methods=["get"])
     def data(self, request, pk=None):
         """A read-only, paginated, searchable preview of what landed in a destination table."""
-        pipeline = self.get_object()
+        # Not get_object(): its filters would read ?search= as a search of pipelines.
+        pipeline = get_object_or_404(self.get_queryset(), pk=pk if str(pk).isdigit() else 0)
+        self.check_object_permissions(request, pipeline)
         params = request.query_params
         errors = {}
         numbers = {}
