@@ -99,6 +99,12 @@ class Source(models.Model):
 
     def clean(self):
         errors = {}
+        if self.pk:
+            stored = Source.objects.filter(pk=self.pk).values_list("kind", flat=True).first()
+            if stored and stored != self.kind and self.pipelines.exists():
+                raise ValidationError(
+                    {"kind": f"Pipelines read this source as {stored}: delete them (or make another source) first."}
+                )
         if self.kind == self.Kind.POSTGRES:
             for name in self.POSTGRES_REQUIRED:
                 if not getattr(self, name):

@@ -109,3 +109,13 @@ def test_the_wal_probe_skips_csv_and_http_sources(admin_api):
     admin_api.post("/api/sources/", CSV, format="json")
     assert probe_sources() == []
     assert not WalMetric.objects.exists()
+
+
+def test_the_kind_of_a_source_that_pipelines_use_cannot_change(admin_api):
+    from pipelines.tests.factories import PipelineFactory
+
+    created = admin_api.post("/api/sources/", CSV, format="json")
+    PipelineFactory(source=Source.objects.get(pk=created.data["id"]))
+    response = admin_api.patch(f"/api/sources/{created.data['id']}/", HTTP, format="json")
+    assert response.status_code == 400 and "kind" in response.data
+    assert Source.objects.get().kind == "csv"
