@@ -24,6 +24,7 @@ from .schema import (
     as_text,
     classify_json,
     classify_text,
+    classify_text_column,
     convert,
     merge_types,
     widen,
@@ -71,6 +72,7 @@ class BatchLoader:
         self.target_table = target_table
         self.primary_key = list(primary_key or [])
         self.classify = classify_json if json_values else classify_text
+        self.json_values = json_values
         self.part_rows = part_rows
         self.max_reject_share = max_reject_share
 
@@ -157,10 +159,13 @@ class BatchLoader:
                 if values is None:
                     values = raw_columns[column] = [None] * count
                 values[position] = raw
-        classified = {
-            column: [_NULL if raw is None else classify(raw) for raw in values]
-            for column, values in raw_columns.items()
-        }
+        if self.json_values:
+            classified = {
+                column: [_NULL if raw is None else classify(raw) for raw in values]
+                for column, values in raw_columns.items()
+            }
+        else:
+            classified = {column: classify_text_column(values) for column, values in raw_columns.items()}
         rejected_positions = set()
         rejected = []
         if self.primary_key:

@@ -190,3 +190,59 @@ class TableSchema:
             self.mapping[original] = name
             self.types.setdefault(name, None)
         return name
+
+
+# -- a whole CSV column at once (Arrow), falling back to classify_text per value -------
+
+_ARROW_PATTERNS = {
+    "bigint": r"^[+-]?(0|[1-9][0-9]{0,17})$",
+    "double": r"^[+-]?([1-9][0-9]*|0)?(\.[0-9]*)?([eE][+-]?[0-9]+)?$",
+    "boolean": r"^([Tt][Rr][Uu][Ee]|[Ff][Aa][Ll][Ss][Ee])$",
+    "date": r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$",
+    "timestamptz": r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,6})?)?(Z|[+-][0-9]{2}:[0-9]{2})$",
+    "timestamp": r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,6})?)?$",
+}
+# A value that might be anything but text: a number, a date, a boolean.
+_MAYBE_TYPED = r"^([+.0-9-]|[Tt][Rr][Uu][Ee]$|[Ff][Aa][Ll][Ss][Ee]$)"
+_NULL = (None, None)
+
+
+def classify_text_column(values: list) -> list[tuple]:
+    """classify_text of every value (None: a missing field), computed by Arrow for a column
+    whose values are all of one type, else value by value. The column's type and values come
+    out the same either way (Arrow calls a whole number in a column of decimals a double at
+    once, where classify_text says bigint and the merge says double)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    array = pa.array(values, pa.string())
+    present = pc.and_kleene(pc.is_valid(array), pc.not_equal(array, ""))
+    given = array.filter(present)
+    if len(given) == 0:
+        return [_NULL] * len(values)
+    maybe_typed = pc.match_substring_regex(given, _MAYBE_TYPED)
+    if not pc.any(maybe_typed).as_py():
+        return [_NULL if v is None or v == "" else ("text", v) for v in values]
+    nulled = pc.if_else(present, array, pa.scalar(None, pa.string()))
+    for kind, pattern in _ARROW_PATTERNS.items():
+        if not pc.all(pc.match_substring_regex(given, pattern)).as_py():
+            continue
+        try:
+            if kind == "bigint":
+                parsed = pc.cast(nulled, pa.int64())
+            elif kind == "double":
+                if pc.any(pc.match_substring_regex(given, r"^[+-]?(\.|$|[.eE])|^[+-]?[0-9]{19,}$")).as_py():
+                    break  # "+", ".5", integers beyond bigint (text): let classify_text decide
+                parsed = pc.cast(nulled, pa.float64())
+            elif kind == "boolean":
+                parsed = pc.equal(pc.utf8_lower(nulled), "true")
+            elif kind == "date":
+                parsed = pc.cast(nulled, pa.date32())
+            elif kind == "timestamptz":
+                parsed = pc.cast(pc.replace_substring_regex(nulled, "Z$", "+00:00"), pa.timestamp("us", "UTC"))
+            else:
+                parsed = pc.cast(nulled, pa.timestamp("us"))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            break
+        return [_NULL if v is None else (kind, v) for v in parsed.to_pylist()]
+    return [_NULL if v is None else classify_text(v) for v in values]

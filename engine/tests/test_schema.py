@@ -73,3 +73,40 @@ def test_retry_after_reads_seconds_and_http_dates_and_caps_them():
     assert retry_after("100000") == 300
     assert retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0
     assert retry_after("soon") is None
+
+
+@pytest.mark.parametrize(
+    "column",
+    [
+        ["1", "2", "", "-3", None],
+        ["1.5", "2", "3e2", ""],
+        ["007", "1"],
+        ["true", "FALSE", ""],
+        ["2024-01-01", "2024-02-29"],
+        ["2024-02-30", "2024-01-01"],
+        ["2024-01-02T03:04:05Z", "2024-01-02 03:04:05.5+02:00"],
+        ["2024-01-02T03:04", "2024-01-02 03:04:05"],
+        ["a", "b", None],
+        ["1", "a"],
+        ["99999999999999999999"],
+        ["1.5", "99999999999999999999"],
+        ["+", "."],
+        [".5", "-1."],
+        ["0", "0.0"],
+        ["+5", "-0"],
+        ["2024-01-02T03:04:05+0200"],
+        [None, ""],
+    ],
+)
+def test_a_column_classified_at_once_gets_the_same_type_and_values_as_value_by_value(column):
+    from engine.batch_sources.schema import classify_text_column, convert, merge_types
+
+    def typed(cells):
+        kind = None
+        for cell_kind, _ in cells:
+            kind = merge_types(kind, cell_kind)
+        values = [None if k is None else convert(k, v, raw, kind) for (k, v), raw in zip(cells, column, strict=True)]
+        return kind, values
+
+    one_by_one = [(None, None) if v is None else classify_text(v) for v in column]
+    assert typed(classify_text_column(column)) == typed(one_by_one)
