@@ -116,6 +116,10 @@ ROSETTA_PEEK_TIMEOUT_SECONDS = env.int("ROSETTA_PEEK_TIMEOUT_SECONDS", default=3
 ROSETTA_RUN_BUDGET_SECONDS = env.int("ROSETTA_RUN_BUDGET_SECONDS", default=50)
 # CSV and HTTP JSON sources: records per destination transaction (each with its checkpoint).
 ROSETTA_BATCH_PART_ROWS = env.int("ROSETTA_BATCH_PART_ROWS", default=50_000)
+# CSV sources may read only files under these directories (comma-separated); empty: anywhere
+# the workers can read. Set it in production: whoever may add a source may otherwise load
+# (and preview) any file the workers can open.
+ROSETTA_CSV_ALLOWED_DIRS = env.list("ROSETTA_CSV_ALLOWED_DIRS", default=[])
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

@@ -1,5 +1,7 @@
 import json
+import os
 
+from django.conf import settings as django_settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
@@ -150,7 +152,15 @@ class Source(models.Model):
         if self.kind == self.Kind.CSV:
             if self.secret_headers:
                 raise SettingsError("secret_headers", "only HTTP JSON sources send headers")
-            return CsvSettings.from_settings(self.settings)
+            values = CsvSettings.from_settings(self.settings)
+            allowed = [os.path.realpath(d) for d in django_settings.ROSETTA_CSV_ALLOWED_DIRS if d]
+            if values.path and allowed:
+                where = os.path.realpath(values.path.split("*")[0].split("?")[0].split("[")[0] or "/")
+                if not any(where == d or where.startswith(d.rstrip("/") + "/") for d in allowed):
+                    raise SettingsError(
+                        "path", f"must be under {', '.join(allowed)} (ROSETTA_CSV_ALLOWED_DIRS)"
+                    )
+            return values
         if self.kind == self.Kind.HTTP_JSON:
             self.header_secrets()
             return HttpJsonSettings.from_settings(self.settings)

@@ -119,3 +119,13 @@ def test_the_kind_of_a_source_that_pipelines_use_cannot_change(admin_api):
     response = admin_api.patch(f"/api/sources/{created.data['id']}/", HTTP, format="json")
     assert response.status_code == 400 and "kind" in response.data
     assert Source.objects.get().kind == "csv"
+
+
+def test_csv_paths_outside_the_allowed_directories_are_refused(admin_api, settings, tmp_path):
+    settings.ROSETTA_CSV_ALLOWED_DIRS = [str(tmp_path / "exports")]
+    for path in ("/etc/passwd", str(tmp_path / "exports/../secrets/*.csv"), str(tmp_path / "exports-evil/a.csv")):
+        response = admin_api.post("/api/sources/", {**CSV, "settings": {"path": path}}, format="json")
+        assert response.status_code == 400, path
+        assert "ROSETTA_CSV_ALLOWED_DIRS" in str(response.data["settings"])
+    ok = admin_api.post("/api/sources/", {**CSV, "settings": {"path": str(tmp_path / "exports/*.csv")}}, format="json")
+    assert ok.status_code == 201, ok.data
