@@ -202,3 +202,69 @@ def test_a_failure_before_the_destination_commit_leaves_neither_rows_nor_checkpo
         (3000, 3000, sum(i * 2 for i in range(1, 3001)))
     ]
     assert PipelineRun.objects.filter(pipeline=pipeline, outcome="succeeded").count() == 1
+
+
+@pytest.mark.parametrize("destination", ["duckdb"], indirect=True)
+def test_delimiter_quote_encoding_and_a_file_without_header_are_honoured(tmp_path, destination):
+    (tmp_path / "latin.csv").write_bytes("1;'Müller; Jörg';12,5\n2;'Zoë';7\n".encode("latin-1"))
+    source = make_source(
+        "csv",
+        {
+            "path": str(tmp_path / "latin.csv"),
+            "delimiter": ";",
+            "quote": "'",
+            "encoding": "latin-1",
+            "header": False,
+            "primary_key": ["column_1"],
+        },
+    )
+    pipeline = make_batch_pipeline(source, destination)
+
+    run = services.run_pipeline(pipeline)
+
+    assert run.outcome == "succeeded", run.error
+    assert rows(destination, "items", ["column_1", "column_2", "column_3"], "column_1") == [
+        (1, "Müller; Jörg", "12,5"),
+        (2, "Zoë", "7"),
+    ]
+
+
+@pytest.mark.parametrize("destination", ["duckdb"], indirect=True)
+def test_a_csv_url_is_loaded_once_per_etag_and_again_when_it_changes(tmp_path, destination):
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    served = {"etag": '"v1"', "body": b"id,name\n1,a\n2,b\n", "gets": 0}
+
+    class Export(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            served["gets"] += 1
+            body = gzip.compress(served["body"])
+            self.send_response(200)
+            self.send_header("ETag", served["etag"])
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Export)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/export.csv.gz?token=abc"
+        pipeline = make_batch_pipeline(make_source("csv", {"url": url, "primary_key": ["id"]}), destination)
+        first = services.run_pipeline(pipeline)
+        same = services.run_pipeline(pipeline)
+        served.update(etag='"v2"', body=b"id,name\n2,B\n3,c\n")
+        changed = services.run_pipeline(pipeline)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+    assert first.outcome == "succeeded", first.error
+    assert (first.rows_inserted, same.changes_read, changed.rows_inserted, changed.rows_updated) == (2, 0, 1, 1)
+    assert rows(destination, "items", ["id", "name"], "id") == [(1, "a"), (2, "B"), (3, "c")]
+    assert served["gets"] == 3
+    _, state = checkpoint_state(destination, pipeline)
+    assert "token=abc" not in str(state)  # the file is named without its query string

@@ -165,3 +165,39 @@ def test_a_run_that_fails_mid_pagination_resumes_at_the_next_page_and_ends_with_
     assert len(loaded(destination)) == 9
     pages = [q.get("page") for _, q, _, _ in api.requests]
     assert pages.count("1") == 1 and pages.count("2") == 1  # not fetched again after the failure
+
+
+@pytest.mark.parametrize("destination", ["duckdb"], indirect=True)
+def test_the_request_rate_limit_spaces_the_requests(api, destination):
+    api.records = records(1, 9)
+    pipeline = make_batch_pipeline(http_source(api, requests_per_second=5), destination)
+
+    run = services.run_pipeline(pipeline)
+
+    assert run.outcome == "succeeded", run.error
+    times = [at for _, _, _, at in api.requests]
+    assert len(times) == 4  # three full pages, then an empty one
+    assert times[-1] - times[0] >= 0.55  # 5 per second: 3 gaps of 0.2 s (less a little server-side jitter)
+
+
+@pytest.mark.parametrize("destination", ["duckdb"], indirect=True)
+def test_a_next_url_in_the_body_is_followed(api, destination):
+    api.style = "cursor"
+    api.records = records(1, 5)
+    original = api.page
+
+    def with_next_url(query):
+        body, headers = original(query)
+        cursor = body.pop("next_cursor")
+        body["links"] = {"next": f"/items?cursor={cursor}" if cursor else None}
+        return body, headers
+
+    api.page = with_next_url
+    pipeline = make_batch_pipeline(
+        http_source(api, pagination={"style": "link", "next_url_path": "links.next"}), destination
+    )
+
+    run = services.run_pipeline(pipeline)
+
+    assert run.outcome == "succeeded", run.error
+    assert len(loaded(destination)) == 5 and len(api.requests) == 2
