@@ -20,6 +20,7 @@ PostgreSQL's server processes), which moves less than the wall clock on a shared
 
 import argparse
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -82,6 +83,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--part-rows", type=int, default=50_000)
+    parser.add_argument("--dlt-only", action="store_true", help="Only the DuckDB limit and dlt's source.")
     options = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="rosetta-bench-csv-"))
     path = work / "orders.csv"
@@ -98,6 +100,15 @@ def main() -> None:
     duck_limit = options.rows / duck_limit_seconds
     line("limit: DuckDB read_csv into a table", options.rows, duck_limit_seconds, cpu=duck_cpu)
 
+    try:
+        if not options.dlt_only:
+            rosetta_runs(path, work, options, duck_limit)
+        dlt_run(path, work, options, duck_limit)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def rosetta_runs(path: Path, work: Path, options, duck_limit: float) -> None:
     cluster = Cluster().start()
     try:
         with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
@@ -140,12 +151,21 @@ def main() -> None:
         for name in ("rosetta.duckdb", "limit.duckdb"):
             (work / name).unlink(missing_ok=True)
 
+
+
+def dlt_run(path: Path, work: Path, options, duck_limit: float) -> None:
     try:
         import dlt
-        from dlt.sources.filesystem import filesystem, read_csv
+        from dlt.sources.filesystem import filesystem, read_csv, read_csv_duckdb
     except ImportError:
         print("  dlt filesystem source: dlt is not installed (pip install -r bench/requirements.txt)")
         return
+    try:
+        import pandas  # noqa: F401 - dlt's read_csv needs it
+    except ImportError:
+        reader, label = read_csv_duckdb(), "dlt filesystem read_csv_duckdb into DuckDB"
+    else:
+        reader, label = read_csv(), "dlt filesystem read_csv (pandas) into DuckDB"
     pipeline = dlt.pipeline(
         pipeline_name="bench_csv",
         destination=dlt.destinations.duckdb(str(work / "dlt.duckdb")),
@@ -154,9 +174,9 @@ def main() -> None:
     )
     cpu_started = time.process_time()
     started = time.perf_counter()
-    pipeline.run(filesystem(bucket_url=str(work), file_glob="orders.csv") | read_csv(), table_name="orders")
+    pipeline.run(filesystem(bucket_url=str(work), file_glob="orders.csv") | reader, table_name="orders")
     seconds, cpu = time.perf_counter() - started, time.process_time() - cpu_started
-    line("dlt filesystem read_csv (pandas) into DuckDB", options.rows, seconds, duck_limit, cpu)
+    line(label, options.rows, seconds, duck_limit, cpu)
 
 
 if __name__ == "__main__":
