@@ -72,6 +72,8 @@ def probe_sources(sources=None) -> list[WalMetric]:
     if hasattr(sources, "defer"):
         sources = sources.defer("pg_password").annotate(password_token=Cast("pg_password", TextField()))
     sources = list(sources)
+    # CSV and HTTP JSON sources have no WAL to watch.
+    sources = [source for source in sources if source.kind == Source.Kind.POSTGRES]
     tick = ProbeTick({source.pk: source for source in sources})
     targets = {}
     try:

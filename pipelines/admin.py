@@ -14,7 +14,7 @@ from rosetta.admin_utils import badge, report_per_object
 from rosetta.audit import AuditedAdminMixin, deleted, record_audit_event
 from rosetta.pagination import EstimatedCountPaginator
 
-from . import services
+from . import batch, schedules, services
 from .engine.names import format_identifier
 from .engine.source import SourceProblem
 from .models import IllegalTransition, Pipeline, PipelineRun, PipelineTable
@@ -48,8 +48,23 @@ class PipelineTableInline(admin.TabularInline):
         "rows_inserted",
         "rows_updated",
         "rows_deleted",
+        "columns",
     ]
-    readonly_fields = ["snapshot_state", "snapshot_rows", "rows_inserted", "rows_updated", "rows_deleted"]
+    readonly_fields = ["snapshot_state", "snapshot_rows", "rows_inserted", "rows_updated", "rows_deleted", "columns"]
+
+    @admin.display(description="columns (field -> column: type)")
+    def columns(self, table):
+        """CSV and HTTP JSON sources: how each field was named and typed in the destination."""
+        if not table.column_mapping:
+            return "-"
+        return format_html_join(
+            "",
+            "<div>{} &rarr; {}: {}</div>",
+            (
+                (original, column, table.column_types.get(column) or "text")
+                for original, column in table.column_mapping.items()
+            ),
+        )
 
 
 class MoveForm(forms.Form):
@@ -74,6 +89,8 @@ class PipelineAdmin(AuditedAdminMixin, admin.ModelAdmin):
         "last_applied_lsn",
         "last_applied_commit_at",
         "recent_runs",
+        "statistics",
+        "preview_rows_link",
         "created_at",
         "updated_at",
     ]
@@ -85,6 +102,9 @@ class PipelineAdmin(AuditedAdminMixin, admin.ModelAdmin):
         "soft_delete",
         "on_incompatible_schema_change",
         "on_slot_lost",
+        "max_reject_share",
+        "schedule_interval",
+        "schedule_crontab",
         *readonly_fields,
     ]
     actions = ["start", "pause", "refresh"]
@@ -98,6 +118,11 @@ class PipelineAdmin(AuditedAdminMixin, admin.ModelAdmin):
             path("<int:object_id>/act/<str:action>/", act, name="pipelines_pipeline_act"),
             path("<int:object_id>/tables/", pick, name="pipelines_pipeline_tables"),
             path("<int:object_id>/move/", self.admin_site.admin_view(self.move_view), name="pipelines_pipeline_move"),
+            path(
+                "<path:object_id>/preview/",
+                self.admin_site.admin_view(self.preview_view),
+                name="pipelines_pipeline_preview",
+            ),
             *super().get_urls(),
         ]
 
@@ -141,6 +166,93 @@ class PipelineAdmin(AuditedAdminMixin, admin.ModelAdmin):
         if pipeline.lag_bytes is None:
             return "not measured yet"
         return f"{pipeline.lag_bytes:,} bytes of WAL behind the source (measured {pipeline.lag_measured_at:%Y-%m-%d %H:%M:%S})"
+
+    @admin.display(description="statistics")
+    def statistics(self, pipeline):
+        if pipeline.pk is None:
+            return "-"
+        stats = batch.pipeline_stats(pipeline, count_destination=pipeline.source.is_batch)
+        tables = format_html_join(
+            "",
+            "<tr><td>{}</td><td>{}</td><td>{} / {} / {}</td></tr>",
+            (
+                (
+                    t["table"],
+                    "-" if t["rows"] is None else f"{t['rows']:,}",
+                    t["rows_inserted"],
+                    t["rows_updated"],
+                    t["rows_deleted"],
+                )
+                for t in stats["tables"]
+            ),
+        )
+        runs = stats["runs"]
+        rate = stats["last_run_rows_per_second"]
+        return format_html(
+            "<table><tr><th>table</th><th>rows in the destination</th><th>ins / upd / del</th></tr>{}</table>"
+            "{}<p>Runs: {} ({} succeeded, {} failed, {} skipped). Last success: {}. "
+            "Rows per second in the last successful run: {}. Rejected records: {}.</p>"
+            "<p>Schedule: {}.</p>",
+            tables,
+            format_html('<p class="errornote">{}</p>', stats["tables_error"]) if stats["tables_error"] else "",
+            runs["total"],
+            runs["succeeded"],
+            runs["failed"],
+            runs["skipped"],
+            stats["last_success_at"].strftime("%Y-%m-%d %H:%M:%S") if stats["last_success_at"] else "never",
+            "-" if rate is None else f"{rate:,.0f}",
+            f"{stats['rows_rejected']:,}",
+            self._schedule_text(pipeline),
+        )
+
+    @staticmethod
+    def _schedule_text(pipeline):
+        if pipeline.schedule_interval_id:
+            return f"every {schedules.interval_seconds(pipeline.schedule_interval)} s"
+        if pipeline.schedule_crontab_id:
+            return f"cron {schedules.cron_expression(pipeline.schedule_crontab)} (UTC)"
+        return "continuous (CDC)" if not pipeline.source.is_batch else "none: runs only when asked"
+
+    @admin.display(description="preview rows")
+    def preview_rows_link(self, pipeline):
+        if pipeline.pk is None:
+            return "-"
+        return format_html(
+            '<a href="{}">Preview rows of the destination tables</a>',
+            reverse("admin:pipelines_pipeline_preview", args=[pipeline.pk]),
+        )
+
+    def preview_view(self, request, object_id):
+        """Preview rows: a read-only page of a destination table, for users who may view the pipeline."""
+        pipeline = self.get_object(request, object_id)
+        if pipeline is None:
+            return redirect(reverse("admin:pipelines_pipeline_changelist"))
+        if not self.has_view_permission(request, pipeline):
+            raise PermissionDenied
+        params = request.GET
+        error, page = None, {"tables": [], "table": "", "search": params.get("search", ""), "page_size": 50}
+        try:
+            page = batch.preview_rows(
+                pipeline,
+                params.get("table", ""),
+                int(params.get("page") or 1),
+                int(params.get("page_size") or 50),
+                params.get("search", ""),
+            )
+        except ValueError as refusal:
+            error = str(refusal) if isinstance(refusal, batch.PreviewRefused) else "page and page_size are whole numbers."
+        except Exception as problem:  # noqa: BLE001 - the page says why the destination cannot be read
+            error = f"The destination cannot be read: {services.describe_error(problem)}"
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"Preview rows: {pipeline.name}",
+            "pipeline": pipeline,
+            "page": page,
+            "error": error,
+            "previous_page": page["page"] - 1 if page.get("page", 1) > 1 else None,
+            "next_page": page["page"] + 1 if page.get("count", 0) > page.get("page", 1) * page["page_size"] else None,
+        }
+        return TemplateResponse(request, "admin/pipelines/pipeline/preview.html", context)
 
     @admin.display(description="last error")
     def short_error(self, pipeline):
@@ -295,6 +407,7 @@ class PipelineRunAdmin(admin.ModelAdmin):
         "rows_inserted",
         "rows_updated",
         "rows_deleted",
+        "rows_rejected",
         "short_error",
     ]
     # No date_hierarchy: it reads every run's date to draw its links. The date filter

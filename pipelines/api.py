@@ -1,5 +1,6 @@
 from django.db import transaction
 from django.db.models import OuterRef, Subquery
+from django.shortcuts import get_object_or_404
 from django.utils import timezone
 from django_filters import rest_framework as filters
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
@@ -12,7 +13,7 @@ from rosetta.api import CanChangeObject, StrictModelSerializer, StrictSerializer
 from rosetta.audit import AuditedViewSetMixin, deleted, record_audit_event
 from rosetta.pagination import EstimatedCountPagination
 
-from . import services
+from . import batch, schedules, services
 from .engine.source import SourceProblem
 from .models import IllegalTransition, Pipeline, PipelineRun, PipelineTable
 
@@ -30,6 +31,8 @@ class PipelineTableSerializer(serializers.ModelSerializer):
             "rows_inserted",
             "rows_updated",
             "rows_deleted",
+            "column_mapping",
+            "column_types",
         ]
         read_only_fields = fields
 
@@ -64,6 +67,19 @@ class PipelineSerializer(StrictModelSerializer):
     seconds_since_last_applied_commit = serializers.SerializerMethodField(
         help_text="Time since the source commit of the last change applied to the destination."
     )
+    schedule_every_seconds = serializers.IntegerField(
+        required=False,
+        allow_null=True,
+        min_value=1,
+        help_text="CSV and HTTP JSON sources: run every so many seconds (null: no interval).",
+    )
+    schedule_cron = serializers.CharField(
+        required=False,
+        allow_blank=True,
+        allow_null=True,
+        help_text='CSV and HTTP JSON sources: run at these times, a cron expression such as "0 * * * *" '
+        "(minute hour day-of-month month day-of-week, UTC).",
+    )
 
     class Meta:
         model = Pipeline
@@ -77,6 +93,9 @@ class PipelineSerializer(StrictModelSerializer):
             "soft_delete",
             "on_slot_lost",
             "on_incompatible_schema_change",
+            "max_reject_share",
+            "schedule_every_seconds",
+            "schedule_cron",
             "tables",
             "table_progress",
             "last_error",
@@ -110,6 +129,29 @@ class PipelineSerializer(StrictModelSerializer):
         if pipeline.last_applied_commit_at is None:
             return None
         return round((timezone.now() - pipeline.last_applied_commit_at).total_seconds(), 3)
+
+    def to_representation(self, pipeline):
+        data = super().to_representation(pipeline)
+        data["schedule_every_seconds"] = schedules.interval_seconds(pipeline.schedule_interval)
+        data["schedule_cron"] = schedules.cron_expression(pipeline.schedule_crontab)
+        return data
+
+    def validate(self, attrs):
+        if "schedule_every_seconds" in attrs:
+            attrs["schedule_interval"] = schedules.interval_for(attrs.pop("schedule_every_seconds"))
+        if "schedule_cron" in attrs:
+            try:
+                attrs["schedule_crontab"] = schedules.crontab_for(attrs.pop("schedule_cron"))
+            except ValueError as error:
+                raise serializers.ValidationError({"schedule_cron": [str(error)]}) from None
+        attrs = super().validate(attrs)
+        source = attrs.get("source") or getattr(self.instance, "source", None)
+        tables = attrs.get("tables")
+        if source is not None and source.is_batch and tables and len(tables) > 1:
+            raise serializers.ValidationError(
+                {"tables": ["A CSV or HTTP JSON source loads into one table: give one name (or none)."]}
+            )
+        return attrs
 
     @transaction.atomic
     def create(self, validated_data):
@@ -175,7 +217,7 @@ class PipelineViewSet(AuditedViewSetMixin, viewsets.ModelViewSet):
     def get_queryset(self):
         last_run = PipelineRun.objects.filter(pipeline=OuterRef("pk")).order_by("-started_at")
         return (
-            Pipeline.objects.select_related("source", "destination")
+            Pipeline.objects.select_related("source", "destination", "schedule_interval", "schedule_crontab")
             .prefetch_related("tables")
             .annotate(last_run_at=Subquery(last_run.values("started_at")[:1]))
         )
@@ -270,6 +312,81 @@ class PipelineViewSet(AuditedViewSetMixin, viewsets.ModelViewSet):
         return Response(self.get_serializer(self.get_queryset().get(pk=pipeline.pk)).data)
 
 
+    @extend_schema(
+        responses=inline_serializer(
+            "PipelineStats",
+            {
+                "pipeline": serializers.CharField(),
+                "source_kind": serializers.CharField(),
+                "tables": serializers.ListField(child=serializers.DictField()),
+                "tables_error": serializers.CharField(allow_null=True),
+                "runs": serializers.DictField(child=serializers.IntegerField()),
+                "rows_inserted": serializers.IntegerField(),
+                "rows_updated": serializers.IntegerField(),
+                "rows_deleted": serializers.IntegerField(),
+                "rows_rejected": serializers.IntegerField(),
+                "last_success_at": serializers.DateTimeField(allow_null=True),
+                "last_run_rows_per_second": serializers.FloatField(allow_null=True),
+            },
+        )
+    )
+    @action(detail=True, methods=["get"])
+    def stats(self, request, pk=None):
+        """Rows per destination table (counted there now), runs by outcome, the last success,
+        rows per second of the last successful run, and rejected records."""
+        return Response(batch.pipeline_stats(self.get_object()))
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("table", str, description="A destination table of the pipeline (default: its first)."),
+            OpenApiParameter("page", int, description="1-based page number."),
+            OpenApiParameter("page_size", int, description=f"Rows per page, 1 to {batch.MAX_PAGE_SIZE} (default 50)."),
+            OpenApiParameter("search", str, description="Keep the rows whose text contains this (any column)."),
+        ],
+        responses=inline_serializer(
+            "PipelineDataPage",
+            {
+                "table": serializers.CharField(),
+                "tables": serializers.ListField(child=serializers.CharField()),
+                "page": serializers.IntegerField(),
+                "page_size": serializers.IntegerField(),
+                "search": serializers.CharField(),
+                "count": serializers.IntegerField(),
+                "columns": serializers.ListField(child=serializers.CharField()),
+                "rows": serializers.ListField(child=serializers.ListField()),
+            },
+        ),
+    )
+    @action(detail=True, methods=["get"])
+    def data(self, request, pk=None):
+        """A read-only, paginated, searchable preview of what landed in a destination table."""
+        # Not get_object(): its filters would read ?search= as a search of pipelines.
+        pipeline = get_object_or_404(self.get_queryset(), pk=pk if str(pk).isdigit() else 0)
+        self.check_object_permissions(request, pipeline)
+        params = request.query_params
+        errors = {}
+        numbers = {}
+        for name, default in (("page", 1), ("page_size", 50)):
+            try:
+                numbers[name] = int(params.get(name, default))
+            except ValueError:
+                errors[name] = ["A whole number."]
+        if errors:
+            raise serializers.ValidationError(errors)
+        try:
+            page = batch.preview_rows(
+                pipeline, params.get("table", ""), numbers["page"], numbers["page_size"], params.get("search", "")
+            )
+        except batch.PreviewRefused as refusal:
+            raise serializers.ValidationError({refusal.field: [str(refusal)]}) from None
+        except Exception as error:  # noqa: BLE001 - an unreachable destination is the answer, not a 500
+            return Response(
+                {"detail": f"The destination cannot be read: {services.describe_error(error)}"},
+                status=status.HTTP_503_SERVICE_UNAVAILABLE,
+            )
+        return Response(page)
+
+
 class PipelineRunSerializer(serializers.ModelSerializer):
     pipeline_name = serializers.CharField(source="pipeline.name", read_only=True)
 
@@ -291,6 +408,7 @@ class PipelineRunSerializer(serializers.ModelSerializer):
             "rows_updated",
             "rows_deleted",
             "bytes_read",
+            "rows_rejected",
             "notes",
             "error",
             "slot_lost",

@@ -2,9 +2,10 @@ import contextlib
 import uuid
 
 from django.core.exceptions import ValidationError
-from django.core.validators import MinValueValidator
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import IntegrityError, models
 from django.utils import timezone
+from django_celery_beat.models import CrontabSchedule, IntervalSchedule
 
 from destinations.models import Destination
 from sources.models import Source
@@ -100,6 +101,30 @@ class Pipeline(models.Model):
             "the new one is complete)."
         ),
     )
+    max_reject_share = models.FloatField(
+        "largest share of rejected records",
+        default=0.1,
+        validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
+        help_text="CSV and HTTP JSON sources: a run fails once more than this share of the records it "
+        "read were rejected (0.1 = 10%). Rejected records are kept in the destination's _rosetta_rejects.",
+    )
+    schedule_interval = models.ForeignKey(
+        IntervalSchedule,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        help_text="CSV and HTTP JSON sources: run this often. PostgreSQL pipelines run continuously.",
+    )
+    schedule_crontab = models.ForeignKey(
+        CrontabSchedule,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        help_text="CSV and HTTP JSON sources: or run at these times (a cron expression). "
+        "With neither, a batch pipeline runs only when asked (API, admin, manage.py run_pipeline).",
+    )
     last_error = models.TextField(blank=True, default="", editable=False)
     consecutive_failures = models.PositiveIntegerField(default=0, editable=False)
     next_run_at = models.DateTimeField(null=True, blank=True, editable=False)
@@ -167,6 +192,27 @@ class Pipeline(models.Model):
         errors = self.frozen_field_errors()
         if errors:
             raise ValidationError(errors)
+        if self.schedule_interval_id and self.schedule_crontab_id:
+            raise ValidationError({"schedule_crontab": "Give an interval or a cron schedule, not both."})
+        source = Source.objects.filter(pk=self.source_id).first() if self.source_id else None
+        if (self.schedule_interval_id or self.schedule_crontab_id) and source and not source.is_batch:
+            raise ValidationError(
+                {"schedule_interval": "PostgreSQL pipelines run continuously; schedules are for CSV and "
+                 "HTTP JSON sources."}
+            )
+
+
+    @property
+    def is_batch(self) -> bool:
+        return self.source.is_batch
+
+    def schedule(self):
+        """The celery schedule of a batch pipeline (interval or crontab), or None."""
+        if self.schedule_interval_id:
+            return self.schedule_interval.schedule
+        if self.schedule_crontab_id:
+            return self.schedule_crontab.schedule
+        return None
 
     def refusal_reason(self, action: str) -> str | None:
         """Why `action` is not allowed now, in the operator's words; None if it is."""
@@ -251,6 +297,13 @@ class PipelineTable(models.Model):
     rows_inserted = models.BigIntegerField(default=0)
     rows_updated = models.BigIntegerField(default=0)
     rows_deleted = models.BigIntegerField(default=0)
+    column_mapping = models.JSONField(
+        default=dict,
+        blank=True,
+        editable=False,
+        help_text="CSV and HTTP JSON sources: each field's column name in the destination (normalized).",
+    )
+    column_types = models.JSONField(default=dict, blank=True, editable=False)
 
     class Meta:
         ordering = ["pipeline", "schema_name", "table_name"]
@@ -317,6 +370,9 @@ class PipelineRun(models.Model):
     rows_updated = models.BigIntegerField(default=0)
     rows_deleted = models.BigIntegerField(default=0)
     bytes_read = models.BigIntegerField(default=0)
+    rows_rejected = models.BigIntegerField(
+        default=0, help_text="CSV and HTTP JSON sources: records kept in _rosetta_rejects instead of loaded."
+    )
     notes = models.TextField(blank=True, default="")
     error = models.TextField(blank=True, default="")
     slot_lost = models.BooleanField(

@@ -25,7 +25,9 @@ from pipelines.engine.names import MAX_IDENTIFIER_BYTES, format_table_name, pars
 from pipelines.engine.runner import BatchOutcome, Engine
 from pipelines.engine.source import SourceDatabase, SourceProblem
 from rosetta.logs import log_context
+from sources.models import Source
 
+from . import batch
 from .models import IllegalTransition, Pipeline, PipelineRun, PipelineTable, new_checkpoint_key
 
 log = logging.getLogger(__name__)
@@ -72,11 +74,13 @@ def set_pipeline_tables(pipeline: Pipeline, names: list[str]) -> None:
             table.delete()
     targets = {t.target_table: key for key, t in existing.items() if key in wanted}
     new = sorted((key for key in wanted if key not in existing), key=lambda k: (k[0] != "public", k))
+    # A batch source's table has no snapshot: its first run loads it.
+    state = PipelineTable.SnapshotState.DONE if pipeline.source.is_batch else PipelineTable.SnapshotState.PENDING
     for schema, table in new:
         target = default_target_table(schema, table, taken=targets)
         targets[target] = (schema, table)
         PipelineTable.objects.create(
-            pipeline=pipeline, schema_name=schema, table_name=table, target_table=target
+            pipeline=pipeline, schema_name=schema, table_name=table, target_table=target, snapshot_state=state
         )
 
 
@@ -96,6 +100,9 @@ def default_target_table(schema: str, table: str, taken: dict) -> str:
 def start_pipeline(pipeline: Pipeline) -> None:
     """Start (or retry a failed pipeline). The next run creates the publication and
     the slot when missing, and snapshots the tables that need it."""
+    if pipeline.source.is_batch:
+        pipeline.transition("start")  # no slot: several pipelines may load one CSV or API source
+        return
     other = (
         Pipeline.objects.filter(source_id=pipeline.source_id)
         .exclude(pk=pipeline.pk)
@@ -143,6 +150,9 @@ def delete_pipeline(pipeline: Pipeline, drop_slot: bool) -> str:
         if not locked:
             raise IllegalTransition("a run is in progress; try again in a moment")
         done = f"Deleted pipeline {pipeline.name}"
+        if source.is_batch:
+            pipeline.delete()
+            return done + "."
         if drop_slot:
             try:
                 with _source(pipeline, timeout_ms=settings.ROSETTA_STATEMENT_TIMEOUT_MS) as db:
@@ -336,7 +346,10 @@ def run_pipeline(
         with log_context(pipeline=pipeline.name, run=run.pk):
             log.info("Run started")
             try:
-                outcome = _run_locked(pipeline, run, snapshot_only, observer, hooks)
+                if pipeline.source.is_batch:
+                    outcome = batch.run_batch_locked(pipeline, run, hooks)
+                else:
+                    outcome = _run_locked(pipeline, run, snapshot_only, observer, hooks)
             except Exception as error:
                 run.outcome = PipelineRun.Outcome.FAILED
                 run.error = describe_error(error)
@@ -347,6 +360,8 @@ def run_pipeline(
                 run.outcome = PipelineRun.Outcome.SUCCEEDED
                 run.caught_up = outcome is None or outcome.caught_up
                 _record_success(pipeline, outcome)
+                if pipeline.source.is_batch:
+                    batch.schedule_next(pipeline)
                 log.info(
                     "Run succeeded: %s changes read, %s snapshot rows", run.changes_read, run.snapshot_rows
                 )
@@ -621,6 +636,12 @@ def dispatch_pipeline_runs(enqueue: Callable[[int], object]) -> list[int]:
         Pipeline.objects.filter(
             Q(status__in=ACTIVE) | Q(status=Pipeline.Status.FAILED, next_run_at__isnull=False)
         )
+        # A batch pipeline without a schedule runs only when asked (batch.schedule_next).
+        .exclude(
+            Q(source__kind__in=Source.BATCH_KINDS)
+            & Q(schedule_interval__isnull=True)
+            & Q(schedule_crontab__isnull=True)
+        )
         .filter(Q(next_run_at__isnull=True) | Q(next_run_at__lte=now))
         .filter(
             Q(run_enqueued_at__isnull=True)
@@ -648,6 +669,8 @@ def _sources_with_a_run_in_progress() -> list[int]:
 def measure_lag(pipeline: Pipeline) -> str | None:
     """Measure the slot's lag on the source now and store it; returns an error text
     (the stored figures stay) when the source does not answer."""
+    if pipeline.source.is_batch:
+        return None  # no replication slot, no lag in bytes
     try:
         with _source(pipeline, timeout_ms=settings.ROSETTA_STATEMENT_TIMEOUT_MS) as source:
             state = source.slot_state(pipeline.source.slot_name)

@@ -126,6 +126,12 @@ ROSETTA_RUN_LEASE_SECONDS = env.int("ROSETTA_RUN_LEASE_SECONDS", default=60)
 # A run task may snapshot a large table: its time limit is this (not Celery's default
 # task limit), so a long snapshot finishes instead of restarting from zero forever.
 ROSETTA_SNAPSHOT_TIME_LIMIT_SECONDS = env.int("ROSETTA_SNAPSHOT_TIME_LIMIT_SECONDS", default=24 * 60 * 60)
+# CSV and HTTP JSON sources: records per destination transaction (each with its checkpoint).
+ROSETTA_BATCH_PART_ROWS = env.int("ROSETTA_BATCH_PART_ROWS", default=50_000)
+# CSV sources may read only files under these directories (comma-separated); empty: anywhere
+# the workers can read. Set it in production: whoever may add a source may otherwise load
+# (and preview) any file the workers can open.
+ROSETTA_CSV_ALLOWED_DIRS = env.list("ROSETTA_CSV_ALLOWED_DIRS", default=[])
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

@@ -64,7 +64,8 @@ PYEOF
 fi
 
 $PY manage.py migrate --noinput >/dev/null
-ADMIN_PASSWORD=$($PY manage.py demo --source-port "$SOURCE_PORT" --duckdb-path "$PWD/$DEMO/warehouse.duckdb" | sed -n 's/^admin password: //p')
+ADMIN_PASSWORD=$($PY manage.py demo --source-port "$SOURCE_PORT" --duckdb-path "$PWD/$DEMO/warehouse.duckdb" \
+  --exports-dir "$PWD/$DEMO/exports" --files-duckdb-path "$PWD/$DEMO/files.duckdb" | sed -n 's/^admin password: //p')
 
 start() { # name, command...
   local name=$1; shift
@@ -76,7 +77,8 @@ start() { # name, command...
 start web .venv/bin/gunicorn rosetta.wsgi --bind 127.0.0.1:8000 --workers 2 --timeout 60
 start worker $PY -m celery -A rosetta worker --loglevel=INFO --concurrency=2
 start beat $PY -m celery -A rosetta beat --loglevel=INFO
-start generator $PY manage.py demo --generate --source-port "$SOURCE_PORT"
+start generator $PY manage.py demo --generate --source-port "$SOURCE_PORT" --exports-dir "$PWD/$DEMO/exports"
+start reviews-api $PY manage.py demo --serve-api
 
 for _ in $(seq 1 50); do
   curl -fs http://127.0.0.1:8000/api/health/ >/dev/null 2>&1 && break
@@ -90,7 +92,10 @@ Rosetta demo is running.
   API:      http://127.0.0.1:8000/api/       docs: http://127.0.0.1:8000/api/docs/
   Source:   postgresql://postgres@127.0.0.1:$SOURCE_PORT/rosetta_demo_shop (a sample shop, changing every second)
   DuckDB:   $PWD/$DEMO/warehouse.duckdb (the pipeline "shop-to-duckdb" replicates into it)
-  Logs:     $DEMO/web.log, worker.log, beat.log, generator.log
+  Batch:    CSV exports in $DEMO/exports (a new one every minute) and a reviews API on
+            http://127.0.0.1:8765/reviews, loaded every minute into $PWD/$DEMO/files.duckdb
+            by "products-to-duckdb" and "reviews-to-duckdb"
   Commands: $ENV_NOTE
+  Logs:     $DEMO/web.log, worker.log, beat.log, generator.log, reviews-api.log
   Stop:     bash scripts/demo.sh stop
 MSG

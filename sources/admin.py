@@ -17,7 +17,7 @@ from .services import test_source_connection
 
 
 class SourceForm(SecretFieldsForm):
-    secret_fields = ("pg_password",)
+    secret_fields = ("pg_password", "secret_headers")
 
     class Meta:
         model = Source
@@ -39,6 +39,7 @@ class SourceAdmin(AuditedAdminMixin, SecretFieldsAdminMixin, SourceWalMonitoring
     form = SourceForm
     list_display = [
         "name",
+        "kind",
         "pg_host",
         "pg_port",
         "pg_database",
@@ -48,14 +49,21 @@ class SourceAdmin(AuditedAdminMixin, SecretFieldsAdminMixin, SourceWalMonitoring
         "largest_retained_wal",
         "updated_at",
     ]
-    list_filter = ["sslmode", "pg_host"]
+    list_filter = ["kind", "sslmode", "pg_host"]
     search_fields = ["name", "pg_host", "pg_database", "slot_name"]
     readonly_fields = ["created_at", "updated_at", "wal_monitoring_panel"]
     actions = ["test_connection", "probe_wal_now"]
     fieldsets = [
-        (None, {"fields": ["name"]}),
+        (None, {"fields": ["name", "kind"]}),
         (
-            "Connection",
+            "CSV files or HTTP JSON API",
+            {
+                "fields": ["settings", "secret_headers"],
+                "description": "For CSV and HTTP JSON sources only; the README shows each kind's settings.",
+            },
+        ),
+        (
+            "PostgreSQL connection",
             {"fields": ["pg_host", "pg_port", "pg_database", "pg_username", "pg_password", "sslmode"]},
         ),
         ("Replication", {"fields": ["publication_name", "slot_name"]}),

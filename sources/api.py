@@ -1,3 +1,5 @@
+import json
+
 from django_filters import rest_framework as filters
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers, viewsets
@@ -30,12 +32,25 @@ class SourceSerializer(StrictModelSerializer):
         help_text="Write-only. Leave out to keep the stored password.",
     )
     pg_password_set = serializers.SerializerMethodField()
+    secret_headers = serializers.JSONField(
+        write_only=True,
+        required=False,
+        help_text='HTTP JSON sources: headers holding credentials, e.g. {"Authorization": "Bearer ..."}. '
+        "Write-only, stored encrypted; leave out to keep the stored ones, {} to remove them.",
+    )
+    secret_header_names = serializers.SerializerMethodField(
+        help_text="The names of the stored secret headers (never their values)."
+    )
 
     class Meta:
         model = Source
         fields = [
             "id",
             "name",
+            "kind",
+            "settings",
+            "secret_headers",
+            "secret_header_names",
             "pg_host",
             "pg_port",
             "pg_database",
@@ -56,11 +71,24 @@ class SourceSerializer(StrictModelSerializer):
     def get_pg_password_set(self, source) -> bool:
         return bool(source.pg_password)
 
+    def get_secret_header_names(self, source) -> list[str]:
+        try:
+            return sorted(source.header_secrets())
+        except ValueError:
+            return []
+
+    def validate_secret_headers(self, value):
+        if not isinstance(value, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+        ):
+            raise serializers.ValidationError("An object of header names to text values.")
+        return json.dumps(value) if value else ""
+
 
 class SourceFilter(filters.FilterSet):
     class Meta:
         model = Source
-        fields = {"name": ["exact", "icontains"], "pg_host": ["exact"], "pg_database": ["exact"]}
+        fields = {"name": ["exact", "icontains"], "kind": ["exact"], "pg_host": ["exact"], "pg_database": ["exact"]}
 
 
 class PreflightCheckSerializer(serializers.Serializer):

@@ -1,3 +1,7 @@
+import json
+import os
+
+from django.conf import settings as django_settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
@@ -9,7 +13,16 @@ GIB = 1024**3
 
 
 class Source(models.Model):
-    """A PostgreSQL database that Rosetta reads changes from."""
+    """Where a pipeline reads from: a PostgreSQL database (CDC through a replication
+    slot), CSV files, or an HTTP JSON API (both batch sources, see engine/batch_sources)."""
+
+    class Kind(models.TextChoices):
+        POSTGRES = "postgres", "PostgreSQL (CDC)"
+        CSV = "csv", "CSV files"
+        HTTP_JSON = "http_json", "HTTP JSON API"
+
+    BATCH_KINDS = (Kind.CSV, Kind.HTTP_JSON)
+    POSTGRES_REQUIRED = ["pg_host", "pg_database", "pg_username"]
 
     class SSLMode(models.TextChoices):
         DISABLE = "disable"
@@ -20,12 +33,27 @@ class Source(models.Model):
         VERIFY_FULL = "verify-full"
 
     name = models.SlugField(max_length=100, unique=True)
-    pg_host = models.CharField("host", max_length=255)
+    kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.POSTGRES)
+    settings = models.JSONField(
+        "settings",
+        default=dict,
+        blank=True,
+        help_text="For CSV and HTTP JSON sources: the kind's settings as a JSON object (see the README). "
+        "Not used by PostgreSQL sources.",
+    )
+    secret_headers = EncryptedTextField(
+        "secret HTTP headers",
+        blank=True,
+        default="",
+        help_text='HTTP JSON sources: headers holding credentials, as a JSON object such as '
+        '{"Authorization": "Bearer ..."}; stored encrypted, never shown again.',
+    )
+    pg_host = models.CharField("host", max_length=255, blank=True, default="")
     pg_port = models.PositiveIntegerField(
         "port", default=5432, validators=[MinValueValidator(1), MaxValueValidator(65535)]
     )
-    pg_database = models.CharField("database", max_length=63)
-    pg_username = models.CharField("user", max_length=63)
+    pg_database = models.CharField("database", max_length=63, blank=True, default="")
+    pg_username = models.CharField("user", max_length=63, blank=True, default="")
     pg_password = EncryptedTextField("password", blank=True, default="")
     sslmode = models.CharField(max_length=11, choices=SSLMode.choices, default=SSLMode.PREFER)
     publication_name = models.CharField(
@@ -58,6 +86,7 @@ class Source(models.Model):
         constraints = [
             models.UniqueConstraint(
                 fields=["pg_host", "pg_port", "pg_database", "slot_name"],
+                condition=models.Q(kind="postgres"),
                 name="source_unique_slot_per_database",
                 violation_error_message="Another source already uses this replication slot on this database.",
             ),
@@ -91,8 +120,28 @@ class Source(models.Model):
             )
         return errors
 
+    @property
+    def is_batch(self) -> bool:
+        return self.kind in self.BATCH_KINDS
+
     def clean(self):
         errors = self.replication_field_errors()
+        if self.pk:
+            stored = Source.objects.filter(pk=self.pk).values_list("kind", flat=True).first()
+            if stored and stored != self.kind and self.pipelines.exists():
+                raise ValidationError(
+                    {"kind": f"Pipelines read this source as {stored}: delete them (or make another source) first."}
+                )
+        if self.kind == self.Kind.POSTGRES:
+            for name in self.POSTGRES_REQUIRED:
+                if not getattr(self, name):
+                    label = self._meta.get_field(name).verbose_name
+                    errors[name] = f"A PostgreSQL source needs its {label}."
+        else:
+            try:
+                self.batch_settings()
+            except ValueError as error:
+                errors[_settings_field(error)] = str(error)
         if errors:
             raise ValidationError(errors)
         if (
@@ -103,6 +152,44 @@ class Source(models.Model):
             raise ValidationError(
                 {"wal_warn_bytes": "The warning threshold must be below the critical threshold."}
             )
+
+    def header_secrets(self) -> dict:
+        """The secret headers as {name: value}; {} when none."""
+        if not self.secret_headers:
+            return {}
+        try:
+            value = json.loads(self.secret_headers)
+        except ValueError:
+            raise ValueError("secret_headers: must be a JSON object of header names to values") from None
+        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+            raise ValueError("secret_headers: must be a JSON object of header names to text values")
+        return value
+
+    def batch_settings(self):
+        """The kind's settings checked and completed (engine dataclasses); raises
+        SettingsError (a ValueError naming the setting) when one cannot work."""
+        from engine.batch_sources import SettingsError
+        from engine.batch_sources.csv import CsvSettings
+        from engine.batch_sources.http_json import HttpJsonSettings
+
+        if not isinstance(self.settings, dict):
+            raise SettingsError("settings", "must be a JSON object")
+        if self.kind == self.Kind.CSV:
+            if self.secret_headers:
+                raise SettingsError("secret_headers", "only HTTP JSON sources send headers")
+            values = CsvSettings.from_settings(self.settings)
+            allowed = [os.path.realpath(d) for d in django_settings.ROSETTA_CSV_ALLOWED_DIRS if d]
+            if values.path and allowed:
+                where = os.path.realpath(values.path.split("*")[0].split("?")[0].split("[")[0] or "/")
+                if not any(where == d or where.startswith(d.rstrip("/") + "/") for d in allowed):
+                    raise SettingsError(
+                        "path", f"must be under {', '.join(allowed)} (ROSETTA_CSV_ALLOWED_DIRS)"
+                    )
+            return values
+        if self.kind == self.Kind.HTTP_JSON:
+            self.header_secrets()
+            return HttpJsonSettings.from_settings(self.settings)
+        raise SettingsError("kind", "PostgreSQL sources have no batch settings")
 
     def connection_kwargs(self, connect_timeout: int | None = None) -> dict:
         """Keyword arguments for psycopg.connect(); the password stays out of any DSN string."""
@@ -118,3 +205,8 @@ class Source(models.Model):
         if connect_timeout is not None:
             kwargs["connect_timeout"] = connect_timeout
         return kwargs
+
+
+def _settings_field(error: ValueError) -> str:
+    """The model field a settings error belongs to."""
+    return "secret_headers" if str(error).startswith("secret_headers") else "settings"

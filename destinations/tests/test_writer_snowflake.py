@@ -233,7 +233,7 @@ def test_a_replayed_batch_changes_nothing(source_conn, writer, analyst, orders):
 
 
 class FailingBetweenMergeAndCheckpoint(SnowflakeWriter):
-    def _write_checkpoint(self, pipeline_key, end_lsn):
+    def _write_checkpoint(self, pipeline_key, end_lsn, state=None):
         raise RuntimeError("worker killed after the MERGE")
 
 

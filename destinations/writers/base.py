@@ -1,3 +1,5 @@
+import json
+
 from psycopg import sql
 
 from . import types
@@ -25,6 +27,24 @@ def unchanged_columns_stored_as_null(count: int, source_table: str, columns: str
         f"for keys the destination did not have: those columns are NULL in {target} until they change "
         "(refresh the table to fill them now)."
     )
+
+
+CHECKPOINTS = "_rosetta_checkpoints"
+REJECTS = "_rosetta_rejects"
+
+
+def dump_state(state: dict | None) -> str | None:
+    return None if state is None else json.dumps(state, separators=(",", ":"), default=str)
+
+
+def load_state(text: str | None) -> dict | None:
+    return None if not text else json.loads(text)
+
+
+def like_pattern(search: str) -> str:
+    """An ILIKE pattern matching `search` anywhere, its own % and _ taken literally."""
+    escaped = search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
 
 
 class Writer:
@@ -77,6 +97,27 @@ class Writer:
 
     def read_checkpoint(self, pipeline_key: str) -> int:
         """End LSN of the last batch this destination committed for the pipeline; 0 if none."""
+        raise NotImplementedError
+
+    def read_checkpoint_state(self, pipeline_key: str) -> tuple[int, dict | None]:
+        """(sequence, state) a batch source stored with its last part (see
+        Batch.checkpoint_state); (0, None) before its first part."""
+        raise NotImplementedError
+
+    def reset_checkpoint(self, pipeline_key: str) -> bool:
+        """Forget the pipeline's checkpoint (the next run starts over); True if there was one."""
+        raise NotImplementedError
+
+    # Reading what landed, for the pipeline's statistics and preview. `table` is
+    # a target table of the pipeline (the caller checks), quoted by the writer.
+
+    def count_rows(self, table: str) -> int | None:
+        """Rows in the target table; None if it does not exist (yet)."""
+        raise NotImplementedError
+
+    def preview_rows(self, table: str, offset: int, limit: int, search: str = "") -> tuple[list, list, int]:
+        """(column names, rows, rows matching) of a page of the table, in a stable order;
+        `search` keeps the rows whose text contains it (case-insensitive)."""
         raise NotImplementedError
 
     def apply_batch(self, pipeline_key: str, batch, soft_delete: bool = False):

@@ -15,7 +15,9 @@ VARCHAR for user-defined types), and Rosetta's columns:
 Tables get no PRIMARY KEY: DuckDB keeps such indexes in memory and checks them
 on every write, while the merge already matches rows on the source's key (and
 follows a key change without DDL). `_rosetta_checkpoints` holds each
-pipeline's last applied end LSN, written in the batch's transaction.
+pipeline's last applied end LSN (a batch source's part number, and its reader
+position as JSON in `state`), written in the batch's transaction, as are a
+batch source's rejected records in `_rosetta_rejects`.
 
 Batches go in through Arrow tables and one MERGE per group of rows, never row
 by row. DuckDB lets one process write a file at a time: the connection is
@@ -38,14 +40,18 @@ from pipelines.engine.batch import UNCHANGED, ApplyResult, SchemaAlignment, lsn_
 
 from . import pgcsv, schema_changes, types
 from .base import (
+    CHECKPOINTS,
+    REJECTS,
     ConnectionProblem,
     IncompatibleSchemaChange,
     UnstorableValue,
     Writer,
+    dump_state,
+    like_pattern,
+    load_state,
     unchanged_columns_stored_as_null,
 )
 
-CHECKPOINTS = "_rosetta_checkpoints"
 LSN, SYNCED_AT, DELETED_AT = "_rosetta_lsn", "_rosetta_synced_at", "_rosetta_deleted_at"
 META_COLUMNS = {LSN: "BIGINT", SYNCED_AT: "TIMESTAMP WITH TIME ZONE", DELETED_AT: "TIMESTAMP WITH TIME ZONE"}
 DROPPED_COMMENT = schema_changes.DROPPED_COMMENT
@@ -347,6 +353,72 @@ class DuckDBWriter(Writer):
         ).fetchall()
         return rows[0][0] if rows else 0
 
+    def read_checkpoint_state(self, pipeline_key: str) -> tuple[int, dict | None]:
+        conn = self._connection()
+        if not self._table_exists(conn, CHECKPOINTS):
+            return 0, None
+        self._ensure_checkpoint_table(conn)
+        rows = conn.execute(
+            f"SELECT lsn, state FROM {self._table(CHECKPOINTS)} WHERE pipeline_key = ?", [pipeline_key]
+        ).fetchall()
+        return (rows[0][0], load_state(rows[0][1])) if rows else (0, None)
+
+    def reset_checkpoint(self, pipeline_key: str) -> bool:
+        conn = self._connection()
+        if not self._table_exists(conn, CHECKPOINTS):
+            return False
+        found = conn.execute(
+            f"SELECT count(*) FROM {self._table(CHECKPOINTS)} WHERE pipeline_key = ?", [pipeline_key]
+        ).fetchone()[0]
+        conn.execute(f"DELETE FROM {self._table(CHECKPOINTS)} WHERE pipeline_key = ?", [pipeline_key])
+        return bool(found)
+
+    def _write_rejects(self, conn, pipeline_key: str, rejects: list[tuple]) -> None:
+        table = self._table(REJECTS)
+        conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {table} (pipeline_key VARCHAR NOT NULL, origin VARCHAR NOT NULL, "
+            "line BIGINT, reason VARCHAR NOT NULL, record VARCHAR, rejected_at TIMESTAMP WITH TIME ZONE NOT NULL)"
+        )
+        conn.executemany(
+            f"INSERT INTO {table} VALUES (?, ?, ?, ?, ?, now())",
+            [[pipeline_key, origin, line, reason, raw] for origin, line, reason, raw in rejects],
+        )
+
+    def count_rows(self, table: str) -> int | None:
+        if self._conn is None and not Path(self.settings["path"]).exists():
+            return None  # nothing loaded yet; reading must not create the file
+        conn = self._connection()
+        if not self._table_exists(conn, table):
+            return None
+        return conn.execute(f"SELECT count(*) FROM {self._table(table)}").fetchone()[0]
+
+    def preview_rows(self, table: str, offset: int, limit: int, search: str = "") -> tuple[list, list, int]:
+        if self._conn is None and not Path(self.settings["path"]).exists():
+            return [], [], 0
+        conn = self._connection()
+        if not self._table_exists(conn, table):
+            return [], [], 0
+        columns = [
+            row[0]
+            for row in conn.execute(
+                "SELECT column_name FROM duckdb_columns() WHERE schema_name = ? AND table_name = ? "
+                "ORDER BY column_index",
+                [self.schema, table],
+            ).fetchall()
+        ]
+        where, params = "", []
+        if search:
+            text = ", ".join(f"CAST({quote(name)} AS VARCHAR)" for name in columns)
+            where, params = f" WHERE concat_ws(' ', {text}) ILIKE ? ESCAPE '\\'", [like_pattern(search)]
+        target = self._table(table)
+        total = conn.execute(f"SELECT count(*) FROM {target}{where}", params).fetchone()[0]
+        rows = conn.execute(
+            f"SELECT {', '.join(quote(name) for name in columns)} FROM {target}{where} "
+            "ORDER BY rowid LIMIT ? OFFSET ?",
+            [*params, limit, offset],
+        ).fetchall()
+        return columns, rows, total
+
     def apply_batch(self, pipeline_key: str, batch, soft_delete: bool = False) -> ApplyResult:
         result = ApplyResult()
         if batch.is_empty:
@@ -375,10 +447,13 @@ class DuckDBWriter(Writer):
                     where = f"{self.schema}.{changes.target_table}"
                     raise unstorable_value(error, relation, duck_types, where) from None
             conn.execute(
-                f"INSERT INTO {self._table(CHECKPOINTS)} (pipeline_key, lsn, updated_at) VALUES (?, ?, now()) "
-                "ON CONFLICT (pipeline_key) DO UPDATE SET lsn = excluded.lsn, updated_at = excluded.updated_at",
-                [pipeline_key, batch.end_lsn],
+                f"INSERT INTO {self._table(CHECKPOINTS)} (pipeline_key, lsn, updated_at, state) "
+                "VALUES (?, ?, now(), ?) ON CONFLICT (pipeline_key) DO UPDATE SET lsn = excluded.lsn, "
+                "updated_at = excluded.updated_at, state = excluded.state",
+                [pipeline_key, batch.end_lsn, dump_state(batch.checkpoint_state)],
             )
+            if batch.rejects:
+                self._write_rejects(conn, pipeline_key, batch.rejects)
             if self.before_commit_hook:
                 self.before_commit_hook()
             conn.execute("COMMIT")
@@ -612,8 +687,10 @@ class DuckDBWriter(Writer):
         self._ensure_schema(conn)
         conn.execute(
             f"CREATE TABLE IF NOT EXISTS {self._table(CHECKPOINTS)} (pipeline_key VARCHAR PRIMARY KEY, "
-            "lsn BIGINT NOT NULL, updated_at TIMESTAMP WITH TIME ZONE NOT NULL)"
+            "lsn BIGINT NOT NULL, updated_at TIMESTAMP WITH TIME ZONE NOT NULL, state VARCHAR)"
         )
+        # a checkpoint table from before batch sources
+        conn.execute(f"ALTER TABLE {self._table(CHECKPOINTS)} ADD COLUMN IF NOT EXISTS state VARCHAR")
         self._verified[CHECKPOINTS] = True
 
     @staticmethod

@@ -13,9 +13,12 @@ primary key is the source's key, and Rosetta adds:
 - `_rosetta_deleted_at timestamptz`: set instead of deleting the row when the
   pipeline keeps soft deletes; NULL otherwise.
 
-`_rosetta_checkpoints (pipeline_key text PK, lsn bigint, updated_at timestamptz)`
-in the same schema holds each pipeline's last applied end LSN, written in the
-same transaction as the rows.
+`_rosetta_checkpoints (pipeline_key text PK, lsn bigint, updated_at timestamptz, state text)`
+in the same schema holds each pipeline's last applied end LSN (for a batch
+source: its part number, and in `state` the reader's position as JSON), written
+in the same transaction as the rows. `_rosetta_rejects` keeps the records a
+batch source could not load (file or URL, line, reason, raw text), written in
+the same transaction too.
 """
 
 import hashlib
@@ -31,9 +34,18 @@ from pipelines.engine.batch import UNCHANGED, ApplyResult, SchemaAlignment, lsn_
 from sources.preflight import describe_connection_error
 
 from . import schema_changes, types
-from .base import ConnectionProblem, IncompatibleSchemaChange, Writer, unchanged_columns_stored_as_null
+from .base import (
+    CHECKPOINTS,
+    REJECTS,
+    ConnectionProblem,
+    IncompatibleSchemaChange,
+    Writer,
+    dump_state,
+    like_pattern,
+    load_state,
+    unchanged_columns_stored_as_null,
+)
 
-CHECKPOINTS = "_rosetta_checkpoints"
 LSN, SYNCED_AT, DELETED_AT = "_rosetta_lsn", "_rosetta_synced_at", "_rosetta_deleted_at"
 DROPPED_COMMENT = schema_changes.DROPPED_COMMENT
 # maintenance_work_mem for building a snapshot's primary key, for that transaction only.
@@ -148,6 +160,68 @@ class PostgresWriter(Writer):
         ).fetchone()
         return row[0] if row else 0
 
+    def read_checkpoint_state(self, pipeline_key: str) -> tuple[int, dict | None]:
+        conn = self._connection()
+        if not self._table_exists(conn, CHECKPOINTS):
+            return 0, None
+        self._ensure_checkpoint_table(conn)
+        row = conn.execute(
+            sql.SQL("SELECT lsn, state FROM {} WHERE pipeline_key = %s").format(self._table(CHECKPOINTS)),
+            [pipeline_key],
+        ).fetchone()
+        return (row[0], load_state(row[1])) if row else (0, None)
+
+    def reset_checkpoint(self, pipeline_key: str) -> bool:
+        conn = self._connection()
+        if not self._table_exists(conn, CHECKPOINTS):
+            return False
+        deleted = conn.execute(
+            sql.SQL("DELETE FROM {} WHERE pipeline_key = %s").format(self._table(CHECKPOINTS)), [pipeline_key]
+        ).rowcount
+        return bool(deleted)
+
+    def _write_rejects(self, conn, pipeline_key: str, rejects: list[tuple]) -> None:
+        table = self._table(REJECTS)
+        if REJECTS not in self._verified:
+            conn.execute(
+                sql.SQL(
+                    "CREATE TABLE IF NOT EXISTS {} (pipeline_key text NOT NULL, origin text NOT NULL, "
+                    "line bigint, reason text NOT NULL, record text, rejected_at timestamptz NOT NULL DEFAULT now())"
+                ).format(table)
+            )
+            self._verified[REJECTS] = True
+        with conn.cursor() as cur, cur.copy(
+            sql.SQL("COPY {} (pipeline_key, origin, line, reason, record) FROM STDIN").format(table)
+        ) as copy:
+            for origin, line, reason, raw in rejects:
+                copy.write_row([pipeline_key, origin, line, reason, raw])
+
+    def count_rows(self, table: str) -> int | None:
+        conn = self._connection()
+        if not self._table_exists(conn, table):
+            return None
+        return conn.execute(sql.SQL("SELECT count(*) FROM {}").format(self._table(table))).fetchone()[0]
+
+    def preview_rows(self, table: str, offset: int, limit: int, search: str = "") -> tuple[list, list, int]:
+        conn = self._connection()
+        if not self._table_exists(conn, table):
+            return [], [], 0
+        where, params = sql.SQL(""), []
+        if search:
+            where, params = sql.SQL(" WHERE t::text ILIKE %s"), [like_pattern(search)]
+        target = self._table(table)
+        total = conn.execute(sql.SQL("SELECT count(*) FROM {} AS t").format(target) + where, params).fetchone()[0]
+        with conn.cursor() as cur:
+            cur.execute(
+                sql.SQL("SELECT * FROM {} AS t").format(target)
+                + where
+                + sql.SQL(" ORDER BY ctid LIMIT %s OFFSET %s"),
+                [*params, limit, offset],
+            )
+            columns = [column.name for column in cur.description]
+            rows = cur.fetchall()
+        return columns, rows, total
+
     def apply_batch(self, pipeline_key: str, batch, soft_delete: bool = False) -> ApplyResult:
         result = ApplyResult()
         if batch.is_empty:
@@ -172,11 +246,14 @@ class PostgresWriter(Writer):
                     self._apply_table(conn, batch.tables[key], soft_delete, result)
                 conn.execute(
                     sql.SQL(
-                        "INSERT INTO {} (pipeline_key, lsn, updated_at) VALUES (%s, %s, now()) "
-                        "ON CONFLICT (pipeline_key) DO UPDATE SET lsn = EXCLUDED.lsn, updated_at = now()"
+                        "INSERT INTO {} (pipeline_key, lsn, updated_at, state) VALUES (%s, %s, now(), %s) "
+                        "ON CONFLICT (pipeline_key) DO UPDATE SET lsn = EXCLUDED.lsn, updated_at = now(), "
+                        "state = EXCLUDED.state"
                     ).format(self._table(CHECKPOINTS)),
-                    [pipeline_key, batch.end_lsn],
+                    [pipeline_key, batch.end_lsn, dump_state(batch.checkpoint_state)],
                 )
+                if batch.rejects:
+                    self._write_rejects(conn, pipeline_key, batch.rejects)
                 if self.before_commit_hook:
                     self.before_commit_hook()
         except BaseException:
@@ -427,9 +504,19 @@ class PostgresWriter(Writer):
             conn.execute(
                 sql.SQL(
                     "CREATE TABLE IF NOT EXISTS {} (pipeline_key text PRIMARY KEY, lsn bigint NOT NULL, "
-                    "updated_at timestamptz NOT NULL DEFAULT now())"
+                    "updated_at timestamptz NOT NULL DEFAULT now(), state text)"
                 ).format(self._table(CHECKPOINTS))
             )
+        else:
+            has_state = conn.execute(
+                "SELECT 1 FROM pg_attribute WHERE attrelid = %s::regclass AND attname = 'state' "
+                "AND NOT attisdropped",
+                [self._table(CHECKPOINTS).as_string(conn)],
+            ).fetchone()
+            if not has_state:  # a checkpoint table from before batch sources
+                conn.execute(
+                    sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS state text").format(self._table(CHECKPOINTS))
+                )
         self._verified[CHECKPOINTS] = True
 
     def _type_names(self, conn, type_pairs: list[tuple[int, int]]) -> list[str]:

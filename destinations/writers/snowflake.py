@@ -43,9 +43,18 @@ from pipelines.engine import pgtypes
 from pipelines.engine.batch import UNCHANGED, ApplyResult, SchemaAlignment, lsn_to_str
 
 from . import pgcsv, schema_changes, types
-from .base import ConnectionProblem, IncompatibleSchemaChange, Writer, unchanged_columns_stored_as_null
+from .base import (
+    CHECKPOINTS,
+    REJECTS,
+    ConnectionProblem,
+    IncompatibleSchemaChange,
+    Writer,
+    dump_state,
+    like_pattern,
+    load_state,
+    unchanged_columns_stored_as_null,
+)
 
-CHECKPOINTS = "_rosetta_checkpoints"
 LSN, SYNCED_AT, DELETED_AT = "_rosetta_lsn", "_rosetta_synced_at", "_rosetta_deleted_at"
 DROPPED_COMMENT = schema_changes.DROPPED_COMMENT
 STAGE = "_rosetta_stage"
@@ -414,8 +423,10 @@ class SnowflakeWriter(Writer):
             self._run(
                 f"CREATE TABLE IF NOT EXISTS {quote(CHECKPOINTS)} ({quote('pipeline_key')} VARCHAR NOT NULL, "
                 f"{quote('lsn')} {LSN_TYPE} NOT NULL, {quote('updated_at')} TIMESTAMP_TZ(6) NOT NULL, "
-                f"PRIMARY KEY ({quote('pipeline_key')}))"
+                f"{quote('state')} VARCHAR, PRIMARY KEY ({quote('pipeline_key')}))"
             )
+            # a checkpoint table from before batch sources
+            self._run(f"ALTER TABLE {quote(CHECKPOINTS)} ADD COLUMN IF NOT EXISTS {quote('state')} VARCHAR")
             self._checkpoints_ready = True
 
     def _table_columns(self, table: str) -> dict[str, tuple]:
@@ -641,6 +652,72 @@ class SnowflakeWriter(Writer):
             raise self._problem(error) from error
         return int(row[0]) if row else 0
 
+    def read_checkpoint_state(self, pipeline_key: str) -> tuple[int, dict | None]:
+        import snowflake.connector
+
+        try:
+            self._ensure_checkpoints()
+            row = self._run(
+                f"SELECT {quote('lsn')}, {quote('state')} FROM {quote(CHECKPOINTS)} "
+                f"WHERE {quote('pipeline_key')} = %(pipeline)s",
+                {"pipeline": pipeline_key},
+            ).fetchone()
+        except snowflake.connector.errors.Error as error:
+            raise self._problem(error) from error
+        return (int(row[0]), load_state(row[1])) if row else (0, None)
+
+    def reset_checkpoint(self, pipeline_key: str) -> bool:
+        self._ensure_checkpoints()
+        found = self._run(
+            f"SELECT COUNT(*) FROM {quote(CHECKPOINTS)} WHERE {quote('pipeline_key')} = %(pipeline)s",
+            {"pipeline": pipeline_key},
+        ).fetchone()[0]
+        self._run(
+            f"DELETE FROM {quote(CHECKPOINTS)} WHERE {quote('pipeline_key')} = %(pipeline)s",
+            {"pipeline": pipeline_key},
+        )
+        return bool(found)
+
+    def _ensure_rejects(self) -> None:
+        """DDL commits in Snowflake: the rejects table is made before the batch's transaction."""
+        self._run(
+            f"CREATE TABLE IF NOT EXISTS {quote(REJECTS)} ({quote('pipeline_key')} VARCHAR NOT NULL, "
+            f"{quote('origin')} VARCHAR NOT NULL, {quote('line')} NUMBER(20,0), {quote('reason')} VARCHAR NOT NULL, "
+            f"{quote('record')} VARCHAR, {quote('rejected_at')} TIMESTAMP_TZ(6) NOT NULL)"
+        )
+
+    def _write_rejects(self, pipeline_key: str, rejects: list[tuple]) -> None:
+        names = ", ".join(quote(n) for n in ("pipeline_key", "origin", "line", "reason", "record", "rejected_at"))
+        for origin, line, reason, raw in rejects:
+            self._run(
+                f"INSERT INTO {quote(REJECTS)} ({names}) SELECT %(pipeline)s, %(origin)s, %(line)s, %(reason)s, "
+                "%(record)s, CURRENT_TIMESTAMP()",
+                {"pipeline": pipeline_key, "origin": origin, "line": line, "reason": reason, "record": raw},
+            )
+
+    def count_rows(self, table: str) -> int | None:
+        if not self._table_columns(table):
+            return None
+        return int(self._run(f"SELECT COUNT(*) FROM {quote(table)}").fetchone()[0])
+
+    def preview_rows(self, table: str, offset: int, limit: int, search: str = "") -> tuple[list, list, int]:
+        self._columns.pop(table, None)
+        columns = list(self._table_columns(table))
+        if not columns:
+            return [], [], 0
+        where, params = "", {"limit": limit, "offset": offset}
+        if search:
+            # Snowflake's CONCAT_WS is NULL if any part is: every column counts as '' then.
+            text = ", ".join(f"COALESCE(TO_VARCHAR({quote(name)}), '')" for name in columns)
+            where = f" WHERE CONCAT_WS(' ', {text}) ILIKE %(pattern)s ESCAPE '\\\\'"
+            params["pattern"] = like_pattern(search)
+        total = int(self._run(f"SELECT COUNT(*) FROM {quote(table)}{where}", params).fetchone()[0])
+        order = ", ".join(quote(name) for name in columns)
+        rows = self._run(
+            f"SELECT {order} FROM {quote(table)}{where} ORDER BY {order} LIMIT %(limit)s OFFSET %(offset)s", params
+        ).fetchall()
+        return columns, [tuple(row) for row in rows], total
+
     def apply_batch(self, pipeline_key: str, batch, soft_delete: bool = False):
         import snowflake.connector
 
@@ -656,11 +733,15 @@ class SnowflakeWriter(Writer):
                 )
                 return result
             staged = self._prepare_tables(batch, result)
+            if batch.rejects:
+                self._ensure_rejects()
             self._run("BEGIN")
             try:
                 for changes, sql_types, staging, unchanged in staged:
                     self._apply_table(changes, sql_types, staging, unchanged, soft_delete, result)
-                self._write_checkpoint(pipeline_key, batch.end_lsn)
+                self._write_checkpoint(pipeline_key, batch.end_lsn, batch.checkpoint_state)
+                if batch.rejects:
+                    self._write_rejects(pipeline_key, batch.rejects)
                 if self.before_commit_hook is not None:
                     self.before_commit_hook()
                 self._run("COMMIT")
@@ -680,15 +761,18 @@ class SnowflakeWriter(Writer):
         except Exception:  # the connection may be gone; Snowflake rolls back on its own then
             self.close()
 
-    def _write_checkpoint(self, pipeline_key: str, end_lsn: int) -> None:
+    def _write_checkpoint(self, pipeline_key: str, end_lsn: int, state: dict | None = None) -> None:
         key, lsn, updated_at = quote("pipeline_key"), quote("lsn"), quote("updated_at")
+        state_column = quote("state")
         self._run(
-            f"MERGE INTO {quote(CHECKPOINTS)} AS c USING (SELECT %(pipeline)s AS {key}, %(lsn)s AS {lsn}) AS s "
+            f"MERGE INTO {quote(CHECKPOINTS)} AS c USING (SELECT %(pipeline)s AS {key}, %(lsn)s AS {lsn}, "
+            f"%(state)s AS {state_column}) AS s "
             f"ON c.{key} = s.{key} "
-            f"WHEN MATCHED THEN UPDATE SET c.{lsn} = s.{lsn}, c.{updated_at} = CURRENT_TIMESTAMP() "
-            f"WHEN NOT MATCHED THEN INSERT ({key}, {lsn}, {updated_at}) "
-            f"VALUES (s.{key}, s.{lsn}, CURRENT_TIMESTAMP())",
-            {"pipeline": pipeline_key, "lsn": int(end_lsn)},
+            f"WHEN MATCHED THEN UPDATE SET c.{lsn} = s.{lsn}, c.{updated_at} = CURRENT_TIMESTAMP(), "
+            f"c.{state_column} = s.{state_column} "
+            f"WHEN NOT MATCHED THEN INSERT ({key}, {lsn}, {updated_at}, {state_column}) "
+            f"VALUES (s.{key}, s.{lsn}, CURRENT_TIMESTAMP(), s.{state_column})",
+            {"pipeline": pipeline_key, "lsn": int(end_lsn), "state": dump_state(state)},
         )
 
     def _prepare_tables(self, batch, result) -> list:

@@ -136,6 +136,11 @@ class Batch:
     bytes_read: int = 0
     notes: list[str] = field(default_factory=list)  # e.g. "column public.t.c dropped on the source"
     last_commit_time: datetime | None = None  # source commit time of the last transaction applied
+    # Batch sources (engine/batch_sources): the reader's position and the table's schema,
+    # written with the checkpoint in the same transaction; and the records that could not
+    # be loaded, as (file or URL, line, reason, raw text), kept in _rosetta_rejects.
+    checkpoint_state: dict | None = None
+    rejects: list[tuple] = field(default_factory=list)
 
     @property
     def is_empty(self) -> bool:

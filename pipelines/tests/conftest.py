@@ -182,3 +182,13 @@ def make_pipeline(source_row, destination):
         return pipeline
 
     return make
+
+
+@pytest.fixture
+def api():
+    """A local HTTP JSON API the test scripts (batch_support.ScriptedApi)."""
+    from .batch_support import ScriptedApi
+
+    server = ScriptedApi()
+    yield server
+    server.close()

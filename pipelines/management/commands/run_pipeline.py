@@ -26,7 +26,10 @@ class ProgressBar(services.RunObserver):
 
 
 class Command(BaseCommand):
-    help = "Run a pipeline now, as the scheduler would: snapshot what needs it, then CDC batches."
+    help = (
+        "Run a pipeline now, as the scheduler would: snapshot what needs it, then CDC batches; "
+        "for a CSV or HTTP JSON source, load what is new."
+    )
 
     def add_arguments(self, parser):
         parser.add_argument("name", help="The pipeline's name.")
@@ -70,6 +73,13 @@ class Command(BaseCommand):
             return
         seconds = run.duration_seconds or 0.0
         rate = run.changes_read / seconds if seconds else 0
+        if run.pipeline.source.is_batch:
+            self.stdout.write(
+                f"{run.pipeline.name}: {run.changes_read:,} records read, +{run.rows_inserted:,} "
+                f"~{run.rows_updated:,} rows, {run.rows_rejected:,} rejected, {seconds:.2f} s "
+                f"({rate:,.0f} records/s)"
+            )
+            return
         parts = [f"{run.pipeline.name}: {run.changes_read:,} changes"]
         if run.snapshot_rows:
             parts.append(f"{run.snapshot_rows:,} snapshot rows")
