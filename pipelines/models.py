@@ -73,6 +73,9 @@ class Pipeline(models.Model):
     # The destination's checkpoint row is keyed by this, never by the (editable) name.
     # Pipelines created before it existed keep their name as key (see the migration).
     checkpoint_key = models.CharField(max_length=100, unique=True, default=new_checkpoint_key, editable=False)
+    # Copied from the source's kind on save, so the database can keep one started pipeline
+    # per replication slot: CSV and HTTP JSON sources have no slot, and feed any number.
+    reads_replication_slot = models.BooleanField(default=True, editable=False)
     on_slot_lost = models.CharField(
         "when the replication slot is lost",
         max_length=8,
@@ -154,7 +157,7 @@ class Pipeline(models.Model):
             # turns reading it, each missing the other's changes.
             models.UniqueConstraint(
                 fields=["source"],
-                condition=~models.Q(status="created"),
+                condition=~models.Q(status="created") & models.Q(reads_replication_slot=True),
                 name="pipeline_one_started_per_source",
                 violation_error_message="Another started pipeline already reads this source's replication slot.",
             )
@@ -162,6 +165,13 @@ class Pipeline(models.Model):
 
     def __str__(self):
         return self.name
+
+    def save(self, *args, **kwargs):
+        if self.source_id:
+            self.reads_replication_slot = not Source.objects.get(pk=self.source_id).is_batch
+            if kwargs.get("update_fields") is not None:
+                kwargs["update_fields"] = {*kwargs["update_fields"], "reads_replication_slot"}
+        super().save(*args, **kwargs)
 
     @property
     def has_started(self) -> bool:

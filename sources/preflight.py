@@ -132,7 +132,8 @@ def _table_check(conn, schema: str, table: str) -> Check:
     name = f"{schema}.{table}"
     identity = table_identity(conn, schema, table)
     if identity.problem:
-        return Check(f"table {name}", False, identity.problem)
+        quoted = sql.Identifier(schema, table).as_string(conn)
+        return Check(f"table {name}", False, identity.problem, f"ALTER TABLE {quoted} ADD PRIMARY KEY (...);")
     return Check(f"table {name}", True, f"Table {name} has {identity.how}.")
 
 

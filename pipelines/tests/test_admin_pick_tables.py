@@ -34,6 +34,9 @@ def test_a_new_pipeline_goes_on_to_pick_tables_from_the_sources_list(admin_brows
             "source": source_row.pk,
             "destination": destination.pk,
             "batch_size": 1000,
+            "on_slot_lost": "recopy",
+            "on_incompatible_schema_change": "fail",
+            "max_reject_share": 0.1,
             "tables-TOTAL_FORMS": 0,
             "tables-INITIAL_FORMS": 0,
             "tables-MIN_NUM_FORMS": 0,
@@ -46,7 +49,7 @@ def test_a_new_pipeline_goes_on_to_pick_tables_from_the_sources_list(admin_brows
     page = admin_browser.get(response["Location"]).content.decode()
     rows = page.split('id="source-tables"')[1]
     assert "public.orders</label></td>\n<td>1200</td>\n<td>primary key" in rows
-    assert "public.events</label></td>\n<td>not analysed yet</td>\n<td>REPLICA IDENTITY FULL" in rows
+    assert "public.events</label></td>\n<td>not analysed yet</td>\n<td><strong>nothing: REPLICA IDENTITY FULL without a primary key" in rows
     assert "public.audit_log</label></td>\n<td>not analysed yet</td>\n<td><strong>nothing: no primary key" in rows
 
     admin_browser.post(response["Location"], {"table": ["public.orders", "public.events"]})

@@ -82,6 +82,8 @@ def pipeline_form(pipeline, **changes):
         "destination": pipeline.destination_id,
         "batch_size": pipeline.batch_size,
         "on_slot_lost": pipeline.on_slot_lost,
+        "on_incompatible_schema_change": pipeline.on_incompatible_schema_change,
+        "max_reject_share": pipeline.max_reject_share,
         "tables-TOTAL_FORMS": "0",
         "tables-INITIAL_FORMS": "0",
     }
