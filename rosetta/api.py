@@ -93,11 +93,13 @@ def database_status() -> str:
 HEALTH_COMPONENTS = ("database", "broker", "worker", "beat", "probes")
 
 
-@extend_schema(
-    responses=inline_serializer(
-        "Health", {"status": serializers.CharField(), **{c: serializers.CharField() for c in HEALTH_COMPONENTS}}
-    )
+HEALTH_SERIALIZER = inline_serializer(
+    "Health", {"status": serializers.CharField(), **{c: serializers.CharField() for c in HEALTH_COMPONENTS}}
 )
+
+
+# 503 when any component is down, with the same body saying which.
+@extend_schema(responses={200: HEALTH_SERIALIZER, 503: HEALTH_SERIALIZER})
 @api_view(["GET"])
 @permission_classes([permissions.AllowAny])
 def health(request):

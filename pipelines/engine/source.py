@@ -223,8 +223,8 @@ class SourceDatabase:
 
     def table_shape(self, schema: str, table: str) -> "TableShape":
         """The table as its changes describe it (one catalog query for the columns):
-        the relation pgoutput sends (generated columns left out: PostgreSQL 15 does
-        not send them), and for each column what the rows that existed when it was
+        the relation (generated columns included: PostgreSQL 15 does not send them, the
+        runner reads them from the source), and for each column what the rows that existed when it was
         added hold in it, since PostgreSQL writes no WAL for them: a constant
         default's value (pg_attribute.attmissingval), or per row (a volatile default
         or an identity: the table was rewritten, so only a copy brings the values)."""
@@ -246,8 +246,8 @@ class SourceDatabase:
                 fills[name] = ColumnFill(value=missing)
             elif has_default:
                 fills[name] = ColumnFill(per_row=True)
-        if generated:
-            relation.columns = [c for c in relation.columns if c.name not in generated]
+        # Generated columns stay in the relation: the runner reads their values from the
+        # source (pgoutput does not send them), so they are written like any other column.
         return TableShape(relation, fills, frozenset(generated))
 
     # -- publication and slot -------------------------------------------------
