@@ -32,10 +32,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import duckdb  # noqa: E402
 import psycopg  # noqa: E402
 
-from destinations.writers.duckdb import DuckDBWriter  # noqa: E402
-from destinations.writers.postgres import PostgresWriter  # noqa: E402
 from engine.batch_sources.csv import CsvReader, CsvSettings  # noqa: E402
 from engine.batch_sources.loader import BatchLoader  # noqa: E402
+from engine.writers.duckdb import DuckDBWriter  # noqa: E402
+from engine.writers.postgres import PostgresWriter  # noqa: E402
 from rosetta.pgcluster import Cluster  # noqa: E402
 
 
@@ -150,7 +150,6 @@ def rosetta_runs(path: Path, work: Path, options, duck_limit: float) -> None:
         cluster.stop()
         for name in ("rosetta.duckdb", "limit.duckdb"):
             (work / name).unlink(missing_ok=True)
-
 
 
 def dlt_run(path: Path, work: Path, options, duck_limit: float) -> None:

@@ -111,7 +111,9 @@ def tick(cap: float):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--sources", type=int, default=1000)
     parser.add_argument("--stalled", type=int, default=20)
     parser.add_argument("--refusing", type=int, default=20)
@@ -129,7 +131,9 @@ def main() -> None:
         with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{METADATA_DB}"')
             for index in range(args.slots):
-                conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", [f"slot_{index:03d}"])
+                conn.execute(
+                    "SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", [f"slot_{index:03d}"]
+                )
         setup_django(cluster, args)
         from django.conf import settings
         from django.core.management import call_command

@@ -20,11 +20,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import psycopg  # noqa: E402
 
-from destinations.writers.duckdb import DuckDBWriter  # noqa: E402
-from destinations.writers.postgres import PostgresWriter  # noqa: E402
-from pipelines.engine.fold import TableSpec  # noqa: E402
-from pipelines.engine.runner import Engine  # noqa: E402
-from pipelines.engine.source import SourceDatabase  # noqa: E402
+from engine.fold import TableSpec  # noqa: E402
+from engine.runner import Engine  # noqa: E402
+from engine.source import SourceDatabase  # noqa: E402
+from engine.writers.duckdb import DuckDBWriter  # noqa: E402
+from engine.writers.postgres import PostgresWriter  # noqa: E402
 from rosetta.pgcluster import Cluster  # noqa: E402
 
 
@@ -48,14 +48,26 @@ def main():
         specs = [TableSpec("public", f"t{t}", f"t{t}") for t in range(args.tables)]
         writers = {
             "postgres": PostgresWriter(
-                {"host": "127.0.0.1", "port": cluster.port, "database": "dst", "username": "postgres", "schema": "public"}
+                {
+                    "host": "127.0.0.1",
+                    "port": cluster.port,
+                    "database": "dst",
+                    "username": "postgres",
+                    "schema": "public",
+                }
             ),
             "duckdb": DuckDBWriter({"path": str(workdir / "bench.duckdb")}),
         }
         for kind, writer in writers.items():
             with SourceDatabase(source_kwargs) as source:
                 engine = Engine(
-                    source, writer, pipeline_key="bench", slot="s", publication="p", tables=specs, batch_size=1
+                    source,
+                    writer,
+                    pipeline_key="bench",
+                    slot="s",
+                    publication="p",
+                    tables=specs,
+                    batch_size=1,
                 )
                 for spec in specs:
                     relation = source.describe_table(spec.schema, spec.table)
@@ -65,6 +77,7 @@ def main():
                 started = time.perf_counter()
                 if kind == "duckdb" and "--profile" in sys.argv:
                     import cProfile
+
                     cProfile.runctx("engine.align_schemas(keys)", globals(), locals(), sort="cumtime")
                 engine.align_schemas(keys)
                 unchanged = time.perf_counter() - started

@@ -35,11 +35,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import psycopg  # noqa: E402
 
-from destinations.writers.duckdb import DuckDBWriter  # noqa: E402
-from destinations.writers.postgres import PostgresWriter  # noqa: E402
-from pipelines.engine.fold import BatchBuilder, TableSpec  # noqa: E402
-from pipelines.engine.runner import Engine  # noqa: E402
-from pipelines.engine.source import SourceDatabase  # noqa: E402
+from engine.fold import BatchBuilder, TableSpec  # noqa: E402
+from engine.runner import Engine  # noqa: E402
+from engine.source import SourceDatabase  # noqa: E402
+from engine.writers.duckdb import DuckDBWriter  # noqa: E402
+from engine.writers.postgres import PostgresWriter  # noqa: E402
 from rosetta.pgcluster import Cluster  # noqa: E402
 
 TABLE = TableSpec("public", "orders", "orders")

@@ -28,10 +28,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import psycopg  # noqa: E402
 from psycopg import sql  # noqa: E402
 
-from destinations.writers.duckdb import DuckDBWriter  # noqa: E402
-from destinations.writers.postgres import PostgresWriter  # noqa: E402
-from pipelines.engine import pgtypes  # noqa: E402
-from pipelines.engine.batch import Batch, Column, Relation, TableChanges  # noqa: E402
+from engine import pgtypes  # noqa: E402
+from engine.batch import Batch, Column, Relation, TableChanges  # noqa: E402
+from engine.writers.duckdb import DuckDBWriter  # noqa: E402
+from engine.writers.postgres import PostgresWriter  # noqa: E402
 from rosetta.pgcluster import Cluster  # noqa: E402
 
 CHUNK_BYTES = 4 * 1024 * 1024  # what the source side's snapshot hands over per chunk
@@ -112,7 +112,7 @@ def raw_copy(dsn: str, fmt: str) -> tuple[float, int]:
 
 
 def make_changes(relation: Relation, rows: int, changes: int) -> Batch:
-    """Typed values, as pipelines/engine/batch.py describes them."""
+    """Typed values, as engine/batch.py describes them."""
     now = datetime.now(UTC)
     table = TableChanges(relation=relation, target_table="orders")
     updates, inserts = int(changes * 0.6), int(changes * 0.3)

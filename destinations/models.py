@@ -127,8 +127,8 @@ class Destination(models.Model):
         """The pasted key is read (and decrypted with its passphrase) on save, not at the first run."""
         if self.kind != self.Kind.SNOWFLAKE or not self.snowflake_private_key:
             return None
-        from destinations.writers.base import ConnectionProblem
-        from destinations.writers.snowflake import load_private_key
+        from engine.writers.base import ConnectionProblem
+        from engine.writers.snowflake import load_private_key
 
         try:
             load_private_key(self.snowflake_private_key, None, self.snowflake_private_key_passphrase)
@@ -141,10 +141,12 @@ class Destination(models.Model):
         if not getattr(self, field_name):
             return "not set"
         if field_name == "snowflake_private_key":
-            from destinations.writers.snowflake import load_private_key, public_key_fingerprint
+            from engine.writers.snowflake import load_private_key, public_key_fingerprint
 
             try:
-                der = load_private_key(self.snowflake_private_key, None, self.snowflake_private_key_passphrase)
+                der = load_private_key(
+                    self.snowflake_private_key, None, self.snowflake_private_key_passphrase
+                )
             except Exception:
                 return "set (cannot be read with the stored passphrase)"
             return f"set, public key fingerprint {public_key_fingerprint(der)}"

@@ -1,7 +1,8 @@
 from django.conf import settings
 
+from engine.writers import ConnectionProblem, writer_for
+
 from .models import Destination
-from .writers import ConnectionProblem, writer_for
 
 
 def test_destination_connection(destination: Destination) -> tuple[bool, str]:

@@ -9,10 +9,10 @@ from django.utils.functional import cached_property
 from django.utils.html import format_html
 from django.utils.safestring import mark_safe
 
+from engine.forecast import human_bytes, human_duration
 from rosetta.admin_utils import badge
 
 from .charts import line_chart
-from .forecast import human_bytes, human_duration
 from .models import AlertEvent, AlertState, SlotMetric, WalMetric, WalSettings
 from .selectors import annotate_wal_health, chart_series, health_of, source_wal_state
 from .services import probe_sources

@@ -186,9 +186,15 @@ class SlotStateSerializer(serializers.Serializer):
     active = serializers.BooleanField()
     restart_lsn = serializers.CharField()
     confirmed_flush_lsn = serializers.CharField()
-    lost = serializers.BooleanField(help_text="wal_status lost: the slot's pipeline must copy its tables again.")
-    reserves_wal = serializers.BooleanField(help_text="False for a physical slot created without reserving WAL.")
-    retained_bytes = serializers.IntegerField(allow_null=True, help_text="null for a lost slot or one reserving none.")
+    lost = serializers.BooleanField(
+        help_text="wal_status lost: the slot's pipeline must copy its tables again."
+    )
+    reserves_wal = serializers.BooleanField(
+        help_text="False for a physical slot created without reserving WAL."
+    )
+    retained_bytes = serializers.IntegerField(
+        allow_null=True, help_text="null for a lost slot or one reserving none."
+    )
     retained = serializers.CharField(help_text='As shown: e.g. "1.5 MB", "n/a (lost)", "-".')
     unconfirmed_bytes = serializers.IntegerField(allow_null=True)
     unconfirmed = serializers.CharField()

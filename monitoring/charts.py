@@ -7,7 +7,7 @@ import datetime as dt
 import math
 from html import escape
 
-from .forecast import human_bytes
+from engine.forecast import human_bytes
 
 THRESHOLD_REACH = 3  # draw a threshold up to 3x the data's maximum; beyond, say it in words
 PALETTE = ["#1565c0", "#6a1b9a", "#00838f", "#558b2f", "#ad1457", "#4e342e", "#283593", "#f9a825", "#37474f"]

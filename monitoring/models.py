@@ -1,10 +1,9 @@
 from django.db import models
 from django.utils import timezone
 
+from engine.forecast import human_bytes
+from engine.probe import format_lsn
 from sources.models import Source
-
-from .forecast import human_bytes
-from .probe import format_lsn
 
 
 class Resolution(models.TextChoices):
@@ -42,7 +41,9 @@ class Condition(models.TextChoices):
 SLOT_CONDITIONS = (Condition.RETAINED_WAL, Condition.SLOT_INACTIVE, Condition.WAL_STATUS, Condition.SLOT_LOST)
 
 
-def alert_key(condition: str, *, source_id: int | None = None, server_id: str = "", slot_name: str = "") -> str:
+def alert_key(
+    condition: str, *, source_id: int | None = None, server_id: str = "", slot_name: str = ""
+) -> str:
     """What one alert is about: a slot on a server, or else one source.
 
     Other kinds of alert (e.g. about a pipeline) take their own prefix.
@@ -73,7 +74,11 @@ class WalMetric(models.Model):
     wal_rate_bytes_per_s = models.FloatField("WAL written (bytes/s)", null=True, blank=True)
     heartbeat_lsn = models.CharField(max_length=32, blank=True, default="")
     system_identifier = models.CharField(
-        max_length=32, blank=True, default="", db_default="", help_text="The server's pg_control_system() system_identifier."
+        max_length=32,
+        blank=True,
+        default="",
+        db_default="",
+        help_text="The server's pg_control_system() system_identifier.",
     )
 
     class Meta:
@@ -140,7 +145,9 @@ class SlotMetric(models.Model):
     @property
     def reserves_wal(self) -> bool:
         """A physical slot created without reserving WAL has no restart_lsn: it holds nothing."""
-        return bool(self.restart_lsn) or self.resolution == Resolution.HOURLY and self.retained_bytes is not None
+        return (
+            bool(self.restart_lsn) or self.resolution == Resolution.HOURLY and self.retained_bytes is not None
+        )
 
     def display_bytes(self, value: int | None) -> str:
         """A size of this slot as shown everywhere: a lost slot has no meaningful figures."""

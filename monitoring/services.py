@@ -1,6 +1,6 @@
 """WAL monitoring services: probe sources, record the outcome, move alerts, keep history small.
 
-The probe itself (monitoring.probe) is plain Python; this module loads the sources,
+The probe itself (engine.probe) is plain Python; this module loads the sources,
 calls it, and records what came back. Tasks, the API, the admin and probe_wal call these.
 """
 
@@ -18,10 +18,11 @@ from django.db.models.functions import Cast, Trunc
 from django.utils import timezone
 from psycopg import sql as psycopg_sql
 
+from engine.forecast import Forecast, forecast_slot, human_bytes, human_duration, lost_forecast
+from engine.probe import ProbeResult, parse_lsn, probe_many, wal_rate
 from rosetta.secrets import SecretDecryptionError, decrypt
 from sources.models import Source
 
-from .forecast import Forecast, forecast_slot, human_bytes, human_duration, lost_forecast
 from .models import (
     AlertEvent,
     AlertState,
@@ -35,7 +36,6 @@ from .models import (
     retained_wal_level,
 )
 from .notifications import due_notifications
-from .probe import ProbeResult, parse_lsn, probe_many, wal_rate
 
 log = logging.getLogger(__name__)
 
@@ -229,7 +229,9 @@ def record_probes(batch: list[tuple[Source, ProbeResult]]) -> list[WalMetric]:
                 unconfirmed_bytes=slot.unconfirmed_bytes,
                 wal_status=slot.wal_status or "",
                 safe_wal_size=slot.safe_wal_size,
-                inactive_since=_inactive_since(slot, earlier.get((source.pk, slot.slot_name)), result.probed_at),
+                inactive_since=_inactive_since(
+                    slot, earlier.get((source.pk, slot.slot_name)), result.probed_at
+                ),
             )
             metric.slot_rows.append(row)
             slot_rows.append(row)
@@ -323,7 +325,9 @@ def slot_forecast(source: Source, slot: SlotMetric, now: dt.datetime | None = No
     now = now or slot.probed_at
     if slot.is_lost:
         lost_at = (
-            AlertState.objects.filter(condition=Condition.SLOT_LOST, slot_name=slot.slot_name, level=Level.CRITICAL)
+            AlertState.objects.filter(
+                condition=Condition.SLOT_LOST, slot_name=slot.slot_name, level=Level.CRITICAL
+            )
             .filter(Q(source=source) | Q(server_id=_server_of(source)))
             .values_list("since", flat=True)
             .first()
@@ -406,7 +410,9 @@ def apply_judgements(judgements: list[Judgement], now: dt.datetime) -> list[Aler
     with transaction.atomic():
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", [ALERT_LOCK_ID])
-        states = {state.key: state for state in AlertState.objects.filter(key__in=[j.key for j in judgements])}
+        states = {
+            state.key: state for state in AlertState.objects.filter(key__in=[j.key for j in judgements])
+        }
         rows, events = {}, []
         for judgement in judgements:
             state = states.get(judgement.key) or AlertState(key=judgement.key, level=Level.OK, since=now)
@@ -423,7 +429,9 @@ def apply_judgements(judgements: list[Judgement], now: dt.datetime) -> list[Aler
             ):
                 kind, previous = AlertEvent.Kind.REMINDER, judgement.level
             if kind is not None:
-                forecast = judgement.forecast() if judgement.forecast and judgement.level != Level.OK else None
+                forecast = (
+                    judgement.forecast() if judgement.forecast and judgement.level != Level.OK else None
+                )
                 events.append(
                     AlertEvent(
                         source_id=judgement.source_id,
@@ -517,7 +525,10 @@ def evaluate_probe_failures(sources: list[Source], now: dt.datetime) -> list[Ale
         rows = recent.get(source.pk, [])
         failing = len(rows) == needed and not any(ok for ok, _ in rows)
         if failing:
-            level, message = Level.CRITICAL, f"The last {needed} WAL probes of {source} failed. Latest: {rows[0][1]}"
+            level, message = (
+                Level.CRITICAL,
+                f"The last {needed} WAL probes of {source} failed. Latest: {rows[0][1]}",
+            )
         else:
             level, message = Level.OK, f"{source} answers the WAL probe."
         judgements.append(
@@ -595,7 +606,10 @@ def _judge_slot(source: Source, server_id: str, slot: SlotMetric, now: dt.dateti
             judgement(Condition.SLOT_INACTIVE, Level.OK, f"Slot {name} is lost."),
             # The loss is reported once, by the slot lost alert, not also as a wal_status change.
             judgement(
-                Condition.WAL_STATUS, Level.OK, f"Slot {name} is lost (see the slot lost alert).", notify=False
+                Condition.WAL_STATUS,
+                Level.OK,
+                f"Slot {name} is lost (see the slot lost alert).",
+                notify=False,
             ),
             judgement(
                 Condition.SLOT_LOST,
@@ -628,13 +642,21 @@ def _judge_slot(source: Source, server_id: str, slot: SlotMetric, now: dt.dateti
         )
         judgements.append(judgement(Condition.SLOT_INACTIVE, Level.WARN, message, value=retained))
     else:
-        judgements.append(judgement(Condition.SLOT_INACTIVE, Level.OK, f"Slot {name} is active or advancing."))
+        judgements.append(
+            judgement(Condition.SLOT_INACTIVE, Level.OK, f"Slot {name} is active or advancing.")
+        )
 
     if slot.wal_status in WAL_STATUS_LEVEL:
-        message = f"Slot {name} on {source} {WAL_STATUS_MEANING[slot.wal_status]} (wal_status {slot.wal_status})."
-        judgements.append(judgement(Condition.WAL_STATUS, WAL_STATUS_LEVEL[slot.wal_status], message, value=retained))
+        message = (
+            f"Slot {name} on {source} {WAL_STATUS_MEANING[slot.wal_status]} (wal_status {slot.wal_status})."
+        )
+        judgements.append(
+            judgement(Condition.WAL_STATUS, WAL_STATUS_LEVEL[slot.wal_status], message, value=retained)
+        )
     else:
-        judgements.append(judgement(Condition.WAL_STATUS, Level.OK, f"Slot {name}'s WAL is reserved (wal_status)."))
+        judgements.append(
+            judgement(Condition.WAL_STATUS, Level.OK, f"Slot {name}'s WAL is reserved (wal_status).")
+        )
     return judgements
 
 
@@ -782,7 +804,9 @@ def _downsample_slots(start, end) -> int:
             unconfirmed_bytes=group["unconfirmed_bytes"],
             # PostgreSQL reports no safe_wal_size for a lost slot: an hour that saw the loss
             # must not keep an earlier minimum, which would read as WAL still to spare.
-            safe_wal_size=None if status_by_rank.get(group["worst_status"]) == "lost" else group["safe_wal_size"],
+            safe_wal_size=None
+            if status_by_rank.get(group["worst_status"]) == "lost"
+            else group["safe_wal_size"],
             wal_status=status_by_rank.get(group["worst_status"], ""),
             inactive_since=group["inactive_since"],
         )

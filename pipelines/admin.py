@@ -10,19 +10,19 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
 from destinations.models import Destination
+from engine.names import format_identifier
+from engine.source import SourceProblem
 from rosetta.admin_utils import badge, report_per_object
 from rosetta.audit import AuditedAdminMixin, deleted, record_audit_event
 from rosetta.pagination import EstimatedCountPaginator
 
 from . import batch, schedules, services
-from .engine.names import format_identifier
-from .engine.source import SourceProblem
 from .models import IllegalTransition, Pipeline, PipelineRun, PipelineTable
 
 
 class PipelineTableForm(forms.ModelForm):
     """Names are shown as they are typed (quoted where a name holds a dot, a quote or
-    outer spaces) and read back by the one parser, pipelines.engine.names."""
+    outer spaces) and read back by the one parser, engine.names."""
 
     NAME_FIELDS = ("schema_name", "table_name", "target_table")
 
@@ -50,7 +50,14 @@ class PipelineTableInline(admin.TabularInline):
         "rows_deleted",
         "columns",
     ]
-    readonly_fields = ["snapshot_state", "snapshot_rows", "rows_inserted", "rows_updated", "rows_deleted", "columns"]
+    readonly_fields = [
+        "snapshot_state",
+        "snapshot_rows",
+        "rows_inserted",
+        "rows_updated",
+        "rows_deleted",
+        "columns",
+    ]
 
     @admin.display(description="columns (field -> column: type)")
     def columns(self, table):
@@ -112,12 +119,20 @@ class PipelineAdmin(AuditedAdminMixin, admin.ModelAdmin):
     def get_urls(self):
         from .console import action_view, pick_tables_view
 
-        act = self.admin_site.admin_view(lambda request, object_id, action: action_view(self, request, object_id, action))
-        pick = self.admin_site.admin_view(lambda request, object_id: pick_tables_view(self, request, object_id))
+        act = self.admin_site.admin_view(
+            lambda request, object_id, action: action_view(self, request, object_id, action)
+        )
+        pick = self.admin_site.admin_view(
+            lambda request, object_id: pick_tables_view(self, request, object_id)
+        )
         return [
             path("<int:object_id>/act/<str:action>/", act, name="pipelines_pipeline_act"),
             path("<int:object_id>/tables/", pick, name="pipelines_pipeline_tables"),
-            path("<int:object_id>/move/", self.admin_site.admin_view(self.move_view), name="pipelines_pipeline_move"),
+            path(
+                "<int:object_id>/move/",
+                self.admin_site.admin_view(self.move_view),
+                name="pipelines_pipeline_move",
+            ),
             path(
                 "<path:object_id>/preview/",
                 self.admin_site.admin_view(self.preview_view),
@@ -194,7 +209,9 @@ class PipelineAdmin(AuditedAdminMixin, admin.ModelAdmin):
             "Rows per second in the last successful run: {}. Rejected records: {}.</p>"
             "<p>Schedule: {}.</p>",
             tables,
-            format_html('<p class="errornote">{}</p>', stats["tables_error"]) if stats["tables_error"] else "",
+            format_html('<p class="errornote">{}</p>', stats["tables_error"])
+            if stats["tables_error"]
+            else "",
             runs["total"],
             runs["succeeded"],
             runs["failed"],
@@ -240,7 +257,11 @@ class PipelineAdmin(AuditedAdminMixin, admin.ModelAdmin):
                 params.get("search", ""),
             )
         except ValueError as refusal:
-            error = str(refusal) if isinstance(refusal, batch.PreviewRefused) else "page and page_size are whole numbers."
+            error = (
+                str(refusal)
+                if isinstance(refusal, batch.PreviewRefused)
+                else "page and page_size are whole numbers."
+            )
         except Exception as problem:  # noqa: BLE001 - the page says why the destination cannot be read
             error = f"The destination cannot be read: {services.describe_error(problem)}"
         context = {
@@ -250,7 +271,9 @@ class PipelineAdmin(AuditedAdminMixin, admin.ModelAdmin):
             "page": page,
             "error": error,
             "previous_page": page["page"] - 1 if page.get("page", 1) > 1 else None,
-            "next_page": page["page"] + 1 if page.get("count", 0) > page.get("page", 1) * page["page_size"] else None,
+            "next_page": page["page"] + 1
+            if page.get("count", 0) > page.get("page", 1) * page["page_size"]
+            else None,
         }
         return TemplateResponse(request, "admin/pipelines/pipeline/preview.html", context)
 

@@ -9,12 +9,12 @@ from rest_framework.decorators import action
 from rest_framework.response import Response
 
 from destinations.models import Destination
+from engine.source import SourceProblem
 from rosetta.api import CanChangeObject, StrictModelSerializer, StrictSerializer, action_body, query_bool
 from rosetta.audit import AuditedViewSetMixin, deleted, record_audit_event
 from rosetta.pagination import EstimatedCountPagination
 
 from . import batch, schedules, services
-from .engine.source import SourceProblem
 from .models import IllegalTransition, Pipeline, PipelineRun, PipelineTable
 
 
@@ -311,7 +311,6 @@ class PipelineViewSet(AuditedViewSetMixin, viewsets.ModelViewSet):
         record_audit_event(request, "move", pipeline, detail=f"to destination {body['destination']}")
         return Response(self.get_serializer(self.get_queryset().get(pk=pipeline.pk)).data)
 
-
     @extend_schema(
         responses=inline_serializer(
             "PipelineStats",
@@ -338,10 +337,16 @@ class PipelineViewSet(AuditedViewSetMixin, viewsets.ModelViewSet):
 
     @extend_schema(
         parameters=[
-            OpenApiParameter("table", str, description="A destination table of the pipeline (default: its first)."),
+            OpenApiParameter(
+                "table", str, description="A destination table of the pipeline (default: its first)."
+            ),
             OpenApiParameter("page", int, description="1-based page number."),
-            OpenApiParameter("page_size", int, description=f"Rows per page, 1 to {batch.MAX_PAGE_SIZE} (default 50)."),
-            OpenApiParameter("search", str, description="Keep the rows whose text contains this (any column)."),
+            OpenApiParameter(
+                "page_size", int, description=f"Rows per page, 1 to {batch.MAX_PAGE_SIZE} (default 50)."
+            ),
+            OpenApiParameter(
+                "search", str, description="Keep the rows whose text contains this (any column)."
+            ),
         ],
         responses=inline_serializer(
             "PipelineDataPage",
@@ -375,7 +380,11 @@ class PipelineViewSet(AuditedViewSetMixin, viewsets.ModelViewSet):
             raise serializers.ValidationError(errors)
         try:
             page = batch.preview_rows(
-                pipeline, params.get("table", ""), numbers["page"], numbers["page_size"], params.get("search", "")
+                pipeline,
+                params.get("table", ""),
+                numbers["page"],
+                numbers["page_size"],
+                params.get("search", ""),
             )
         except batch.PreviewRefused as refusal:
             raise serializers.ValidationError({refusal.field: [str(refusal)]}) from None

@@ -12,11 +12,11 @@ from django.conf import settings
 from django.db.models import Count, F, Q, Sum
 from django.utils import timezone
 
-from destinations.writers import writer_for
 from engine.batch_sources.csv import CsvReader
 from engine.batch_sources.http_json import HttpJsonReader
 from engine.batch_sources.loader import BatchLoader
 from engine.batch_sources.schema import normalize_name
+from engine.writers import writer_for
 from sources.models import Source
 
 from .models import Pipeline, PipelineRun, PipelineTable
@@ -162,7 +162,9 @@ def pipeline_stats(pipeline: Pipeline, count_destination: bool = True) -> dict:
         if writer is not None:
             writer.close()
     known = {t["table"] for t in tables}
-    tables += [{"table": t.target_table, "rows": None} for t in pipeline.tables.all() if t.target_table not in known]
+    tables += [
+        {"table": t.target_table, "rows": None} for t in pipeline.tables.all() if t.target_table not in known
+    ]
     by_name = {t.target_table: t for t in pipeline.tables.all()}
     for entry in tables:
         table = by_name.get(entry["table"])
@@ -201,14 +203,18 @@ class PreviewRefused(ValueError):
         self.field = field
 
 
-def preview_rows(pipeline: Pipeline, table: str = "", page: int = 1, page_size: int = 50, search: str = "") -> dict:
+def preview_rows(
+    pipeline: Pipeline, table: str = "", page: int = 1, page_size: int = 50, search: str = ""
+) -> dict:
     """A page of a destination table of this pipeline, read-only."""
     targets = [t.target_table for t in pipeline.tables.all()]
     if not targets:
         raise PreviewRefused("table", "The pipeline has no table yet.")
     table = table or targets[0]
     if table not in targets:
-        raise PreviewRefused("table", f"{table!r} is not a table of this pipeline (it writes {', '.join(targets)}).")
+        raise PreviewRefused(
+            "table", f"{table!r} is not a table of this pipeline (it writes {', '.join(targets)})."
+        )
     if page < 1:
         raise PreviewRefused("page", "must be 1 or more.")
     if not 1 <= page_size <= MAX_PAGE_SIZE:

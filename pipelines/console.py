@@ -115,7 +115,7 @@ def pick_tables_view(model_admin, request, object_id):
     typing names; saving calls services.set_pipeline_tables."""
     from django.conf import settings
 
-    from sources.preflight import describe_connection_error, list_tables
+    from engine.preflight import describe_connection_error, list_tables
 
     pipeline = get_object_or_404(Pipeline.objects.select_related("source"), pk=object_id)
     if not model_admin.has_change_permission(request, pipeline):
@@ -130,7 +130,9 @@ def pick_tables_view(model_admin, request, object_id):
             model_admin.message_user(request, str(problem), messages.ERROR)
             return redirect(request.path)
         model_admin.message_user(
-            request, f"{pipeline.name} copies {len(names)} table(s): {', '.join(names) or 'none'}.", messages.SUCCESS
+            request,
+            f"{pipeline.name} copies {len(names)} table(s): {', '.join(names) or 'none'}.",
+            messages.SUCCESS,
         )
         return redirect(page)
     source = pipeline.source

@@ -8,9 +8,8 @@ from django.utils import timezone
 from django_celery_beat.models import CrontabSchedule, IntervalSchedule
 
 from destinations.models import Destination
+from engine.names import TableNameError, format_table_name, parse_identifier
 from sources.models import Source
-
-from .engine.names import TableNameError, format_table_name, parse_identifier
 
 
 class IllegalTransition(Exception):
@@ -207,10 +206,11 @@ class Pipeline(models.Model):
         source = Source.objects.filter(pk=self.source_id).first() if self.source_id else None
         if (self.schedule_interval_id or self.schedule_crontab_id) and source and not source.is_batch:
             raise ValidationError(
-                {"schedule_interval": "PostgreSQL pipelines run continuously; schedules are for CSV and "
-                 "HTTP JSON sources."}
+                {
+                    "schedule_interval": "PostgreSQL pipelines run continuously; schedules are for CSV and "
+                    "HTTP JSON sources."
+                }
             )
-
 
     @property
     def is_batch(self) -> bool:
@@ -271,7 +271,7 @@ class Pipeline(models.Model):
 
 def table_name_validator(value: str) -> None:
     """A schema or table name as PostgreSQL spells it (any character but NUL, 63 bytes),
-    or written in double quotes: see pipelines.engine.names."""
+    or written in double quotes: see engine.names."""
     try:
         parse_identifier(value)
     except TableNameError as error:
@@ -353,7 +353,7 @@ class PipelineTable(models.Model):
 
     @property
     def qualified_name(self) -> str:
-        """`schema.table`, quoted where a part needs it (pipelines.engine.names)."""
+        """`schema.table`, quoted where a part needs it (engine.names)."""
         return format_table_name(self.schema_name, self.table_name)
 
 

@@ -1,7 +1,7 @@
 """Operations on pipelines that the API, the admin, tasks and commands share.
 
 run_pipeline() is the batch CDC protocol of DESIGN.md around the engine
-(pipelines/engine/runner.py): it takes the lock, loads the configuration,
+(engine/runner.py): it takes the lock, loads the configuration,
 calls the engine and records a PipelineRun.
 """
 
@@ -18,12 +18,12 @@ from django.db import connections, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from destinations.writers import writer_for
-from pipelines.engine.batch import lsn_to_str
-from pipelines.engine.fold import TableSpec
-from pipelines.engine.names import MAX_IDENTIFIER_BYTES, format_table_name, parse_table_name
-from pipelines.engine.runner import BatchOutcome, Engine
-from pipelines.engine.source import SourceDatabase, SourceProblem
+from engine.batch import lsn_to_str
+from engine.fold import TableSpec
+from engine.names import MAX_IDENTIFIER_BYTES, format_table_name, parse_table_name
+from engine.runner import BatchOutcome, Engine
+from engine.source import SourceDatabase, SourceProblem
+from engine.writers import writer_for
 from rosetta.logs import log_context
 from sources.models import Source
 
@@ -75,7 +75,9 @@ def set_pipeline_tables(pipeline: Pipeline, names: list[str]) -> None:
     targets = {t.target_table: key for key, t in existing.items() if key in wanted}
     new = sorted((key for key in wanted if key not in existing), key=lambda k: (k[0] != "public", k))
     # A batch source's table has no snapshot: its first run loads it.
-    state = PipelineTable.SnapshotState.DONE if pipeline.source.is_batch else PipelineTable.SnapshotState.PENDING
+    state = (
+        PipelineTable.SnapshotState.DONE if pipeline.source.is_batch else PipelineTable.SnapshotState.PENDING
+    )
     for schema, table in new:
         target = default_target_table(schema, table, taken=targets)
         targets[target] = (schema, table)
@@ -186,7 +188,11 @@ def move_pipeline(pipeline: Pipeline, destination) -> str:
             raise IllegalTransition("a run is in progress; try again in a moment")
         with transaction.atomic():
             pipeline.tables.update(snapshot_state=PipelineTable.SnapshotState.PENDING)
-            fields = {"destination": destination, "checkpoint_key": new_checkpoint_key(), "updated_at": timezone.now()}
+            fields = {
+                "destination": destination,
+                "checkpoint_key": new_checkpoint_key(),
+                "updated_at": timezone.now(),
+            }
             Pipeline.objects.filter(pk=pipeline.pk).update(**fields)
             Pipeline.objects.filter(pk=pipeline.pk, status=Pipeline.Status.RUNNING).update(
                 status=Pipeline.Status.REFRESHING
@@ -232,7 +238,9 @@ def change_source_slot(source, slot_name: str, drop_old_slot: bool) -> str:
             ) as db:
                 dropped = db.drop_slot(old)
         except (psycopg.Error, SourceProblem) as error:
-            return done + f"; could not drop slot {old} ({describe_error(error)}): it keeps WAL until dropped."
+            return (
+                done + f"; could not drop slot {old} ({describe_error(error)}): it keeps WAL until dropped."
+            )
         return done + (f" and dropped slot {old}." if dropped else f"; slot {old} did not exist.")
 
 
@@ -308,7 +316,14 @@ def describe_error(error: Exception) -> str:
             f"{settings.ROSETTA_SNAPSHOT_TIME_LIMIT_SECONDS} s); the next run resumes with the tables not "
             "copied yet. Raise the setting if one table takes longer to copy."
         )
-    known = ("SlotLost", "SourceProblem", "ConnectionProblem", "IncompatibleSchemaChange", "DecodeError", "UnstorableValue")
+    known = (
+        "SlotLost",
+        "SourceProblem",
+        "ConnectionProblem",
+        "IncompatibleSchemaChange",
+        "DecodeError",
+        "UnstorableValue",
+    )
     if type(error).__name__ in known:
         return text
     return f"{type(error).__name__}: {text}"
@@ -367,7 +382,9 @@ def run_pipeline(
                 )
             if interrupted:
                 run.notes = "\n".join(
-                    filter(None, [f"Closed {interrupted} earlier run(s) left running as interrupted.", run.notes])
+                    filter(
+                        None, [f"Closed {interrupted} earlier run(s) left running as interrupted.", run.notes]
+                    )
                 )
             run.finished_at = timezone.now()
             run.save()
@@ -497,7 +514,9 @@ def _raise_alert(pipeline: Pipeline, message: str) -> None:
 
     repeat = timedelta(minutes=settings.ROSETTA_ALERT_REPEAT_MINUTES)
     now = timezone.now()
-    recent = pipeline.last_alert == message and pipeline.last_alert_at and now - pipeline.last_alert_at < repeat
+    recent = (
+        pipeline.last_alert == message and pipeline.last_alert_at and now - pipeline.last_alert_at < repeat
+    )
     if not recent:  # a failing pipeline retries often: one event, then reminders at the alert pace
         raise_pipeline_alert(pipeline.source, message, slot_name=pipeline.source.slot_name)
     Pipeline.objects.filter(pk=pipeline.pk).update(last_alert=message, last_alert_at=now)

@@ -8,7 +8,7 @@ from django.db.models import Count
 from django.template.response import TemplateResponse
 from django.utils import timezone
 
-from monitoring.forecast import human_bytes
+from engine.forecast import human_bytes
 from monitoring.models import AlertEvent
 from monitoring.selectors import UNKNOWN, annotate_wal_health, health_of
 from pipelines.models import Pipeline

@@ -25,4 +25,7 @@ class RosettaAdminSite(admin.AdminSite):
     def get_urls(self):
         from .admin_overview import overview_view
 
-        return [path("overview/", self.admin_view(overview_view), name="rosetta_overview"), *super().get_urls()]
+        return [
+            path("overview/", self.admin_view(overview_view), name="rosetta_overview"),
+            *super().get_urls(),
+        ]

@@ -123,7 +123,13 @@ class SecretFieldsAdminMixin:
             return fieldsets
         secrets = set(self.form.secret_fields)
         return [
-            (title, {**options, "fields": [self._state_name(f) if f in secrets else f for f in options["fields"]]})
+            (
+                title,
+                {
+                    **options,
+                    "fields": [self._state_name(f) if f in secrets else f for f in options["fields"]],
+                },
+            )
             for title, options in fieldsets
         ]
 

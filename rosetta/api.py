@@ -151,9 +151,6 @@ def exception_handler(exc, context):
     return response
 
 
-
-
-
 class AuditEventSerializer(serializers.ModelSerializer):
     class Meta:
         model = AuditEvent

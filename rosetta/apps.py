@@ -16,6 +16,7 @@ class RosettaConfig(AppConfig):
 
     def ready(self):
         from . import login_throttle  # noqa: F401 - connects the failed-login counter
+
         checks.register(check_encryption_keys, checks.Tags.security)
         checks.register(check_production_settings, checks.Tags.security)
 
@@ -54,9 +55,7 @@ def refuse_to_start_if_misconfigured() -> None:
     from django.core.exceptions import ImproperlyConfigured
 
     errors = [
-        error
-        for error in check_production_settings(None) + check_encryption_keys(None)
-        if error.is_serious()
+        error for error in check_production_settings(None) + check_encryption_keys(None) if error.is_serious()
     ]
     if errors:
         raise ImproperlyConfigured(" ".join(f"{error.id}: {error.msg}" for error in errors))

@@ -53,7 +53,9 @@ class AuditedViewSetMixin:
 
     def perform_create(self, serializer):
         super().perform_create(serializer)
-        record_audit_event(self.request, "create", serializer.instance, changed_fields=serializer.validated_data)
+        record_audit_event(
+            self.request, "create", serializer.instance, changed_fields=serializer.validated_data
+        )
 
     def perform_update(self, serializer):
         # As stored: validation may already have set the new values on serializer.instance.

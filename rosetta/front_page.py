@@ -14,7 +14,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
-from monitoring.forecast import human_bytes, human_duration
+from engine.forecast import human_bytes, human_duration
 from monitoring.models import WalMetric
 from monitoring.selectors import UNKNOWN, annotate_wal_health, health_of
 from pipelines.models import Pipeline, PipelineRun
@@ -31,7 +31,9 @@ def sparkline(values: list[int], width: int = 120, height: int = 24):
     """A small inline SVG of hourly rows applied, scaled to its own maximum."""
     top = max(values) or 1
     step = width / max(len(values) - 1, 1)
-    points = " ".join(f"{i * step:.1f},{height - 1 - (height - 2) * v / top:.1f}" for i, v in enumerate(values))
+    points = " ".join(
+        f"{i * step:.1f},{height - 1 - (height - 2) * v / top:.1f}" for i, v in enumerate(values)
+    )
     return format_html(
         '<svg class="rosetta-trend" width="{}" height="{}" viewBox="0 0 {} {}" role="img" '
         'aria-label="rows applied per hour, last {} h, max {}"><polyline fill="none" stroke="#417690" '
@@ -54,7 +56,9 @@ def pipeline_rows(page_of_pipelines, now) -> list[dict]:
         PipelineRun.objects.filter(pipeline_id__in=ids, started_at__gte=since)
         .annotate(hour=TruncHour("started_at"))
         .values("pipeline_id", "hour")
-        .annotate(rows=Sum("rows_inserted") + Sum("rows_updated") + Sum("rows_deleted") + Sum("snapshot_rows"))
+        .annotate(
+            rows=Sum("rows_inserted") + Sum("rows_updated") + Sum("rows_deleted") + Sum("snapshot_rows")
+        )
         .order_by()
     )
     first_hour = now.replace(minute=0, second=0, microsecond=0) - dt.timedelta(hours=TREND_HOURS - 1)
@@ -67,7 +71,9 @@ def pipeline_rows(page_of_pipelines, now) -> list[dict]:
     last_hour_runs = (
         PipelineRun.objects.filter(pipeline_id__in=ids, started_at__gte=now - dt.timedelta(hours=1))
         .values("pipeline_id")
-        .annotate(rows=Sum("rows_inserted") + Sum("rows_updated") + Sum("rows_deleted") + Sum("snapshot_rows"))
+        .annotate(
+            rows=Sum("rows_inserted") + Sum("rows_updated") + Sum("rows_deleted") + Sum("snapshot_rows")
+        )
         .order_by()
     )
     for row in last_hour_runs:
@@ -83,7 +89,9 @@ def pipeline_rows(page_of_pipelines, now) -> list[dict]:
             {
                 "pipeline": pipeline,
                 "badge": badge(pipeline.get_status_display(), pipeline.status),
-                "lag_bytes": "not measured" if pipeline.lag_bytes is None else human_bytes(pipeline.lag_bytes),
+                "lag_bytes": "not measured"
+                if pipeline.lag_bytes is None
+                else human_bytes(pipeline.lag_bytes),
                 "lag_time": "" if lag_seconds is None else human_duration(lag_seconds),
                 "rows_last_hour": f"{last_hour[pipeline.pk]:,}",
                 "trend": sparkline(series[pipeline.pk]),
@@ -217,7 +225,9 @@ def front_page_context(request, now=None) -> dict:
         "pipeline_rows": pipeline_rows(list(page.object_list), now),
         "pipeline_page": page,
         "pipeline_counts": format_html_join(
-            " ", "{} {}", ((badge(label, status), counts.get(status, 0)) for status, label in Pipeline.Status.choices)
+            " ",
+            "{} {}",
+            ((badge(label, status), counts.get(status, 0)) for status, label in Pipeline.Status.choices),
         ),
         "source_rows": sources,
         "sources_total": sources_total,

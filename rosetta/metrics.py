@@ -26,20 +26,30 @@ class DatabaseCollector:
         now = timezone.now()
         window = now - timedelta(seconds=settings.ROSETTA_PROBE_STALE_SECONDS)
         retained = GaugeMetricFamily(
-            "rosetta_slot_retained_bytes", "WAL a replication slot keeps on the source.", labels=["source", "slot"]
+            "rosetta_slot_retained_bytes",
+            "WAL a replication slot keeps on the source.",
+            labels=["source", "slot"],
         )
         unconfirmed = GaugeMetricFamily(
-            "rosetta_slot_unconfirmed_bytes", "WAL the slot's consumer has not confirmed.", labels=["source", "slot"]
+            "rosetta_slot_unconfirmed_bytes",
+            "WAL the slot's consumer has not confirmed.",
+            labels=["source", "slot"],
         )
-        active = GaugeMetricFamily("rosetta_slot_active", "1 when a consumer reads the slot.", labels=["source", "slot"])
+        active = GaugeMetricFamily(
+            "rosetta_slot_active", "1 when a consumer reads the slot.", labels=["source", "slot"]
+        )
         wal_status = GaugeMetricFamily(
-            "rosetta_slot_wal_status", "1 for the slot's current wal_status.", labels=["source", "slot", "wal_status"]
+            "rosetta_slot_wal_status",
+            "1 for the slot's current wal_status.",
+            labels=["source", "slot", "wal_status"],
         )
         slots = (
             SlotMetric.objects.filter(probed_at__gte=window)
             .order_by("source_id", "slot_name", "-probed_at")
             .distinct("source_id", "slot_name")
-            .values_list("source__name", "slot_name", "retained_bytes", "unconfirmed_bytes", "active", "wal_status")
+            .values_list(
+                "source__name", "slot_name", "retained_bytes", "unconfirmed_bytes", "active", "wal_status"
+            )
         )
         for source, slot, kept, pending, is_active, status in slots:
             if kept is not None:
@@ -55,9 +65,13 @@ class DatabaseCollector:
         from sources.models import Source
 
         probe_time = GaugeMetricFamily(
-            "rosetta_source_last_probe_timestamp_seconds", "When the source was last probed.", labels=["source"]
+            "rosetta_source_last_probe_timestamp_seconds",
+            "When the source was last probed.",
+            labels=["source"],
         )
-        probe_ok = GaugeMetricFamily("rosetta_source_probe_ok", "1 when the last probe succeeded.", labels=["source"])
+        probe_ok = GaugeMetricFamily(
+            "rosetta_source_probe_ok", "1 when the last probe succeeded.", labels=["source"]
+        )
         for name, at, ok in Source.objects.annotate(
             at=Subquery(last_probe.values("probed_at")[:1]), ok=Subquery(last_probe.values("ok")[:1])
         ).values_list("name", "at", "ok"):
@@ -77,16 +91,22 @@ class DatabaseCollector:
         yield from (probe_time, probe_ok, probe_failures)
 
         lag_bytes = GaugeMetricFamily(
-            "rosetta_pipeline_lag_bytes", "WAL between the slot's confirmed position and the source's.", labels=["pipeline"]
+            "rosetta_pipeline_lag_bytes",
+            "WAL between the slot's confirmed position and the source's.",
+            labels=["pipeline"],
         )
         lag_seconds = GaugeMetricFamily(
             "rosetta_pipeline_lag_seconds",
             "Time between the last applied commit and the lag measurement (0 when caught up).",
             labels=["pipeline"],
         )
-        status = GaugeMetricFamily("rosetta_pipeline_status", "1 for the pipeline's status.", labels=["pipeline", "status"])
+        status = GaugeMetricFamily(
+            "rosetta_pipeline_status", "1 for the pipeline's status.", labels=["pipeline", "status"]
+        )
         failures = GaugeMetricFamily(
-            "rosetta_pipeline_consecutive_failures", "Failed runs in a row (0 after a success).", labels=["pipeline"]
+            "rosetta_pipeline_consecutive_failures",
+            "Failed runs in a row (0 after a success).",
+            labels=["pipeline"],
         )
         for name, state, lag, measured, applied, failed in Pipeline.objects.values_list(
             "name", "status", "lag_bytes", "lag_measured_at", "last_applied_commit_at", "consecutive_failures"
@@ -100,7 +120,9 @@ class DatabaseCollector:
         yield from (lag_bytes, lag_seconds, status, failures)
 
         applied = CounterMetricFamily(
-            "rosetta_pipeline_changes_applied", "Rows inserted, updated and deleted by CDC, all time.", labels=["pipeline"]
+            "rosetta_pipeline_changes_applied",
+            "Rows inserted, updated and deleted by CDC, all time.",
+            labels=["pipeline"],
         )
         for name, total in (
             PipelineTable.objects.values_list("pipeline__name")
@@ -111,10 +133,14 @@ class DatabaseCollector:
         yield applied
 
         runs = GaugeMetricFamily(
-            "rosetta_pipeline_runs_last_hour", "Runs started in the last hour, by outcome.", labels=["pipeline", "outcome"]
+            "rosetta_pipeline_runs_last_hour",
+            "Runs started in the last hour, by outcome.",
+            labels=["pipeline", "outcome"],
         )
         longest = GaugeMetricFamily(
-            "rosetta_pipeline_run_duration_seconds_max_last_hour", "The longest finished run of the last hour.", labels=["pipeline"]
+            "rosetta_pipeline_run_duration_seconds_max_last_hour",
+            "The longest finished run of the last hour.",
+            labels=["pipeline"],
         )
         for name, outcome, count, duration in (
             PipelineRun.objects.filter(started_at__gte=now - timedelta(hours=1))

@@ -101,7 +101,12 @@ class SourceAdmin(AuditedAdminMixin, SecretFieldsAdminMixin, SourceWalMonitoring
                             mark_safe("<br>"),
                             "{}{}",
                             (
-                                (c["message"], format_html(' Fix: <code class="rosetta-fix">{}</code>', c["fix"]) if c.get("fix") else "")
+                                (
+                                    c["message"],
+                                    format_html(' Fix: <code class="rosetta-fix">{}</code>', c["fix"])
+                                    if c.get("fix")
+                                    else "",
+                                )
                                 for c in failed
                             ),
                         ),
@@ -113,7 +118,10 @@ class SourceAdmin(AuditedAdminMixin, SecretFieldsAdminMixin, SourceWalMonitoring
 
     def get_urls(self):
         view = self.admin_site.admin_view(self.change_slot_view)
-        return [path("<int:object_id>/change-slot/", view, name="sources_source_change_slot"), *super().get_urls()]
+        return [
+            path("<int:object_id>/change-slot/", view, name="sources_source_change_slot"),
+            *super().get_urls(),
+        ]
 
     def change_slot_view(self, request, object_id):
         """Read through another slot: asks whether to drop the old one, then re-copies."""

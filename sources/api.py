@@ -88,7 +88,12 @@ class SourceSerializer(StrictModelSerializer):
 class SourceFilter(filters.FilterSet):
     class Meta:
         model = Source
-        fields = {"name": ["exact", "icontains"], "kind": ["exact"], "pg_host": ["exact"], "pg_database": ["exact"]}
+        fields = {
+            "name": ["exact", "icontains"],
+            "kind": ["exact"],
+            "pg_host": ["exact"],
+            "pg_database": ["exact"],
+        }
 
 
 class PreflightCheckSerializer(serializers.Serializer):
@@ -163,6 +168,9 @@ class SourceViewSet(AuditedViewSetMixin, ProtectedDeleteMixin, viewsets.ModelVie
         except ValueError as error:
             raise serializers.ValidationError({"slot_name": [str(error)]}) from None
         record_audit_event(
-            request, "change_slot", source, detail=f"slot {body['slot_name']}, drop_old_slot={body['drop_old_slot']}"
+            request,
+            "change_slot",
+            source,
+            detail=f"slot {body['slot_name']}, drop_old_slot={body['drop_old_slot']}",
         )
         return Response({"detail": done})

@@ -45,7 +45,7 @@ class Source(models.Model):
         "secret HTTP headers",
         blank=True,
         default="",
-        help_text='HTTP JSON sources: headers holding credentials, as a JSON object such as '
+        help_text="HTTP JSON sources: headers holding credentials, as a JSON object such as "
         '{"Authorization": "Bearer ..."}; stored encrypted, never shown again.',
     )
     pg_host = models.CharField("host", max_length=255, blank=True, default="")
@@ -110,7 +110,12 @@ class Source(models.Model):
         started = self.pipelines.exclude(status="created").first()
         if started is None:
             return {}
-        errors = dict.fromkeys(changed, f"Cannot change while pipeline {started.name} is {started.status}: its replication slot " "and checkpoint belong to the current value. Pause and delete the pipeline first, or create " "another source.")
+        errors = dict.fromkeys(
+            changed,
+            f"Cannot change while pipeline {started.name} is {started.status}: its replication slot "
+            "and checkpoint belong to the current value. Pause and delete the pipeline first, or create "
+            "another source.",
+        )
         if "slot_name" in errors:
             errors["slot_name"] = (
                 f"Cannot change while pipeline {started.name} is {started.status}; use the change-slot action "
@@ -130,7 +135,9 @@ class Source(models.Model):
             stored = Source.objects.filter(pk=self.pk).values_list("kind", flat=True).first()
             if stored and stored != self.kind and self.pipelines.exists():
                 raise ValidationError(
-                    {"kind": f"Pipelines read this source as {stored}: delete them (or make another source) first."}
+                    {
+                        "kind": f"Pipelines read this source as {stored}: delete them (or make another source) first."
+                    }
                 )
         if self.kind == self.Kind.POSTGRES:
             for name in self.POSTGRES_REQUIRED:

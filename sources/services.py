@@ -1,7 +1,8 @@
 from django.conf import settings
 
+from engine.preflight import run_checks
+
 from .models import Source
-from .preflight import run_checks
 
 
 def test_source_connection(source: Source) -> list[dict]:

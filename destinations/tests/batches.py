@@ -4,7 +4,7 @@ entry, Batches as plain dataclasses, and snapshot chunks from a real COPY."""
 import psycopg
 from psycopg import sql
 
-from pipelines.engine.batch import Batch, Column, Relation, TableChanges
+from engine.batch import Batch, Column, Relation, TableChanges
 
 
 def relation_of(conn: psycopg.Connection, schema: str, table: str) -> Relation:
@@ -29,7 +29,7 @@ def relation_of(conn: psycopg.Connection, schema: str, table: str) -> Relation:
 def copy_chunks(conn: psycopg.Connection, relation: Relation, writer):
     """Stream the table out the way the source side does: COPY (SELECT the writer's
     snapshot columns) TO STDOUT in the writer's snapshot format, chunk by chunk."""
-    from pipelines.engine import pgtypes
+    from engine import pgtypes
 
     for name, value in pgtypes.SESSION_SETTINGS.items():  # as the source side sets them
         conn.execute(
@@ -99,8 +99,8 @@ def make_everything_table(conn: psycopg.Connection) -> Relation:
 
 def cdc_row(conn: psycopg.Connection, relation: Relation, key: int) -> dict:
     """The row as the source side hands it over from pgoutput: each column's text
-    form converted by its type OID (pipelines/engine/pgtypes.py)."""
-    from pipelines.engine import pgtypes
+    form converted by its type OID (engine/pgtypes.py)."""
+    from engine import pgtypes
 
     for name, value in pgtypes.SESSION_SETTINGS.items():
         conn.execute(

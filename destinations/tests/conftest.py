@@ -1,8 +1,8 @@
 import psycopg
 import pytest
 
-from destinations.writers.duckdb import DuckDBWriter
-from destinations.writers.postgres import PostgresWriter
+from engine.writers.duckdb import DuckDBWriter
+from engine.writers.postgres import PostgresWriter
 
 
 @pytest.fixture

@@ -3,11 +3,12 @@ rendering of the actions is tested with the writer (test_writer_changes.py, test
 
 import pytest
 
-from destinations.writers import types
-from destinations.writers.base import IncompatibleSchemaChange
-from destinations.writers.duckdb import DIALECT as DUCKDB
-from destinations.writers.postgres import DIALECT as POSTGRES
-from destinations.writers.schema_changes import (
+from engine.batch import Column, ColumnFill, Relation
+from engine.writers import types
+from engine.writers.base import IncompatibleSchemaChange
+from engine.writers.duckdb import DIALECT as DUCKDB
+from engine.writers.postgres import DIALECT as POSTGRES
+from engine.writers.schema_changes import (
     AddColumn,
     BringBack,
     DestinationColumn,
@@ -17,8 +18,7 @@ from destinations.writers.schema_changes import (
     plan,
     widens,
 )
-from destinations.writers.snowflake import DIALECT as SNOWFLAKE
-from pipelines.engine.batch import Column, ColumnFill, Relation
+from engine.writers.snowflake import DIALECT as SNOWFLAKE
 
 DIALECTS = {"postgres": POSTGRES, "duckdb": DUCKDB, "snowflake": SNOWFLAKE}
 

@@ -40,7 +40,9 @@ POSTGRES = {
     ],
 )
 def test_a_duckdb_path_must_be_absolute_without_dot_dot(admin_api, path, problem):
-    response = admin_api.post("/api/destinations/", {"name": "d", "kind": "duckdb", "duckdb_path": path}, format="json")
+    response = admin_api.post(
+        "/api/destinations/", {"name": "d", "kind": "duckdb", "duckdb_path": path}, format="json"
+    )
     assert response.status_code == 400
     assert problem in response.json()["duckdb_path"][0]
     assert not Destination.objects.exists()
@@ -101,7 +103,11 @@ def test_a_snowflake_key_with_its_passphrase_is_accepted(admin_api):
 
 
 def test_changing_only_the_passphrase_is_checked_against_the_stored_key(admin_api):
-    body = {**SNOWFLAKE, "snowflake_private_key": private_key_pem("one"), "snowflake_private_key_passphrase": "one"}
+    body = {
+        **SNOWFLAKE,
+        "snowflake_private_key": private_key_pem("one"),
+        "snowflake_private_key_passphrase": "one",
+    }
     created = admin_api.post("/api/destinations/", body, format="json").json()
     response = admin_api.patch(
         f"/api/destinations/{created['id']}/", {"snowflake_private_key_passphrase": "two"}, format="json"
@@ -114,7 +120,14 @@ def test_changing_only_the_passphrase_is_checked_against_the_stored_key(admin_ap
 def test_the_admin_names_the_same_problems(admin_browser):
     url = reverse("admin:destinations_destination_add")
     response = admin_browser.post(
-        url, {"name": "d", "kind": "duckdb", "duckdb_path": "../w.duckdb", "pg_port": "5432", "pg_schema": "public"}
+        url,
+        {
+            "name": "d",
+            "kind": "duckdb",
+            "duckdb_path": "../w.duckdb",
+            "pg_port": "5432",
+            "pg_schema": "public",
+        },
     )
     assert response.status_code == 200
     assert "Give an absolute path" in response.content.decode()

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from destinations.writers.base import IncompatibleSchemaChange
-from pipelines.engine.batch import UNCHANGED, Column, Relation
+from engine.batch import UNCHANGED, Column, Relation
+from engine.writers.base import IncompatibleSchemaChange
 
 from .batches import make_batch, table_changes
 
@@ -255,9 +255,11 @@ def test_a_table_without_a_key_is_refused_with_a_readable_message(target):
 
 
 def test_align_table_renders_the_planned_changes_with_the_values_existing_rows_got(target):
-    from pipelines.engine.batch import ColumnFill
+    from engine.batch import ColumnFill
 
-    apply(target, items_relation(), end_lsn=10, upserts=upsert([{"id": 1, "name": "one", "body": "b"}], lsn=10))
+    apply(
+        target, items_relation(), end_lsn=10, upserts=upsert([{"id": 1, "name": "one", "body": "b"}], lsn=10)
+    )
     assert target.writer.align_table(items_relation(), "missing_table").notes == []  # left to its snapshot
     added = items_relation(Column("score", INT4), Column("tags", 1009), Column("plain", TEXT))
     alignment = target.writer.align_table(
@@ -273,14 +275,16 @@ def test_align_table_renders_the_planned_changes_with_the_values_existing_rows_g
     assert target.writer.align_table(narrower, "items").notes == []  # noted once
 
     back = Relation(5001, "public", "items", [*narrower.columns, Column("score", INT4), Column("tags", 3802)])
-    alignment = target.writer.align_table(back, "items", {"score": ColumnFill("0"), "tags": ColumnFill('{"k": 1}')})
+    alignment = target.writer.align_table(
+        back, "items", {"score": ColumnFill("0"), "tags": ColumnFill('{"k": 1}')}
+    )
     [(id_, score, tags, body)] = items(target, "id, score, tags, body")
     assert (id_, score, json.loads(tags) if isinstance(tags, str) else tags, body) == (1, 0, {"k": 1}, "b")
     assert sum("is back in public.items" in note for note in alignment.notes) == 2
 
 
 def test_a_column_whose_rows_each_got_their_own_value_asks_for_a_copy(target):
-    from pipelines.engine.batch import ColumnFill
+    from engine.batch import ColumnFill
 
     apply(target, items_relation(), end_lsn=10, upserts=upsert([{"id": 1, "name": "one"}], lsn=10))
     alignment = target.writer.align_table(
@@ -293,7 +297,9 @@ def test_a_key_change_is_refused_by_the_writer_naming_the_table_and_the_fix(targ
     relation = Relation(1, "public", "t", [Column("id", INT4, -1, True), Column("code", TEXT)])
     apply(target, relation, end_lsn=5, upserts={(1,): ({"id": 1, "code": "a"}, 5)})
     rekeyed = Relation(1, "public", "t", [Column("id", INT4), Column("code", TEXT, -1, True)])
-    with pytest.raises(IncompatibleSchemaChange, match=r"primary key of public\.t is now \(code\).*refresh the table"):
+    with pytest.raises(
+        IncompatibleSchemaChange, match=r"primary key of public\.t is now \(code\).*refresh the table"
+    ):
         apply(target, rekeyed, end_lsn=6, upserts={("b",): ({"id": 2, "code": "b"}, 6)})
     with pytest.raises(IncompatibleSchemaChange, match=r"primary key of public\.t"):
         target.writer.align_table(rekeyed, "t")

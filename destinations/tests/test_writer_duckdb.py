@@ -12,7 +12,7 @@ from decimal import Decimal
 import duckdb
 import pytest
 
-from destinations.writers import types
+from engine.writers import types
 
 from .batches import cdc_row, copy_chunks, make_batch, make_everything_table, table_changes
 
@@ -111,7 +111,7 @@ def test_snapshot_and_changes_store_every_value_the_same_way(duckdb_writer, sour
 
 
 def test_a_wide_numeric_and_json_arrays_keep_their_values(duckdb_writer):
-    from pipelines.engine.batch import Column, Relation
+    from engine.batch import Column, Relation
 
     relation = Relation(
         1,
@@ -181,7 +181,7 @@ def test_duckdb_types_for_postgresql_types(oid, typmod, expected):
 
 
 def test_key_columns_are_recorded_as_not_null_except_under_replica_identity_full(duckdb_writer):
-    from pipelines.engine.batch import Column, Relation
+    from engine.batch import Column, Relation
 
     keyed = Relation(1, "public", "keyed", [Column("id", 20, -1, True), Column("v", 25)])
     full = Relation(2, "public", "full", [Column("a", 20, -1, True), Column("b", 25, -1, True)], "f")

@@ -2,8 +2,8 @@
 
 import pytest
 
-from destinations.writers.base import IncompatibleSchemaChange
-from pipelines.engine.batch import Column, Relation
+from engine.batch import Column, Relation
+from engine.writers.base import IncompatibleSchemaChange
 
 from .batches import cdc_row, copy_chunks, make_batch, make_everything_table, relation_of, table_changes
 
@@ -92,4 +92,3 @@ def test_a_source_key_change_is_refused_with_what_to_do(pg_writer):
         pg_writer.apply_batch(
             "p", make_batch(table_changes(rekeyed, upserts={("b",): ({"id": 2, "code": "b"}, 6)}), end_lsn=6)
         )
-

@@ -3,7 +3,7 @@ swapped in atomically, with memory that does not grow with the table."""
 
 import pytest
 
-from pipelines.engine.batch import Column, Relation
+from engine.batch import Column, Relation
 
 from .batches import copy_chunks, make_batch, relation_of, table_changes
 

@@ -11,9 +11,9 @@ import pytest
 import sqlglot
 from sqlglot import exp
 
-from destinations.writers.base import ConnectionProblem, IncompatibleSchemaChange
-from destinations.writers.snowflake import SnowflakeWriter, snowflake_type
-from pipelines.engine.batch import UNCHANGED, Column, Relation
+from engine.batch import UNCHANGED, Column, Relation
+from engine.writers.base import ConnectionProblem, IncompatibleSchemaChange
+from engine.writers.snowflake import SnowflakeWriter, snowflake_type
 
 from .batches import cdc_row, copy_chunks, make_batch, make_everything_table, relation_of, table_changes
 from .fakesnow_support import fake_snowflake, read_table, snowflake_settings
@@ -324,7 +324,8 @@ def test_a_type_change_that_cannot_be_applied_names_the_column(source_conn, writ
     relation = Relation(orders.oid, "public", "Orders", changed)
     batch = make_batch(table_changes(relation, upserts={(1,): (order(1, n="seven"), 1000)}), end_lsn=1010)
     with pytest.raises(
-        IncompatibleSchemaChange, match=r"Column n of public\.Orders .*from NUMBER\(10,0\) to VARCHAR.*refresh the table public\.Orders"
+        IncompatibleSchemaChange,
+        match=r"Column n of public\.Orders .*from NUMBER\(10,0\) to VARCHAR.*refresh the table public\.Orders",
     ):
         writer.apply_batch("p", batch)
     assert writer.read_checkpoint("p") == 0
@@ -360,7 +361,7 @@ def test_the_type_mapping():
 
 
 def test_snapshot_chunks_are_regrouped_on_record_boundaries_only(monkeypatch):
-    import destinations.writers.snowflake as module
+    import engine.writers.snowflake as module
 
     monkeypatch.setattr(module, "SNAPSHOT_FILE_BYTES", 10)
     rows = [b'1,"two\nlines, and a ""quote"""\n', b"2,plain\n", b'3,"x\n\ny"\n']

@@ -8,8 +8,8 @@ import snowflake.connector.errors as sf_errors
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from destinations.writers.base import ConnectionProblem
-from destinations.writers.snowflake import SnowflakeWriter, describe_snowflake_error, load_private_key
+from engine.writers.base import ConnectionProblem
+from engine.writers.snowflake import SnowflakeWriter, describe_snowflake_error, load_private_key
 
 from .factories import SnowflakeDestinationFactory
 from .fakesnow_support import PASSPHRASE, fake_snowflake, private_key_pem, snowflake_settings

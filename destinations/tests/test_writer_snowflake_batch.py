@@ -12,7 +12,13 @@ from .fakesnow_support import fake_snowflake, read_table, snowflake_settings
 def load(writer, path, **options):
     reader = CsvReader(CsvSettings.from_settings({"path": str(path), "primary_key": ["id"]}))
     loader = BatchLoader(
-        reader, writer, pipeline_key="csv-p", source_name="csv", target_table="items", primary_key=["id"], **options
+        reader,
+        writer,
+        pipeline_key="csv-p",
+        source_name="csv",
+        target_table="items",
+        primary_key=["id"],
+        **options,
     )
     return loader.run()
 
@@ -22,7 +28,7 @@ def test_a_csv_source_loads_into_snowflake_with_rejects_and_its_checkpoint_state
     path.write_text("id,name,price\n1,one,1.5\n2,two\n3,three,3\n")
     settings = snowflake_settings()
     with fake_snowflake(settings) as analyst:
-        from destinations.writers.snowflake import SnowflakeWriter
+        from engine.writers.snowflake import SnowflakeWriter
 
         writer = SnowflakeWriter(settings)
         try:
@@ -51,7 +57,7 @@ def test_a_failure_before_the_snowflake_commit_leaves_no_rows_no_rejects_and_no_
     path.write_text("id,name\n1,one\n2\n")
     settings = snowflake_settings()
     with fake_snowflake(settings):
-        from destinations.writers.snowflake import SnowflakeWriter
+        from engine.writers.snowflake import SnowflakeWriter
 
         writer = SnowflakeWriter(settings)
         try:

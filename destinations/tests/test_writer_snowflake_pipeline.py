@@ -3,9 +3,9 @@ logical slot, the engine's snapshot, pgoutput decoding and folding, into fakesno
 
 import pytest
 
-from pipelines.engine.fold import TableSpec
-from pipelines.engine.runner import Engine
-from pipelines.engine.source import SourceDatabase
+from engine.fold import TableSpec
+from engine.runner import Engine
+from engine.source import SourceDatabase
 
 from .fakesnow_support import fake_snowflake, snowflake_settings
 from .test_writer_snowflake import snowflake_rows, source_rows
@@ -34,7 +34,7 @@ def engine(source_database, source_conn):
     source_conn.execute(SOURCE_DDL)
     settings = snowflake_settings()
     with fake_snowflake(settings) as analyst:
-        from destinations.writers.snowflake import SnowflakeWriter
+        from engine.writers.snowflake import SnowflakeWriter
 
         writer = SnowflakeWriter(settings)
         source = SourceDatabase(source_database)
@@ -119,7 +119,7 @@ def line_items(source_conn, analyst, columns):
 
 
 def test_schema_changes_on_a_real_source_reach_snowflake_through_the_shared_planner(engine, source_conn):
-    from destinations.writers.base import IncompatibleSchemaChange
+    from engine.writers.base import IncompatibleSchemaChange
 
     analyst = engine.analyst
     source_conn.execute("UPDATE line_items SET qty = -qty WHERE order_id = 1")  # before the ALTERs
@@ -129,7 +129,9 @@ def test_schema_changes_on_a_real_source_reach_snowflake_through_the_shared_plan
     source_conn.execute('ALTER TABLE "Orders" ADD COLUMN "Rank" int DEFAULT 3')  # a table that stays quiet
     check = engine.align_schemas(sorted(engine.tables))
     assert not check.recopy
-    assert any("Column status (VARCHAR) added to RAW.line_items, existing rows set to open" in n for n in check.notes)
+    assert any(
+        "Column status (VARCHAR) added to RAW.line_items, existing rows set to open" in n for n in check.notes
+    )
     until_caught_up(engine)
     source, copied = line_items(source_conn, analyst, ["order_id", "line", "qty", "status"])
     assert copied == source and copied[0] == (1, 1, -1, "open")
@@ -158,8 +160,12 @@ def test_schema_changes_on_a_real_source_reach_snowflake_through_the_shared_plan
     assert [row[2] for row in copied] == [row[2] for row in source]
 
     # A key change is refused, naming the table and the fix.
-    source_conn.execute("ALTER TABLE line_items DROP CONSTRAINT line_items_pkey, ADD PRIMARY KEY (order_id, line, qty)")
-    with pytest.raises(IncompatibleSchemaChange, match=r"primary key of public\.line_items .*refresh the table"):
+    source_conn.execute(
+        "ALTER TABLE line_items DROP CONSTRAINT line_items_pkey, ADD PRIMARY KEY (order_id, line, qty)"
+    )
+    with pytest.raises(
+        IncompatibleSchemaChange, match=r"primary key of public\.line_items .*refresh the table"
+    ):
         engine.align_schemas(sorted(engine.tables))
 
 
@@ -180,7 +186,7 @@ def test_table_shapes_replicate_into_snowflake(source_database, source_conn):
     )
     settings = snowflake_settings()
     with fake_snowflake(settings) as analyst:
-        from destinations.writers.snowflake import SnowflakeWriter
+        from engine.writers.snowflake import SnowflakeWriter
 
         writer = SnowflakeWriter(settings)
         source = SourceDatabase(source_database)

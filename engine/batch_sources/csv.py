@@ -101,8 +101,10 @@ class CsvReader:
             yield from self._read_url(self.settings.url)
             return
         names = self.list_files()
-        if not names and not any(ch in self.settings.path for ch in "*?[") and not os.path.isdir(
-            self.settings.path
+        if (
+            not names
+            and not any(ch in self.settings.path for ch in "*?[")
+            and not os.path.isdir(self.settings.path)
         ):
             raise FileNotFoundError(f"CSV file {self.settings.path} does not exist (or cannot be read).")
         for name in names:

@@ -83,8 +83,14 @@ class HttpJsonSettings:
             raise SettingsError("pagination.limit", "must be 1 or more")
         incremental = values.incremental
         if incremental:
-            if not isinstance(incremental, dict) or not incremental.get("field") or not incremental.get("param"):
-                raise SettingsError("incremental", 'needs "field" (in each record) and "param" (sent to the API)')
+            if (
+                not isinstance(incremental, dict)
+                or not incremental.get("field")
+                or not incremental.get("param")
+            ):
+                raise SettingsError(
+                    "incremental", 'needs "field" (in each record) and "param" (sent to the API)'
+                )
             extra = sorted(set(incremental) - {"field", "param", "initial"})
             if extra:
                 raise SettingsError(f"incremental.{extra[0]}", "not an incremental setting")
@@ -201,7 +207,9 @@ class HttpJsonReader:
         while request is not None:
             url = self._url(request)
             if url in seen_urls:
-                raise ValueError(f"The API sent the page {display_url(url)} twice: its pagination does not end.")
+                raise ValueError(
+                    f"The API sent the page {display_url(url)} twice: its pagination does not end."
+                )
             seen_urls.add(url)
             response = self.client.get(url)
             try:
@@ -217,7 +225,9 @@ class HttpJsonReader:
             origin = display_url(url) + ("?" + urllib.parse.urlsplit(url).query if "?" in url else "")
             for position, item in enumerate(records, 1):
                 if not isinstance(item, dict):
-                    yield Reject(origin, position, "the record is not a JSON object", json.dumps(item)[:10_000])
+                    yield Reject(
+                        origin, position, "the record is not a JSON object", json.dumps(item)[:10_000]
+                    )
                     continue
                 if s.incremental:
                     self._max_seen = _later(self._max_seen, item.get(s.incremental["field"]))

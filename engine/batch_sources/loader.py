@@ -14,7 +14,7 @@ lands on its own row instead of a copy.
 import time
 from dataclasses import dataclass, field
 
-from pipelines.engine.batch import ApplyResult, Batch, Column, Relation, TableChanges
+from engine.batch import ApplyResult, Batch, Column, Relation, TableChanges
 
 from .records import RESUME, Record, Reject
 from .schema import (
@@ -107,7 +107,9 @@ class BatchLoader:
 
     # -- one part ---------------------------------------------------------------------
 
-    def _apply(self, sequence: int, records: list[Record], rejects: list[Reject], outcome: LoadOutcome) -> int:
+    def _apply(
+        self, sequence: int, records: list[Record], rejects: list[Reject], outcome: LoadOutcome
+    ) -> int:
         sequence += 1
         changes, part_rejects = self._changes(records, sequence, outcome.notes)
         rejects = rejects + part_rejects
@@ -229,7 +231,9 @@ class BatchLoader:
             raws = raw_columns[column]
             value_columns.append(
                 [
-                    cell[1] if cell[0] == wanted or cell[0] is None else convert(cell[0], cell[1], raws[p], wanted)
+                    cell[1]
+                    if cell[0] == wanted or cell[0] is None
+                    else convert(cell[0], cell[1], raws[p], wanted)
                     for p, cell in ((p, cells[p]) for p in kept)
                 ]
             )

@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import date, datetime
 
-from destinations.writers import types as pg
+from engine.writers import types as pg
 
 ROW_ID = "_rosetta_row_id"  # the key of a table without a declared primary key
 MAX_NAME = 63
@@ -82,7 +82,9 @@ def classify_text(text: str):
             if _INT64[0] <= value <= _INT64[1]:
                 return "bigint", value
             return "text", text
-        if _FLOAT.match(text) and not (text.lstrip("+-").startswith("0") and text.lstrip("+-")[1:2].isdigit()):
+        if _FLOAT.match(text) and not (
+            text.lstrip("+-").startswith("0") and text.lstrip("+-")[1:2].isdigit()
+        ):
             return "double", float(text)
         temporal = _temporal(text)
         if temporal:
@@ -239,7 +241,9 @@ def classify_text_column(values: list) -> list[tuple]:
             elif kind == "date":
                 parsed = pc.cast(nulled, pa.date32())
             elif kind == "timestamptz":
-                parsed = pc.cast(pc.replace_substring_regex(nulled, "Z$", "+00:00"), pa.timestamp("us", "UTC"))
+                parsed = pc.cast(
+                    pc.replace_substring_regex(nulled, "Z$", "+00:00"), pa.timestamp("us", "UTC")
+                )
             else:
                 parsed = pc.cast(nulled, pa.timestamp("us"))
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):

@@ -26,7 +26,12 @@ def test_names_are_normalized_predictably(original, name):
 
 def test_two_fields_that_normalize_alike_get_distinct_columns_and_keep_them():
     schema = TableSchema()
-    assert [schema.column_for(n) for n in ("Name", "name", "NAME", "Name")] == ["name", "name_2", "name_3", "name"]
+    assert [schema.column_for(n) for n in ("Name", "name", "NAME", "Name")] == [
+        "name",
+        "name_2",
+        "name_3",
+        "name",
+    ]
     assert TableSchema.from_state(schema.to_state()).column_for("NAME") == "name_3"
 
 
@@ -105,7 +110,9 @@ def test_a_column_classified_at_once_gets_the_same_type_and_values_as_value_by_v
         kind = None
         for cell_kind, _ in cells:
             kind = merge_types(kind, cell_kind)
-        values = [None if k is None else convert(k, v, raw, kind) for (k, v), raw in zip(cells, column, strict=True)]
+        values = [
+            None if k is None else convert(k, v, raw, kind) for (k, v), raw in zip(cells, column, strict=True)
+        ]
         return kind, values
 
     one_by_one = [(None, None) if v is None else classify_text(v) for v in column]

@@ -39,7 +39,10 @@ class Migration(migrations.Migration):
             model_name="alertstate",
             name="server_id",
             field=models.CharField(
-                blank=True, default="", help_text="The server's system identifier (or host:port).", max_length=200
+                blank=True,
+                default="",
+                help_text="The server's system identifier (or host:port).",
+                max_length=200,
             ),
         ),
         migrations.AddField(

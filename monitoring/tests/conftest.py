@@ -281,7 +281,9 @@ def make_slot_lost(source, cluster_setting) -> None:
         generate_wal(source.conn, 20 * 1024 * 1024)
         run_sql(source.conn, "CHECKPOINT")
         status = run_sql(
-            source.conn, "SELECT wal_status FROM pg_replication_slots WHERE slot_name = %s", [source.slot_name]
+            source.conn,
+            "SELECT wal_status FROM pg_replication_slots WHERE slot_name = %s",
+            [source.slot_name],
         )[0][0]
         if status == "lost":
             return

@@ -74,7 +74,9 @@ def test_a_slot_going_from_unreserved_to_lost_is_notified_as_lost(make_source, c
     assert len(mail.outbox) == 2
 
 
-def test_the_alert_state_admin_lists_slot_alerts_by_source_and_slot(make_source, cluster_setting, admin_browser):
+def test_the_alert_state_admin_lists_slot_alerts_by_source_and_slot(
+    make_source, cluster_setting, admin_browser
+):
     source = make_source()
     create_slot(source.conn, source.slot_name)
     make_slot_lost(source, cluster_setting)

@@ -21,7 +21,9 @@ def y_labels(svg: str) -> list[str]:
 
 
 def test_kilobytes_of_data_under_gigabyte_thresholds_get_a_kilobyte_axis():
-    svg = line_chart([("slot s", points(10 * KB, 40 * KB, 80 * KB))], start=START, end=END, thresholds=THRESHOLDS)
+    svg = line_chart(
+        [("slot s", points(10 * KB, 40 * KB, 80 * KB))], start=START, end=END, thresholds=THRESHOLDS
+    )
     labels = y_labels(svg)
     assert labels[-1].endswith("kB"), labels
     assert "GB" not in "".join(labels)
@@ -46,4 +48,7 @@ def test_the_chart_grows_in_height_with_the_legend_not_in_width():
     one = line_chart([("a", points(1, 2))], start=START, end=END)
     three = line_chart([("a", points(1, 2)), ("b", points(1, 2)), ("c", points(1, 2))], start=START, end=END)
     assert 'width="760"' in one and 'width="760"' in three
-    assert int(re.search(r'height="(\d+)"', three).group(1)) == int(re.search(r'height="(\d+)"', one).group(1)) + 32
+    assert (
+        int(re.search(r'height="(\d+)"', three).group(1))
+        == int(re.search(r'height="(\d+)"', one).group(1)) + 32
+    )

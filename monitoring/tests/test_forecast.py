@@ -4,7 +4,7 @@ import datetime as dt
 
 import pytest
 
-from monitoring.forecast import forecast_slot, growth_rate, human_bytes, human_duration
+from engine.forecast import forecast_slot, growth_rate, human_bytes, human_duration
 
 NOW = dt.datetime(2026, 11, 22, 12, 0, tzinfo=dt.UTC)
 MB = 1024 * 1024

@@ -44,7 +44,9 @@ def test_a_lost_slot_shows_no_figures_a_lost_forecast_and_its_pipeline(
     page = admin_browser.get(f"/admin/sources/source/{source.pk}/change/").content.decode()
     assert "n/a (lost)" in page and "re-copy needed" in page and "unlimited" not in page
     assert f'href="/admin/pipelines/pipeline/{pipeline.pk}/change/"' in page
-    listing = admin_browser.get(f"/admin/monitoring/slotmetric/?source__id__exact={source.pk}").content.decode()
+    listing = admin_browser.get(
+        f"/admin/monitoring/slotmetric/?source__id__exact={source.pk}"
+    ).content.decode()
     assert "n/a (lost)" in listing
 
 
@@ -56,7 +58,9 @@ def test_a_physical_slot_without_reserved_wal_shows_no_size(make_source, admin_a
     run_sql(source.conn, "SELECT pg_create_physical_replication_slot(%s)", [name])
     try:
         probe_sources([source])
-        slots = {slot["slot_name"]: slot for slot in admin_api.get(f"/api/sources/{source.pk}/wal/").data["slots"]}
+        slots = {
+            slot["slot_name"]: slot for slot in admin_api.get(f"/api/sources/{source.pk}/wal/").data["slots"]
+        }
     finally:
         run_sql(source.conn, "SELECT pg_drop_replication_slot(%s)", [name])
     slot = slots[name]

@@ -108,7 +108,9 @@ def test_a_password_that_cannot_be_decrypted_fails_its_own_probe_only(make_sourc
     make_source(name="healthy")
     broken = make_source(name="broken-secret")
     with connection.cursor() as cursor:
-        cursor.execute("UPDATE sources_source SET pg_password = 'not-a-fernet-token' WHERE id = %s", [broken.pk])
+        cursor.execute(
+            "UPDATE sources_source SET pg_password = 'not-a-fernet-token' WHERE id = %s", [broken.pk]
+        )
 
     metrics = {metric.source.name: metric for metric in probe_sources()}
 

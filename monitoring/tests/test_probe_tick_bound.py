@@ -58,7 +58,10 @@ def test_a_tick_ends_on_time_when_more_servers_stall_than_may_be_probed_in_paral
     settings.ROSETTA_PROBE_MAX_PARALLEL = 2
     settings.ROSETTA_STATEMENT_TIMEOUT_MS = 1000
     healthy = [make_source(name=f"healthy-{index}") for index in range(3)]
-    stalled = [make_source(name=f"stalled-{index}", pg_port=proxy.port) for index, proxy in enumerate(stalling_proxies(3))]
+    stalled = [
+        make_source(name=f"stalled-{index}", pg_port=proxy.port)
+        for index, proxy in enumerate(stalling_proxies(3))
+    ]
     silent = make_source(name="silent", pg_port=hanging_port)
 
     finished, seconds, metrics = run_tick_in_thread(20)
@@ -77,7 +80,9 @@ def test_a_tick_ends_on_time_when_more_servers_stall_than_may_be_probed_in_paral
     assert WalMetric.objects.count() == 7
 
 
-def test_a_stalled_server_leaves_no_probe_thread_or_connection_behind(make_source, stalling_proxies, settings):
+def test_a_stalled_server_leaves_no_probe_thread_or_connection_behind(
+    make_source, stalling_proxies, settings
+):
     settings.ROSETTA_STATEMENT_TIMEOUT_MS = 1000
     proxies = stalling_proxies(2)
     for index, proxy in enumerate(proxies):
@@ -137,5 +142,10 @@ def test_a_server_that_never_answers_at_all_is_failed_within_the_connect_timeout
         for sock in listeners:
             sock.close()
     assert finished and seconds < 5 + 1.5, seconds
-    assert [metric.ok for metric in sorted(metrics, key=lambda m: m.source.name)] == [True, False, False, False]
+    assert [metric.ok for metric in sorted(metrics, key=lambda m: m.source.name)] == [
+        True,
+        False,
+        False,
+        False,
+    ]
     assert probe_threads() == []

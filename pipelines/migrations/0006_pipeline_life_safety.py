@@ -13,52 +13,85 @@ def keep_existing_checkpoints(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('destinations', '0001_initial'),
-        ('pipelines', '0005_batch_size_default'),
-        ('sources', '0002_source_wal_monitoring_options'),
+        ("destinations", "0001_initial"),
+        ("pipelines", "0005_batch_size_default"),
+        ("sources", "0002_source_wal_monitoring_options"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='pipeline',
-            name='checkpoint_key',
+            model_name="pipeline",
+            name="checkpoint_key",
             field=models.CharField(editable=False, max_length=100, null=True),
         ),
         migrations.RunPython(keep_existing_checkpoints, migrations.RunPython.noop),
         migrations.AlterField(
-            model_name='pipeline',
-            name='checkpoint_key',
-            field=models.CharField(default=pipelines.models.new_checkpoint_key, editable=False, max_length=100, unique=True),
+            model_name="pipeline",
+            name="checkpoint_key",
+            field=models.CharField(
+                default=pipelines.models.new_checkpoint_key, editable=False, max_length=100, unique=True
+            ),
         ),
         migrations.AddField(
-            model_name='pipeline',
-            name='last_alert',
-            field=models.TextField(blank=True, default='', editable=False, help_text='The last critical alert this pipeline raised.'),
+            model_name="pipeline",
+            name="last_alert",
+            field=models.TextField(
+                blank=True,
+                default="",
+                editable=False,
+                help_text="The last critical alert this pipeline raised.",
+            ),
         ),
         migrations.AddField(
-            model_name='pipeline',
-            name='last_alert_at',
+            model_name="pipeline",
+            name="last_alert_at",
             field=models.DateTimeField(blank=True, editable=False, null=True),
         ),
         migrations.AddField(
-            model_name='pipeline',
-            name='on_slot_lost',
-            field=models.CharField(choices=[('recopy', 're-copy every table automatically'), ('fail', 'stop as failed until an operator refreshes')], default='recopy', help_text='A lost (or dropped) slot has missed changes: re-copy every table, or stop and wait for a refresh. Either way a critical alert is raised.', max_length=8, verbose_name='when the replication slot is lost'),
+            model_name="pipeline",
+            name="on_slot_lost",
+            field=models.CharField(
+                choices=[
+                    ("recopy", "re-copy every table automatically"),
+                    ("fail", "stop as failed until an operator refreshes"),
+                ],
+                default="recopy",
+                help_text="A lost (or dropped) slot has missed changes: re-copy every table, or stop and wait for a refresh. Either way a critical alert is raised.",
+                max_length=8,
+                verbose_name="when the replication slot is lost",
+            ),
         ),
         migrations.AddField(
-            model_name='pipelinerun',
-            name='slot_lost',
-            field=models.BooleanField(default=False, help_text='This run found the replication slot lost or dropped (and raised an alert).'),
+            model_name="pipelinerun",
+            name="slot_lost",
+            field=models.BooleanField(
+                default=False,
+                help_text="This run found the replication slot lost or dropped (and raised an alert).",
+            ),
         ),
         migrations.AlterField(
-            model_name='pipelinerun',
-            name='outcome',
-            field=models.CharField(choices=[('running', 'Running'), ('succeeded', 'Succeeded'), ('failed', 'Failed'), ('skipped', 'Skipped'), ('interrupted', 'Interrupted')], default='running', max_length=16),
+            model_name="pipelinerun",
+            name="outcome",
+            field=models.CharField(
+                choices=[
+                    ("running", "Running"),
+                    ("succeeded", "Succeeded"),
+                    ("failed", "Failed"),
+                    ("skipped", "Skipped"),
+                    ("interrupted", "Interrupted"),
+                ],
+                default="running",
+                max_length=16,
+            ),
         ),
         migrations.AddConstraint(
-            model_name='pipeline',
-            constraint=models.UniqueConstraint(condition=models.Q(('status', 'created'), _negated=True), fields=('source',), name='pipeline_one_started_per_source', violation_error_message="Another started pipeline already reads this source's replication slot."),
+            model_name="pipeline",
+            constraint=models.UniqueConstraint(
+                condition=models.Q(("status", "created"), _negated=True),
+                fields=("source",),
+                name="pipeline_one_started_per_source",
+                violation_error_message="Another started pipeline already reads this source's replication slot.",
+            ),
         ),
     ]

@@ -4,15 +4,22 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('pipelines', '0006_pipeline_life_safety'),
+        ("pipelines", "0006_pipeline_life_safety"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='pipeline',
-            name='on_incompatible_schema_change',
-            field=models.CharField(choices=[('fail', 'Fail the run and say which table to refresh'), ('recopy', 'Copy that table again automatically')], default='fail', help_text='When a source table changes in a way its destination table cannot follow in place (a type that does not widen, a new primary key): stop with a message naming the table to refresh, or copy that one table again (the destination keeps the old copy until the new one is complete).', max_length=16),
+            model_name="pipeline",
+            name="on_incompatible_schema_change",
+            field=models.CharField(
+                choices=[
+                    ("fail", "Fail the run and say which table to refresh"),
+                    ("recopy", "Copy that table again automatically"),
+                ],
+                default="fail",
+                help_text="When a source table changes in a way its destination table cannot follow in place (a type that does not widen, a new primary key): stop with a message naming the table to refresh, or copy that one table again (the destination keeps the old copy until the new one is complete).",
+                max_length=16,
+            ),
         ),
     ]

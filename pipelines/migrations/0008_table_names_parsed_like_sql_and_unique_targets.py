@@ -5,29 +5,39 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('pipelines', '0007_pipeline_on_incompatible_schema_change'),
+        ("pipelines", "0007_pipeline_on_incompatible_schema_change"),
     ]
 
     operations = [
         migrations.AlterField(
-            model_name='pipelinetable',
-            name='schema_name',
-            field=models.CharField(default='public', max_length=63, validators=[pipelines.models.table_name_validator]),
+            model_name="pipelinetable",
+            name="schema_name",
+            field=models.CharField(
+                default="public", max_length=63, validators=[pipelines.models.table_name_validator]
+            ),
         ),
         migrations.AlterField(
-            model_name='pipelinetable',
-            name='table_name',
+            model_name="pipelinetable",
+            name="table_name",
             field=models.CharField(max_length=63, validators=[pipelines.models.table_name_validator]),
         ),
         migrations.AlterField(
-            model_name='pipelinetable',
-            name='target_table',
-            field=models.CharField(blank=True, help_text="Table name in the destination; defaults to the source table's name, or <schema>__<table> when another table of the pipeline already has that name.", max_length=63, validators=[pipelines.models.table_name_validator]),
+            model_name="pipelinetable",
+            name="target_table",
+            field=models.CharField(
+                blank=True,
+                help_text="Table name in the destination; defaults to the source table's name, or <schema>__<table> when another table of the pipeline already has that name.",
+                max_length=63,
+                validators=[pipelines.models.table_name_validator],
+            ),
         ),
         migrations.AddConstraint(
-            model_name='pipelinetable',
-            constraint=models.UniqueConstraint(fields=('pipeline', 'target_table'), name='pipeline_target_table_unique', violation_error_message='Another table of this pipeline goes into that destination table: give one of them another target table.'),
+            model_name="pipelinetable",
+            constraint=models.UniqueConstraint(
+                fields=("pipeline", "target_table"),
+                name="pipeline_target_table_unique",
+                violation_error_message="Another table of this pipeline goes into that destination table: give one of them another target table.",
+            ),
         ),
     ]

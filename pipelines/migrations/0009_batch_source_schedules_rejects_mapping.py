@@ -6,41 +6,70 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('django_celery_beat', '0019_alter_periodictasks_options'),
-        ('pipelines', '0008_table_names_parsed_like_sql_and_unique_targets'),
+        ("django_celery_beat", "0019_alter_periodictasks_options"),
+        ("pipelines", "0008_table_names_parsed_like_sql_and_unique_targets"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='pipeline',
-            name='max_reject_share',
-            field=models.FloatField(default=0.1, help_text="CSV and HTTP JSON sources: a run fails once more than this share of the records it read were rejected (0.1 = 10%). Rejected records are kept in the destination's _rosetta_rejects.", validators=[django.core.validators.MinValueValidator(0.0), django.core.validators.MaxValueValidator(1.0)], verbose_name='largest share of rejected records'),
+            model_name="pipeline",
+            name="max_reject_share",
+            field=models.FloatField(
+                default=0.1,
+                help_text="CSV and HTTP JSON sources: a run fails once more than this share of the records it read were rejected (0.1 = 10%). Rejected records are kept in the destination's _rosetta_rejects.",
+                validators=[
+                    django.core.validators.MinValueValidator(0.0),
+                    django.core.validators.MaxValueValidator(1.0),
+                ],
+                verbose_name="largest share of rejected records",
+            ),
         ),
         migrations.AddField(
-            model_name='pipeline',
-            name='schedule_crontab',
-            field=models.ForeignKey(blank=True, help_text='CSV and HTTP JSON sources: or run at these times (a cron expression). With neither, a batch pipeline runs only when asked (API, admin, manage.py run_pipeline).', null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to='django_celery_beat.crontabschedule'),
+            model_name="pipeline",
+            name="schedule_crontab",
+            field=models.ForeignKey(
+                blank=True,
+                help_text="CSV and HTTP JSON sources: or run at these times (a cron expression). With neither, a batch pipeline runs only when asked (API, admin, manage.py run_pipeline).",
+                null=True,
+                on_delete=django.db.models.deletion.SET_NULL,
+                related_name="+",
+                to="django_celery_beat.crontabschedule",
+            ),
         ),
         migrations.AddField(
-            model_name='pipeline',
-            name='schedule_interval',
-            field=models.ForeignKey(blank=True, help_text='CSV and HTTP JSON sources: run this often. PostgreSQL pipelines run continuously.', null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to='django_celery_beat.intervalschedule'),
+            model_name="pipeline",
+            name="schedule_interval",
+            field=models.ForeignKey(
+                blank=True,
+                help_text="CSV and HTTP JSON sources: run this often. PostgreSQL pipelines run continuously.",
+                null=True,
+                on_delete=django.db.models.deletion.SET_NULL,
+                related_name="+",
+                to="django_celery_beat.intervalschedule",
+            ),
         ),
         migrations.AddField(
-            model_name='pipelinerun',
-            name='rows_rejected',
-            field=models.BigIntegerField(default=0, help_text='CSV and HTTP JSON sources: records kept in _rosetta_rejects instead of loaded.'),
+            model_name="pipelinerun",
+            name="rows_rejected",
+            field=models.BigIntegerField(
+                default=0,
+                help_text="CSV and HTTP JSON sources: records kept in _rosetta_rejects instead of loaded.",
+            ),
         ),
         migrations.AddField(
-            model_name='pipelinetable',
-            name='column_mapping',
-            field=models.JSONField(blank=True, default=dict, editable=False, help_text="CSV and HTTP JSON sources: each field's column name in the destination (normalized)."),
+            model_name="pipelinetable",
+            name="column_mapping",
+            field=models.JSONField(
+                blank=True,
+                default=dict,
+                editable=False,
+                help_text="CSV and HTTP JSON sources: each field's column name in the destination (normalized).",
+            ),
         ),
         migrations.AddField(
-            model_name='pipelinetable',
-            name='column_types',
+            model_name="pipelinetable",
+            name="column_types",
             field=models.JSONField(blank=True, default=dict, editable=False),
         ),
     ]

@@ -9,27 +9,33 @@ def batch_pipelines_read_no_slot(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('destinations', '0001_initial'),
-        ('django_celery_beat', '0019_alter_periodictasks_options'),
-        ('pipelines', '0009_batch_source_schedules_rejects_mapping'),
-        ('sources', '0003_source_kinds_csv_http_json'),
+        ("destinations", "0001_initial"),
+        ("django_celery_beat", "0019_alter_periodictasks_options"),
+        ("pipelines", "0009_batch_source_schedules_rejects_mapping"),
+        ("sources", "0003_source_kinds_csv_http_json"),
     ]
 
     operations = [
         migrations.RemoveConstraint(
-            model_name='pipeline',
-            name='pipeline_one_started_per_source',
+            model_name="pipeline",
+            name="pipeline_one_started_per_source",
         ),
         migrations.AddField(
-            model_name='pipeline',
-            name='reads_replication_slot',
+            model_name="pipeline",
+            name="reads_replication_slot",
             field=models.BooleanField(default=True, editable=False),
         ),
         migrations.RunPython(batch_pipelines_read_no_slot, migrations.RunPython.noop),
         migrations.AddConstraint(
-            model_name='pipeline',
-            constraint=models.UniqueConstraint(condition=models.Q(models.Q(('status', 'created'), _negated=True), ('reads_replication_slot', True)), fields=('source',), name='pipeline_one_started_per_source', violation_error_message="Another started pipeline already reads this source's replication slot."),
+            model_name="pipeline",
+            constraint=models.UniqueConstraint(
+                condition=models.Q(
+                    models.Q(("status", "created"), _negated=True), ("reads_replication_slot", True)
+                ),
+                fields=("source",),
+                name="pipeline_one_started_per_source",
+                violation_error_message="Another started pipeline already reads this source's replication slot.",
+            ),
         ),
     ]

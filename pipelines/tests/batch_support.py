@@ -17,7 +17,9 @@ from sources.models import Source
 
 
 def make_source(kind: str, settings: dict, **fields) -> Source:
-    source = Source(name=f"{kind.replace('_', '-')}-{uuid.uuid4().hex[:8]}", kind=kind, settings=settings, **fields)
+    source = Source(
+        name=f"{kind.replace('_', '-')}-{uuid.uuid4().hex[:8]}", kind=kind, settings=settings, **fields
+    )
     source.full_clean()
     source.save()
     return source
@@ -37,7 +39,10 @@ def query(destination, statement: str, params=()):
     """Run a read query on the destination as an analyst would; {schema} is its schema."""
     if destination.kind == "postgres":
         with psycopg.connect(
-            host=destination.pg_host, port=destination.pg_port, dbname=destination.pg_database, user="postgres"
+            host=destination.pg_host,
+            port=destination.pg_port,
+            dbname=destination.pg_database,
+            user="postgres",
         ) as conn:
             return [tuple(r) for r in conn.execute(statement.format(schema=destination.pg_schema), params)]
     with duckdb.connect(destination.duckdb_path, read_only=True) as conn:
@@ -66,7 +71,9 @@ def checkpoint_state(destination, pipeline):
     """(part number, state) of the pipeline's checkpoint; (0, None) before its first part."""
     try:
         rows = query(
-            destination, "SELECT lsn, state FROM {schema}._rosetta_checkpoints WHERE pipeline_key = %s", [pipeline.name]
+            destination,
+            "SELECT lsn, state FROM {schema}._rosetta_checkpoints WHERE pipeline_key = %s",
+            [pipeline.name],
         )
     except (psycopg.errors.UndefinedTable, duckdb.CatalogException):
         return 0, None

@@ -61,7 +61,9 @@ class TargetDB:
         order = ", ".join(_duck_quote(c) for c in key)
         with _open_duckdb(d.duckdb_path) as conn:
             conn.execute("SET TimeZone = 'UTC'")
-            rows = conn.execute(f"SELECT {quoted} FROM main.{_duck_quote(table)}{where} ORDER BY {order}").fetchall()
+            rows = conn.execute(
+                f"SELECT {quoted} FROM main.{_duck_quote(table)}{where} ORDER BY {order}"
+            ).fetchall()
         positions = [columns.index(c) for c in json_columns]
         return [
             tuple(

@@ -68,13 +68,18 @@ def test_refresh_of_one_table_recopies_only_that_table(admin_browser):
 
 def test_a_refused_button_says_why_and_changes_nothing(admin_browser):
     pipeline = PipelineFactory(name="orders", status="created")
-    assert "Pause is not possible now: never started." in admin_browser.get(act_url(pipeline, "pause")).content.decode()
+    assert (
+        "Pause is not possible now: never started."
+        in admin_browser.get(act_url(pipeline, "pause")).content.decode()
+    )
     response = admin_browser.post(act_url(pipeline, "pause"), follow=True)
     assert [str(m) for m in get_messages(response.wsgi_request)] == ["Pause refused: never started."]
     assert Pipeline.objects.get(pk=pipeline.pk).status == "created"
 
 
-def test_run_now_queues_one_run_and_refuses_a_second_while_it_is_queued(admin_browser, django_capture_on_commit_callbacks):
+def test_run_now_queues_one_run_and_refuses_a_second_while_it_is_queued(
+    admin_browser, django_capture_on_commit_callbacks
+):
     pipeline = PipelineFactory(name="orders", status="running")
     with django_capture_on_commit_callbacks() as callbacks:
         admin_browser.post(act_url(pipeline, "run"))

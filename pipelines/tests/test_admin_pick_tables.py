@@ -26,7 +26,9 @@ def source_row(source_row, source_database):
 
 
 def test_a_new_pipeline_goes_on_to_pick_tables_from_the_sources_list(admin_browser, source_row, tmp_path):
-    destination = Destination.objects.create(name="duck", kind="duckdb", duckdb_path=str(tmp_path / "w.duckdb"))
+    destination = Destination.objects.create(
+        name="duck", kind="duckdb", duckdb_path=str(tmp_path / "w.duckdb")
+    )
     response = admin_browser.post(
         reverse("admin:pipelines_pipeline_add"),
         {
@@ -49,8 +51,14 @@ def test_a_new_pipeline_goes_on_to_pick_tables_from_the_sources_list(admin_brows
     page = admin_browser.get(response["Location"]).content.decode()
     rows = page.split('id="source-tables"')[1]
     assert "public.orders</label></td>\n<td>1200</td>\n<td>primary key" in rows
-    assert "public.events</label></td>\n<td>not analysed yet</td>\n<td><strong>nothing: REPLICA IDENTITY FULL without a primary key" in rows
-    assert "public.audit_log</label></td>\n<td>not analysed yet</td>\n<td><strong>nothing: no primary key" in rows
+    assert (
+        "public.events</label></td>\n<td>not analysed yet</td>\n<td><strong>nothing: REPLICA IDENTITY FULL without a primary key"
+        in rows
+    )
+    assert (
+        "public.audit_log</label></td>\n<td>not analysed yet</td>\n<td><strong>nothing: no primary key"
+        in rows
+    )
 
     admin_browser.post(response["Location"], {"table": ["public.orders", "public.events"]})
     assert sorted(t.qualified_name for t in pipeline.tables.all()) == ["public.events", "public.orders"]

@@ -25,7 +25,9 @@ def rows(destination, table, columns, order):
     return query(destination, f"SELECT {', '.join(columns)} FROM {{schema}}.{table} ORDER BY {order}")
 
 
-def test_a_csv_file_lands_with_inferred_types_normalized_names_and_the_mapping_on_the_pipeline(tmp_path, destination):
+def test_a_csv_file_lands_with_inferred_types_normalized_names_and_the_mapping_on_the_pipeline(
+    tmp_path, destination
+):
     write(
         tmp_path / "orders.csv",
         "Order ID,Customer Name,Amount,Paid,Ordered On,Zip\n"
@@ -39,7 +41,9 @@ def test_a_csv_file_lands_with_inferred_types_normalized_names_and_the_mapping_o
 
     assert run.outcome == "succeeded", run.error
     assert (run.changes_read, run.rows_inserted, run.rows_rejected) == (2, 2, 0)
-    assert rows(destination, "orders", ["order_id", "customer_name", "amount", "paid", "zip"], "order_id") == [
+    assert rows(
+        destination, "orders", ["order_id", "customer_name", "amount", "paid", "zip"], "order_id"
+    ) == [
         (1, "Smith, Ann", 10.5, True, "01234"),
         (2, "Bob", 3.0, False, "99999"),
     ]
@@ -101,7 +105,9 @@ def test_without_a_key_rows_are_appended_and_reloading_a_file_duplicates_nothing
     ]
 
 
-def test_malformed_rows_are_kept_in_the_rejects_table_with_file_line_and_reason_and_counted(tmp_path, destination):
+def test_malformed_rows_are_kept_in_the_rejects_table_with_file_line_and_reason_and_counted(
+    tmp_path, destination
+):
     (tmp_path / "people.csv").write_bytes(
         b"id,name,age\n"
         b"1,ann,30\n"
@@ -110,8 +116,7 @@ def test_malformed_rows_are_kept_in_the_rejects_table_with_file_line_and_reason_
         b"4,d\xffve,50\n"  # not UTF-8
         b"5,eve,28\n"
         b"6,frank,33,extra\n"  # a field too many
-        b",nokey,1\n"  # no key
-        + b"".join(f"{i},p{i},{i}\n".encode() for i in range(7, 20))
+        b",nokey,1\n" + b"".join(f"{i},p{i},{i}\n".encode() for i in range(7, 20))  # no key
     )
     source = make_source("csv", {"path": str(tmp_path / "people.csv"), "primary_key": ["id"]})
     pipeline = make_batch_pipeline(source, destination, max_reject_share=0.5)
@@ -138,7 +143,9 @@ def test_malformed_rows_are_kept_in_the_rejects_table_with_file_line_and_reason_
     assert "_rosetta_rejects" in run.notes
 
 
-def test_a_run_fails_past_the_configured_share_of_rejects_and_loads_nothing_of_that_part(tmp_path, destination):
+def test_a_run_fails_past_the_configured_share_of_rejects_and_loads_nothing_of_that_part(
+    tmp_path, destination
+):
     write(tmp_path / "bad.csv", "id,name\n1,a\n2\n3\n4,d\n")
     source = make_source("csv", {"path": str(tmp_path / "bad.csv"), "primary_key": ["id"]})
     pipeline = make_batch_pipeline(source, destination, max_reject_share=0.25)
@@ -152,7 +159,9 @@ def test_a_run_fails_past_the_configured_share_of_rejects_and_loads_nothing_of_t
     assert pipeline.status == Pipeline.Status.FAILED
 
 
-def test_schema_drift_adds_columns_and_widens_a_conflicting_field_to_text_with_a_run_note(tmp_path, destination):
+def test_schema_drift_adds_columns_and_widens_a_conflicting_field_to_text_with_a_run_note(
+    tmp_path, destination
+):
     folder = tmp_path / "drift"
     folder.mkdir()
     write(folder / "1.csv", "id,amount\n1,10\n2,20\n")
@@ -263,7 +272,12 @@ def test_a_csv_url_is_loaded_once_per_etag_and_again_when_it_changes(tmp_path, d
         server.server_close()
 
     assert first.outcome == "succeeded", first.error
-    assert (first.rows_inserted, same.changes_read, changed.rows_inserted, changed.rows_updated) == (2, 0, 1, 1)
+    assert (first.rows_inserted, same.changes_read, changed.rows_inserted, changed.rows_updated) == (
+        2,
+        0,
+        1,
+        1,
+    )
     assert rows(destination, "items", ["id", "name"], "id") == [(1, "a"), (2, "B"), (3, "c")]
     assert served["gets"] == 3
     _, state = checkpoint_state(destination, pipeline)

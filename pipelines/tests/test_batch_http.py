@@ -20,7 +20,12 @@ PAGINATION = {
 
 def records(first, last):
     return [
-        {"id": i, "name": f"item {i}", "updated_at": f"2024-01-{i:02d}T00:00:00Z", "tags": {"n": i, "odd": i % 2 == 1}}
+        {
+            "id": i,
+            "name": f"item {i}",
+            "updated_at": f"2024-01-{i:02d}T00:00:00Z",
+            "tags": {"n": i, "odd": i % 2 == 1},
+        }
         for i in range(first, last + 1)
     ]
 
@@ -149,7 +154,9 @@ def test_a_client_error_fails_at_once_naming_the_status_and_never_the_secret_hea
 
 
 @pytest.mark.parametrize("destination", ["duckdb"], indirect=True)
-def test_a_run_that_fails_mid_pagination_resumes_at_the_next_page_and_ends_with_every_record(api, destination, settings):
+def test_a_run_that_fails_mid_pagination_resumes_at_the_next_page_and_ends_with_every_record(
+    api, destination, settings
+):
     settings.ROSETTA_BATCH_PART_ROWS = 3  # one part per page
     api.records = records(1, 9)
     source = http_source(api, max_retries=0)

@@ -60,9 +60,16 @@ def test_data_pages_through_the_destination_table_and_searches_it(admin_api, loa
 @pytest.mark.parametrize("destination", ["duckdb"], indirect=True)
 @pytest.mark.parametrize(
     "params, field",
-    [({"table": "auth_user"}, "table"), ({"page": 0}, "page"), ({"page_size": 10_000}, "page_size"), ({"page": "x"}, "page")],
+    [
+        ({"table": "auth_user"}, "table"),
+        ({"page": 0}, "page"),
+        ({"page_size": 10_000}, "page_size"),
+        ({"page": "x"}, "page"),
+    ],
 )
-def test_data_refuses_a_table_the_pipeline_does_not_write_and_bad_pages(admin_api, loaded_pipeline, params, field):
+def test_data_refuses_a_table_the_pipeline_does_not_write_and_bad_pages(
+    admin_api, loaded_pipeline, params, field
+):
     response = admin_api.get(f"/api/pipelines/{loaded_pipeline.pk}/data/", params)
     assert response.status_code == 400
     assert field in response.data
@@ -82,7 +89,9 @@ def test_stats_and_data_need_the_view_permission(django_user_model, loaded_pipel
 
 
 @pytest.mark.parametrize("destination", ["duckdb"], indirect=True)
-def test_the_admin_page_shows_statistics_and_the_preview_page_shows_rows(admin_browser, loaded_pipeline, django_user_model, client):
+def test_the_admin_page_shows_statistics_and_the_preview_page_shows_rows(
+    admin_browser, loaded_pipeline, django_user_model, client
+):
     page = admin_browser.get(f"/admin/pipelines/pipeline/{loaded_pipeline.pk}/change/").content.decode()
     assert "Rows per second in the last successful run" in page
     assert "Rejected records: 1" in page
@@ -132,20 +141,26 @@ def test_reset_pipeline_asks_first_then_clears_the_checkpoint_so_the_next_run_lo
 @pytest.mark.parametrize("destination", ["duckdb"], indirect=True)
 def test_run_pipeline_command_runs_a_csv_pipeline(tmp_path, destination):
     (tmp_path / "a.csv").write_text("id\n1\n2\n")
-    pipeline = make_batch_pipeline(make_source("csv", {"path": str(tmp_path / "a.csv")}), destination, start=False)
+    pipeline = make_batch_pipeline(
+        make_source("csv", {"path": str(tmp_path / "a.csv")}), destination, start=False
+    )
     out = StringIO()
     call_command("run_pipeline", pipeline.name, stdout=out)
     assert "2 records read, +2" in out.getvalue()
 
 
 @pytest.mark.parametrize("destination", ["duckdb"], indirect=True)
-def test_schedules_are_set_in_the_api_and_decide_when_the_dispatcher_runs_a_batch_pipeline(admin_api, tmp_path, destination):
+def test_schedules_are_set_in_the_api_and_decide_when_the_dispatcher_runs_a_batch_pipeline(
+    admin_api, tmp_path, destination
+):
     (tmp_path / "a.csv").write_text("id\n1\n")
     source = make_source("csv", {"path": str(tmp_path / "a.csv")})
     unscheduled = make_batch_pipeline(source, destination)
     scheduled = make_batch_pipeline(source, destination)
 
-    response = admin_api.patch(f"/api/pipelines/{scheduled.pk}/", {"schedule_every_seconds": 3600}, format="json")
+    response = admin_api.patch(
+        f"/api/pipelines/{scheduled.pk}/", {"schedule_every_seconds": 3600}, format="json"
+    )
     assert response.status_code == 200, response.data
     assert response.data["schedule_every_seconds"] == 3600 and response.data["schedule_cron"] is None
 
@@ -154,7 +169,9 @@ def test_schedules_are_set_in_the_api_and_decide_when_the_dispatcher_runs_a_batc
     services.run_pipeline(scheduled)
     scheduled.refresh_from_db()
     assert timedelta(minutes=59) < scheduled.next_run_at - timezone.now() <= timedelta(hours=1)
-    assert services.dispatch_pipeline_runs(enqueue=lambda pk: None) == []  # not due yet, and never the unscheduled one
+    assert (
+        services.dispatch_pipeline_runs(enqueue=lambda pk: None) == []
+    )  # not due yet, and never the unscheduled one
 
     cron = admin_api.patch(
         f"/api/pipelines/{unscheduled.pk}/", {"schedule_cron": "*/15 * * * *"}, format="json"
@@ -170,12 +187,16 @@ def test_a_cdc_pipeline_refuses_a_schedule(admin_api):
     from pipelines.tests.factories import PipelineFactory
 
     pipeline = PipelineFactory()
-    response = admin_api.patch(f"/api/pipelines/{pipeline.pk}/", {"schedule_every_seconds": 60}, format="json")
+    response = admin_api.patch(
+        f"/api/pipelines/{pipeline.pk}/", {"schedule_every_seconds": 60}, format="json"
+    )
     assert response.status_code == 400 and "schedule_interval" in response.data
 
 
 @pytest.mark.parametrize("destination", ["duckdb"], indirect=True)
-def test_beat_dispatch_runs_a_scheduled_csv_pipeline_on_a_real_celery_worker(celery_worker, tmp_path, destination):
+def test_beat_dispatch_runs_a_scheduled_csv_pipeline_on_a_real_celery_worker(
+    celery_worker, tmp_path, destination
+):
     import time
 
     from pipelines import schedules, tasks

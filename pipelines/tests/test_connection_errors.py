@@ -7,11 +7,11 @@ import time
 import psycopg
 import pytest
 
-from destinations.writers.duckdb import DuckDBWriter
+from engine.fold import TableSpec
+from engine.runner import Engine
+from engine.source import SourceDatabase, SourceProblem
+from engine.writers.duckdb import DuckDBWriter
 from pipelines import services
-from pipelines.engine.fold import TableSpec
-from pipelines.engine.runner import Engine
-from pipelines.engine.source import SourceDatabase, SourceProblem
 from pipelines.models import PipelineRun
 
 from .test_end_to_end import assert_equal, create_tables, insert_customers, insert_orders
@@ -34,8 +34,13 @@ def test_a_walsender_terminated_between_two_reads_ends_the_read_with_the_servers
     db = SourceDatabase(source_database)
     writer = DuckDBWriter({"path": str(tmp_path / "w.duckdb")})
     engine = Engine(
-        db, writer, pipeline_key="p", slot="s_term", publication="pub_term",
-        tables=[TableSpec("public", "items", "items")], batch_size=100,
+        db,
+        writer,
+        pipeline_key="p",
+        slot="s_term",
+        publication="pub_term",
+        tables=[TableSpec("public", "items", "items")],
+        batch_size=100,
     )
     try:
         engine.prepare()

@@ -170,4 +170,3 @@ def test_a_snapshot_past_its_own_limit_says_which_setting_and_the_next_run_resum
     pipeline.refresh_from_db()
     services.run_until_caught_up(pipeline)
     assert_equal(source_db, target)
-

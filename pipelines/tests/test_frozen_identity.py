@@ -28,7 +28,9 @@ def assert_orders_equal(source_db, target):
 
 
 def slot_exists(source_db, name):
-    return bool(source_db.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", [name]).fetchone())
+    return bool(
+        source_db.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", [name]).fetchone()
+    )
 
 
 # -- the API and the admin refuse changes of identity ------------------------------------
@@ -187,6 +189,7 @@ def test_the_database_allows_one_started_pipeline_per_source_whatever_the_path()
 
 # -- the safe ways, end to end -----------------------------------------------------------
 
+
 def e2e(test):
     """A real source and a PostgreSQL destination on the test cluster."""
     test = pytest.mark.parametrize("destination", ["postgres"], indirect=True)(test)
@@ -217,7 +220,9 @@ def test_renaming_a_running_pipeline_keeps_its_checkpoint(admin_api, source_db, 
 
 
 @e2e
-def test_a_table_added_to_a_running_pipeline_is_the_only_one_copied(admin_api, source_db, target, make_pipeline):
+def test_a_table_added_to_a_running_pipeline_is_the_only_one_copied(
+    admin_api, source_db, target, make_pipeline
+):
     create_tables(source_db)
     insert_orders(source_db, range(1, 21))
     insert_customers(source_db, range(1, 6))

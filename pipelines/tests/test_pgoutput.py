@@ -8,9 +8,9 @@ from uuid import UUID
 import psycopg
 import pytest
 
-from pipelines.engine import pgoutput
-from pipelines.engine.batch import UNCHANGED
-from pipelines.engine.fold import BatchBuilder, TableSpec
+from engine import pgoutput
+from engine.batch import UNCHANGED
+from engine.fold import BatchBuilder, TableSpec
 
 BIG = "x" * 5000 + "".join(chr(65 + i % 26) for i in range(20000))  # compresses badly: TOASTed
 

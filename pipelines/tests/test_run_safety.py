@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 
+from engine.batch import lsn_to_int
 from pipelines import services
-from pipelines.engine.batch import lsn_to_int
 from pipelines.models import Pipeline, PipelineRun, PipelineTable
 
 from .test_end_to_end import ORDERS, assert_equal, create_tables, insert_customers, insert_orders

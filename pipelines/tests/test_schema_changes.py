@@ -47,7 +47,9 @@ def destination_types(target, table):
         query = f"SELECT column_name, data_type FROM duckdb_columns() WHERE table_name = '{table}'"
     d = target.destination
     if d.kind == "postgres":
-        with psycopg.connect(host=d.pg_host, port=d.pg_port, dbname=d.pg_database, user=d.pg_username) as conn:
+        with psycopg.connect(
+            host=d.pg_host, port=d.pg_port, dbname=d.pg_database, user=d.pg_username
+        ) as conn:
             return dict(conn.execute(query).fetchall())
     with _open_duckdb(d.duckdb_path) as conn:
         return dict(conn.execute(query).fetchall())
@@ -112,7 +114,10 @@ def test_widened_types_are_widened_on_tables_with_and_without_later_changes(sour
 
     assert_equal(source_db, target, "busy")
     assert_equal(source_db, target, "quiet")
-    assert "Column n of analytics.quiet widened from int4 to int8." in notes or target.destination.kind != "postgres"
+    assert (
+        "Column n of analytics.quiet widened from int4 to int8." in notes
+        or target.destination.kind != "postgres"
+    )
     assert destination_types(target, "quiet") == destination_types(target, "busy")
     assert destination_types(target, "quiet")["n"] in ("bigint", "BIGINT")
     source_db.execute("INSERT INTO quiet VALUES (100, 'a name longer than ten', 9007199254740993)")

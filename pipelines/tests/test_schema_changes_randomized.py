@@ -50,7 +50,9 @@ class Workload:
                 self.db.execute(f"DELETE FROM {table} WHERE id = %s", [self.random.choice(ids)])
             else:
                 self.next_id += 1
-                self.db.execute(f"UPDATE {table} SET id = %s WHERE id = %s", [self.next_id, self.random.choice(ids)])
+                self.db.execute(
+                    f"UPDATE {table} SET id = %s WHERE id = %s", [self.next_id, self.random.choice(ids)]
+                )
 
     def schema_change(self, table):
         self.added += 1

@@ -6,11 +6,11 @@ slot is free again once the run ends."""
 import psycopg
 import pytest
 
-from destinations.writers.duckdb import DuckDBWriter
-from pipelines.engine import runner
-from pipelines.engine.fold import TableSpec
-from pipelines.engine.runner import Engine
-from pipelines.engine.source import SourceDatabase
+from engine import runner
+from engine.fold import TableSpec
+from engine.runner import Engine
+from engine.source import SourceDatabase
+from engine.writers.duckdb import DuckDBWriter
 
 BIG = "".join(chr(65 + i * 7 % 26) for i in range(30000))  # TOASTed, compresses badly
 

@@ -1,10 +1,10 @@
-"""One parser for `schema.table` (pipelines.engine.names), used by the API, the admin and the engine."""
+"""One parser for `schema.table` (engine.names), used by the API, the admin and the engine."""
 
 import pytest
 from django.urls import reverse
 
 from destinations.tests.factories import DestinationFactory
-from pipelines.engine.names import TableNameError, format_table_name, parse_table_name
+from engine.names import TableNameError, format_table_name, parse_table_name
 from pipelines.models import Pipeline, PipelineTable
 from sources.tests.factories import SourceFactory
 

@@ -7,10 +7,10 @@ import duckdb
 import psycopg
 import pytest
 
+from engine.preflight import run_checks
 from pipelines import services
 from pipelines.models import Pipeline, PipelineRun
 from sources.models import Source
-from sources.preflight import run_checks
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -39,11 +39,15 @@ def destination_has(destination, table):
         if not Path(destination.duckdb_path).exists():
             return False
         with duckdb.connect(destination.duckdb_path, read_only=True) as conn:
-            return bool(conn.execute("SELECT 1 FROM duckdb_tables() WHERE table_name = ?", [table]).fetchall())
+            return bool(
+                conn.execute("SELECT 1 FROM duckdb_tables() WHERE table_name = ?", [table]).fetchall()
+            )
     with psycopg.connect(
         host=destination.pg_host, port=destination.pg_port, dbname=destination.pg_database, user="postgres"
     ) as conn:
-        return conn.execute("SELECT to_regclass(%s) IS NOT NULL", [f"{destination.pg_schema}.{table}"]).fetchone()[0]
+        return conn.execute(
+            "SELECT to_regclass(%s) IS NOT NULL", [f"{destination.pg_schema}.{table}"]
+        ).fetchone()[0]
 
 
 def checks_for(source_database, source_row, tables):
@@ -72,8 +76,9 @@ def test_a_table_without_usable_identity_is_refused_and_never_added_to_the_publi
     # identical rows and NULLs, where the table allows them
     has_key = "PRIMARY KEY" in setup
     source_db.execute(
-        "INSERT INTO bag VALUES (1, 'x'), (2, NULL)" if has_key else
-        "INSERT INTO bag VALUES (1, 'x'), (1, 'x'), (2, NULL), (2, NULL)"
+        "INSERT INTO bag VALUES (1, 'x'), (2, NULL)"
+        if has_key
+        else "INSERT INTO bag VALUES (1, 'x'), (1, 'x'), (2, NULL), (2, NULL)"
     )
     pipeline = make_pipeline(["public.bag"])
 
@@ -194,7 +199,11 @@ def test_generated_columns_are_never_null_or_stale(source_db, target, make_pipel
     runs = ok(services.run_until_caught_up(pipeline))
 
     columns = ["id", "price", "qty", "total", "label"]
-    assert target.rows("priced", columns, ["id"]) == [(1, 2, 10, 20, None), (3, 7, 2, 14, None), (20, 5, 5, 25, "x")]
+    assert target.rows("priced", columns, ["id"]) == [
+        (1, 2, 10, 20, None),
+        (3, 7, 2, 14, None),
+        (20, 5, 5, 25, "x"),
+    ]
     assert not any("no longer in" in run.notes for run in runs)  # not mistaken for a dropped column
 
 
@@ -240,9 +249,7 @@ def test_two_sources_sharing_a_publication_keep_each_others_tables(
     assert target.rows("right_t", ["id"], ["id"]) == [(0,), (1,), (2,)]
 
 
-def test_a_table_rosetta_did_not_add_stays_in_the_publication(
-    source_db, source_row, make_pipeline
-):
+def test_a_table_rosetta_did_not_add_stays_in_the_publication(source_db, source_row, make_pipeline):
     source_db.execute(
         "CREATE TABLE mine (id int PRIMARY KEY); CREATE TABLE theirs (id int PRIMARY KEY);"
         f'CREATE PUBLICATION "{source_row.publication_name}" FOR TABLE theirs'
@@ -255,7 +262,9 @@ def test_a_table_rosetta_did_not_add_stays_in_the_publication(
 # -- names: same name in two schemas, names that need quotes ---------------------------------
 
 
-def test_the_same_table_name_in_two_schemas_goes_into_two_destination_tables(source_db, target, make_pipeline):
+def test_the_same_table_name_in_two_schemas_goes_into_two_destination_tables(
+    source_db, target, make_pipeline
+):
     source_db.execute(
         """
         CREATE SCHEMA other;
@@ -271,7 +280,9 @@ def test_the_same_table_name_in_two_schemas_goes_into_two_destination_tables(sou
         ("other", "other__dup"),
     }
     ok(services.run_until_caught_up(pipeline))
-    source_db.execute("INSERT INTO public.dup VALUES (2, 'public'); INSERT INTO other.dup VALUES (2, 'other')")
+    source_db.execute(
+        "INSERT INTO public.dup VALUES (2, 'public'); INSERT INTO other.dup VALUES (2, 'other')"
+    )
     ok(services.run_until_caught_up(pipeline))
     assert target.rows("dup", ["id", "v"], ["id"]) == [(1, "public"), (2, "public")]
     assert target.rows("other__dup", ["id", "v"], ["id"]) == [(1, "other"), (2, "other")]
@@ -311,6 +322,7 @@ def test_a_snapshot_copies_values_larger_than_the_csv_reader_block(source_db, ta
     )
     pipeline = make_pipeline(["public.blobs"])
     ok(services.run_until_caught_up(pipeline))
+
     def normal(rows):
         return [(i, body, bytes(raw)) for i, body, raw in rows]
 
@@ -361,7 +373,10 @@ def destination_text(destination, table):
     """The destination's values, spelled as PostgreSQL spells them."""
     if destination.kind == "postgres":
         with psycopg.connect(
-            host=destination.pg_host, port=destination.pg_port, dbname=destination.pg_database, user="postgres"
+            host=destination.pg_host,
+            port=destination.pg_port,
+            dbname=destination.pg_database,
+            user="postgres",
         ) as conn:
             conn.execute("SET TimeZone = 'UTC'")
             return [
@@ -372,7 +387,9 @@ def destination_text(destination, table):
             ]
     with duckdb.connect(destination.duckdb_path, read_only=True) as conn:
         conn.execute("SET TimeZone = 'UTC'")
-        rows = conn.execute(f"SELECT d::VARCHAR, ts::VARCHAR, tstz::VARCHAR FROM {table} ORDER BY id").fetchall()
+        rows = conn.execute(
+            f"SELECT d::VARCHAR, ts::VARCHAR, tstz::VARCHAR FROM {table} ORDER BY id"
+        ).fetchall()
 
     def pg(text):  # DuckDB writes '0044-03-15 (BC) 12:00:00'
         if text is not None and " (BC)" in text:
@@ -410,7 +427,9 @@ def test_a_value_duckdb_cannot_store_fails_the_run_naming_table_column_and_value
     )
     name = column.split()[0]
     source_db.execute(f"CREATE TABLE odd (id int PRIMARY KEY, {column})")
-    pipeline = Pipeline.objects.create(name=f"p-{uuid.uuid4().hex[:6]}", source=source, destination=destination)
+    pipeline = Pipeline.objects.create(
+        name=f"p-{uuid.uuid4().hex[:6]}", source=source, destination=destination
+    )
     services.set_pipeline_tables(pipeline, ["public.odd"])
     services.start_pipeline(pipeline)
     for phase in ("snapshot", "change"):

@@ -6,7 +6,6 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
@@ -15,24 +14,43 @@ class Migration(migrations.Migration):
 
     operations = [
         migrations.CreateModel(
-            name='AuditEvent',
+            name="AuditEvent",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('at', models.DateTimeField(auto_now_add=True, db_index=True)),
-                ('username', models.CharField(blank=True, default='', max_length=150)),
-                ('via', models.CharField(choices=[('api', 'API'), ('admin', 'admin'), ('command', 'command')], max_length=16)),
-                ('remote_addr', models.GenericIPAddressField(blank=True, null=True)),
-                ('action', models.CharField(db_index=True, max_length=32)),
-                ('object_type', models.CharField(blank=True, default='', max_length=100)),
-                ('object_id', models.CharField(blank=True, default='', max_length=64)),
-                ('object_repr', models.CharField(blank=True, default='', max_length=200)),
-                ('changed_fields', models.JSONField(blank=True, default=list)),
-                ('detail', models.TextField(blank=True, default='')),
-                ('user', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("at", models.DateTimeField(auto_now_add=True, db_index=True)),
+                ("username", models.CharField(blank=True, default="", max_length=150)),
+                (
+                    "via",
+                    models.CharField(
+                        choices=[("api", "API"), ("admin", "admin"), ("command", "command")], max_length=16
+                    ),
+                ),
+                ("remote_addr", models.GenericIPAddressField(blank=True, null=True)),
+                ("action", models.CharField(db_index=True, max_length=32)),
+                ("object_type", models.CharField(blank=True, default="", max_length=100)),
+                ("object_id", models.CharField(blank=True, default="", max_length=64)),
+                ("object_repr", models.CharField(blank=True, default="", max_length=200)),
+                ("changed_fields", models.JSONField(blank=True, default=list)),
+                ("detail", models.TextField(blank=True, default="")),
+                (
+                    "user",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-at', '-id'],
-                'indexes': [models.Index(fields=['object_type', 'object_id', '-at'], name='audit_object_at')],
+                "ordering": ["-at", "-id"],
+                "indexes": [models.Index(fields=["object_type", "object_id", "-at"], name="audit_object_at")],
             },
         ),
     ]

@@ -5,20 +5,28 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
-
     dependencies = [
-        ('rosetta', '0001_audit_events'),
+        ("rosetta", "0001_audit_events"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='Heartbeat',
+            name="Heartbeat",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('component', models.CharField(choices=[('worker', 'Worker'), ('beat', 'Beat')], max_length=16, unique=True)),
-                ('seen_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('hostname', models.CharField(blank=True, default='', max_length=255)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "component",
+                    models.CharField(
+                        choices=[("worker", "Worker"), ("beat", "Beat")], max_length=16, unique=True
+                    ),
+                ),
+                ("seen_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("hostname", models.CharField(blank=True, default="", max_length=255)),
             ],
         ),
     ]

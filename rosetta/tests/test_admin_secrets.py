@@ -7,7 +7,7 @@ from django.contrib.auth.models import Permission
 from django.urls import reverse
 
 from destinations.tests.factories import PostgresDestinationFactory, SnowflakeDestinationFactory
-from destinations.writers.snowflake import load_private_key, public_key_fingerprint
+from engine.writers.snowflake import load_private_key, public_key_fingerprint
 from sources.tests.factories import SourceFactory
 
 pytestmark = pytest.mark.django_db
@@ -39,9 +39,7 @@ def objects_with_secrets(snowflake_pem):
 @pytest.fixture
 def view_only_browser(client, django_user_model):
     user = django_user_model.objects.create_user("viewer", password="viewer-pass", is_staff=True)
-    user.user_permissions.set(
-        Permission.objects.filter(codename__in=["view_source", "view_destination"])
-    )
+    user.user_permissions.set(Permission.objects.filter(codename__in=["view_source", "view_destination"]))
     client.force_login(user)
     return client
 
@@ -60,8 +58,11 @@ def secret_fragments(objects, pem):
 def admin_pages(objects):
     source, postgres, snowflake = objects["source"], objects["postgres"], objects["snowflake"]
     pages = [reverse("admin:sources_source_changelist"), reverse("admin:destinations_destination_changelist")]
-    for obj, model in [(source, "sources_source"), (postgres, "destinations_destination"),
-                       (snowflake, "destinations_destination")]:
+    for obj, model in [
+        (source, "sources_source"),
+        (postgres, "destinations_destination"),
+        (snowflake, "destinations_destination"),
+    ]:
         pages.append(reverse(f"admin:{model}_change", args=[obj.pk]))
         pages.append(reverse(f"admin:{model}_history", args=[obj.pk]))
         pages.append(reverse(f"admin:{model}_delete", args=[obj.pk]))

@@ -21,12 +21,16 @@ urlpatterns = [path("api/broken/", broken_view), *project_urls.urlpatterns]
 def pipeline(db):
     pipeline = PipelineFactory(status=Pipeline.Status.RUNNING)
     for name in ("orders", "customers"):
-        PipelineTableFactory(pipeline=pipeline, table_name=name, snapshot_state=PipelineTable.SnapshotState.DONE)
+        PipelineTableFactory(
+            pipeline=pipeline, table_name=name, snapshot_state=PipelineTable.SnapshotState.DONE
+        )
     return pipeline
 
 
 def test_refresh_refuses_an_unknown_key_and_names_it(admin_api, pipeline):
-    response = admin_api.post(f"/api/pipelines/{pipeline.pk}/refresh/", {"table": ["public.orders"]}, format="json")
+    response = admin_api.post(
+        f"/api/pipelines/{pipeline.pk}/refresh/", {"table": ["public.orders"]}, format="json"
+    )
     assert response.status_code == 400
     assert response.json() == {"table": ["Unknown field."]}
     pipeline.refresh_from_db()

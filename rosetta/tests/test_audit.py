@@ -55,7 +55,9 @@ def real_source(db, source_database):
 def test_api_create_change_and_delete_are_recorded_with_the_changed_field_names(admin_api, admin_user):
     source_id = admin_api.post("/api/sources/", SOURCE, format="json").json()["id"]
     admin_api.patch(
-        f"/api/sources/{source_id}/", {"pg_password": "another-secret", "pg_port": 5433, "name": "shop"}, format="json"
+        f"/api/sources/{source_id}/",
+        {"pg_password": "another-secret", "pg_port": 5433, "name": "shop"},
+        format="json",
     )
     assert admin_api.delete(f"/api/sources/{source_id}/").status_code == 204
 
@@ -147,7 +149,9 @@ def test_rotating_secrets_by_command_is_recorded_as_a_command():
 @pytest.mark.django_db
 def test_the_api_lists_one_objects_history_for_programs(admin_api):
     first = admin_api.post("/api/sources/", SOURCE, format="json").json()["id"]
-    admin_api.post("/api/sources/", {**SOURCE, "name": "other", "slot_name": "o", "publication_name": "o"}, format="json")
+    admin_api.post(
+        "/api/sources/", {**SOURCE, "name": "other", "slot_name": "o", "publication_name": "o"}, format="json"
+    )
     response = admin_api.get(f"/api/audit-events/?object_type=sources.source&object_id={first}")
     assert response.status_code == 200
     results = response.json()["results"]

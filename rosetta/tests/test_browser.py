@@ -32,7 +32,9 @@ def page(monkeypatch):
     # Playwright's sync API runs an event loop in this thread; the ORM calls of the test are
     # plain synchronous code, not async views. Only for this test, never for subprocesses.
     monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    assert Path(CHROMIUM).exists(), "Debian's chromium is missing: run scripts/setup.sh (apt-get install chromium)"
+    assert Path(CHROMIUM).exists(), (
+        "Debian's chromium is missing: run scripts/setup.sh (apt-get install chromium)"
+    )
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         context = browser.new_context(viewport={"width": 1280, "height": 900})
@@ -144,4 +146,6 @@ def test_an_operator_sets_up_starts_watches_and_pauses_a_pipeline_in_a_browser(
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "front-page.png"), full_page=True)
     # The part docs/front-page.png shows in the README.
-    page.screenshot(path=str(ARTIFACTS / "front-page-top.png"), clip={"x": 0, "y": 0, "width": 1280, "height": 470})
+    page.screenshot(
+        path=str(ARTIFACTS / "front-page-top.png"), clip={"x": 0, "y": 0, "width": 1280, "height": 470}
+    )

@@ -76,7 +76,9 @@ def test_every_pipeline_shows_status_lag_rows_of_the_last_hour_and_a_trend(admin
         lag_measured_at=now,
         last_applied_commit_at=now - timedelta(seconds=90),
     )
-    PipelineRunFactory(pipeline=pipeline, started_at=now - timedelta(minutes=5), rows_inserted=1200, rows_updated=34)
+    PipelineRunFactory(
+        pipeline=pipeline, started_at=now - timedelta(minutes=5), rows_inserted=1200, rows_updated=34
+    )
     PipelineRunFactory(pipeline=pipeline, started_at=now - timedelta(hours=3), rows_inserted=999)
     response = admin_browser.get("/admin/")
     (row,) = response.context["pipeline_rows"]
@@ -85,7 +87,9 @@ def test_every_pipeline_shows_status_lag_rows_of_the_last_hour_and_a_trend(admin
 
 
 def test_a_slot_on_a_shared_server_is_named_once_and_said_to_belong_to_no_pipeline(admin_browser):
-    sources = [SourceFactory(name=f"s{i}", pg_host="db1", pg_port=5432, pg_database=f"d{i}") for i in range(3)]
+    sources = [
+        SourceFactory(name=f"s{i}", pg_host="db1", pg_port=5432, pg_database=f"d{i}") for i in range(3)
+    ]
     for source in sources:
         probed(source, ("forgotten_slot_with_a_long_name", 2 * GB))
     page = admin_browser.get("/admin/").content.decode()

@@ -28,7 +28,9 @@ def admin_login(client, password, address="10.0.0.1"):
     )
 
 
-def test_the_admin_login_refuses_an_address_after_repeated_failures_even_with_the_right_password(client, operator):
+def test_the_admin_login_refuses_an_address_after_repeated_failures_even_with_the_right_password(
+    client, operator
+):
     for _ in range(3):
         assert admin_login(client, "guess").status_code == 200  # the form again, with an error
     refused = admin_login(client, "right-password")
@@ -57,7 +59,9 @@ def test_the_token_endpoint_hands_out_a_token_and_then_throttles_failures(operat
     for _ in range(3):
         bad = api.post("/api/auth/token/", {"username": "operator", "password": "guess"}, format="json")
         assert bad.status_code == 400
-    refused = api.post("/api/auth/token/", {"username": "operator", "password": "right-password"}, format="json")
+    refused = api.post(
+        "/api/auth/token/", {"username": "operator", "password": "right-password"}, format="json"
+    )
     assert refused.status_code == 429
     assert "Too many failed logins" in refused.json()["detail"]
     assert "token" not in refused.json()

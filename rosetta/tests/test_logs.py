@@ -34,10 +34,14 @@ def json_lines():
 
 def test_a_line_inside_a_run_context_carries_pipeline_and_run_as_json(json_lines):
     with log_context(pipeline="orders", run=42):
-        logging.getLogger("pipelines.engine").warning("slow %s", "peek")
-    logging.getLogger("pipelines.engine").warning("outside")
+        logging.getLogger("engine").warning("slow %s", "peek")
+    logging.getLogger("engine").warning("outside")
     assert json_lines[0]["message"] == "slow peek"
-    assert (json_lines[0]["pipeline"], json_lines[0]["run"], json_lines[0]["level"]) == ("orders", 42, "WARNING")
+    assert (json_lines[0]["pipeline"], json_lines[0]["run"], json_lines[0]["level"]) == (
+        "orders",
+        42,
+        "WARNING",
+    )
     assert "pipeline" not in json_lines[1]
 
 
@@ -63,7 +67,9 @@ def test_every_line_of_a_failing_run_names_pipeline_and_run_and_no_secret(json_l
         publication_name="pub_x",
         slot_name="slot_x",
     )
-    destination = Destination.objects.create(name="duck", kind="duckdb", duckdb_path=str(tmp_path / "w.duckdb"))
+    destination = Destination.objects.create(
+        name="duck", kind="duckdb", duckdb_path=str(tmp_path / "w.duckdb")
+    )
     pipeline = Pipeline.objects.create(name="orders", source=source, destination=destination)
     services.set_pipeline_tables(pipeline, ["public.t"])
     services.start_pipeline(pipeline)

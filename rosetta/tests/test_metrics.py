@@ -53,7 +53,9 @@ def test_metrics_report_slots_pipelines_runs_and_probe_failures(settings):
     source = pipeline.source
     WalMetric.objects.create(source=source, probed_at=now - timedelta(minutes=2), ok=False, error="timeout")
     WalMetric.objects.create(source=source, probed_at=now)
-    SlotMetric.objects.create(source=source, probed_at=now - timedelta(minutes=1), slot_name="s", retained_bytes=1)
+    SlotMetric.objects.create(
+        source=source, probed_at=now - timedelta(minutes=1), slot_name="s", retained_bytes=1
+    )
     SlotMetric.objects.create(
         source=source,
         probed_at=now,

@@ -45,7 +45,9 @@ def test_each_missing_setting_is_a_system_check_error_naming_it():
 
 
 def test_an_encryption_key_that_is_not_a_fernet_key_is_refused():
-    result = run([sys.executable, "manage.py", "check"], {**PRODUCTION, "ROSETTA_ENCRYPTION_KEYS": "not-a-key"})
+    result = run(
+        [sys.executable, "manage.py", "check"], {**PRODUCTION, "ROSETTA_ENCRYPTION_KEYS": "not-a-key"}
+    )
     assert result.returncode != 0
     assert "rosetta.E001" in result.stderr and "not a Fernet key" in result.stderr
 

@@ -34,7 +34,9 @@ def password_roles(pg_cluster):
     with psycopg.connect(pg_cluster.dsn(), autocommit=True) as conn:
         for role, password in roles.items():
             conn.execute(
-                sql.SQL("CREATE ROLE {} LOGIN SUPERUSER PASSWORD {}").format(sql.Identifier(role), sql.Literal(password))
+                sql.SQL("CREATE ROLE {} LOGIN SUPERUSER PASSWORD {}").format(
+                    sql.Identifier(role), sql.Literal(password)
+                )
             )
         (hba_file,) = conn.execute("SHOW hba_file").fetchone()
         with open(hba_file) as handle:
@@ -86,7 +88,9 @@ def test_no_secret_appears_anywhere_during_a_real_pipeline_run(
         conn.execute("INSERT INTO orders SELECT i, 'n' || i FROM generate_series(1, 20) i")
     # The roles really need their passwords: a wrong one is refused.
     with pytest.raises(psycopg.OperationalError):
-        psycopg.connect(host="127.0.0.1", port=pg_cluster.port, dbname="postgres", user=source_role, password="x")
+        psycopg.connect(
+            host="127.0.0.1", port=pg_cluster.port, dbname="postgres", user=source_role, password="x"
+        )
     warehouse = make_database("dst")
 
     api = APIClient()
@@ -134,7 +138,12 @@ def test_no_secret_appears_anywhere_during_a_real_pipeline_run(
     pipeline = call(
         "post",
         "/api/pipelines/",
-        {"name": "e2e", "source": source["id"], "destination": destination["id"], "tables": ["public.orders"]},
+        {
+            "name": "e2e",
+            "source": source["id"],
+            "destination": destination["id"],
+            "tables": ["public.orders"],
+        },
     ).json()
     call("post", f"/api/pipelines/{pipeline['id']}/start/")
 
@@ -191,7 +200,9 @@ def test_no_secret_appears_anywhere_during_a_real_pipeline_run(
     for url, body in responses + browser_pages:
         assert_no_secret(body, url)
     for record in caplog.records:
-        assert_no_secret(record.getMessage() + repr(record.args) + str(record.exc_text), f"log record {record.name}")
+        assert_no_secret(
+            record.getMessage() + repr(record.args) + str(record.exc_text), f"log record {record.name}"
+        )
     assert published_tasks, "no Celery task was published"
     for message in published_tasks:
         assert_no_secret(message, "a Celery task message")

@@ -5,48 +5,70 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('sources', '0002_source_wal_monitoring_options'),
+        ("sources", "0002_source_wal_monitoring_options"),
     ]
 
     operations = [
         migrations.RemoveConstraint(
-            model_name='source',
-            name='source_unique_slot_per_database',
+            model_name="source",
+            name="source_unique_slot_per_database",
         ),
         migrations.AddField(
-            model_name='source',
-            name='kind',
-            field=models.CharField(choices=[('postgres', 'PostgreSQL (CDC)'), ('csv', 'CSV files'), ('http_json', 'HTTP JSON API')], default='postgres', max_length=16),
+            model_name="source",
+            name="kind",
+            field=models.CharField(
+                choices=[
+                    ("postgres", "PostgreSQL (CDC)"),
+                    ("csv", "CSV files"),
+                    ("http_json", "HTTP JSON API"),
+                ],
+                default="postgres",
+                max_length=16,
+            ),
         ),
         migrations.AddField(
-            model_name='source',
-            name='secret_headers',
-            field=rosetta.secrets.EncryptedTextField(blank=True, default='', help_text='HTTP JSON sources: headers holding credentials, as a JSON object such as {"Authorization": "Bearer ..."}; stored encrypted, never shown again.', verbose_name='secret HTTP headers'),
+            model_name="source",
+            name="secret_headers",
+            field=rosetta.secrets.EncryptedTextField(
+                blank=True,
+                default="",
+                help_text='HTTP JSON sources: headers holding credentials, as a JSON object such as {"Authorization": "Bearer ..."}; stored encrypted, never shown again.',
+                verbose_name="secret HTTP headers",
+            ),
         ),
         migrations.AddField(
-            model_name='source',
-            name='settings',
-            field=models.JSONField(blank=True, default=dict, help_text="For CSV and HTTP JSON sources: the kind's settings as a JSON object (see the README). Not used by PostgreSQL sources.", verbose_name='settings'),
+            model_name="source",
+            name="settings",
+            field=models.JSONField(
+                blank=True,
+                default=dict,
+                help_text="For CSV and HTTP JSON sources: the kind's settings as a JSON object (see the README). Not used by PostgreSQL sources.",
+                verbose_name="settings",
+            ),
         ),
         migrations.AlterField(
-            model_name='source',
-            name='pg_database',
-            field=models.CharField(blank=True, default='', max_length=63, verbose_name='database'),
+            model_name="source",
+            name="pg_database",
+            field=models.CharField(blank=True, default="", max_length=63, verbose_name="database"),
         ),
         migrations.AlterField(
-            model_name='source',
-            name='pg_host',
-            field=models.CharField(blank=True, default='', max_length=255, verbose_name='host'),
+            model_name="source",
+            name="pg_host",
+            field=models.CharField(blank=True, default="", max_length=255, verbose_name="host"),
         ),
         migrations.AlterField(
-            model_name='source',
-            name='pg_username',
-            field=models.CharField(blank=True, default='', max_length=63, verbose_name='user'),
+            model_name="source",
+            name="pg_username",
+            field=models.CharField(blank=True, default="", max_length=63, verbose_name="user"),
         ),
         migrations.AddConstraint(
-            model_name='source',
-            constraint=models.UniqueConstraint(condition=models.Q(('kind', 'postgres')), fields=('pg_host', 'pg_port', 'pg_database', 'slot_name'), name='source_unique_slot_per_database', violation_error_message='Another source already uses this replication slot on this database.'),
+            model_name="source",
+            constraint=models.UniqueConstraint(
+                condition=models.Q(("kind", "postgres")),
+                fields=("pg_host", "pg_port", "pg_database", "slot_name"),
+                name="source_unique_slot_per_database",
+                violation_error_message="Another source already uses this replication slot on this database.",
+            ),
         ),
     ]

@@ -169,7 +169,7 @@ def test_check_lists_each_failed_check_with_the_sql_that_fixes_it(admin_browser,
         page = response.content.decode()
     finally:
         with psycopg.connect(pg_cluster.dsn(), autocommit=True) as conn:
-            conn.execute(f'DROP OWNED BY {role}')
+            conn.execute(f"DROP OWNED BY {role}")
             conn.execute(f"DROP ROLE {role}")
     assert message.startswith(f"{logical_source.name}: 4 check(s) failed:<br>")
     for fix in (

@@ -8,7 +8,11 @@ from sources.models import Source
 
 pytestmark = pytest.mark.django_db
 
-CSV = {"name": "orders-export", "kind": "csv", "settings": {"path": "/data/orders/*.csv", "primary_key": ["id"]}}
+CSV = {
+    "name": "orders-export",
+    "kind": "csv",
+    "settings": {"path": "/data/orders/*.csv", "primary_key": ["id"]},
+}
 HTTP = {
     "name": "crm-api",
     "kind": "http_json",
@@ -55,7 +59,10 @@ def test_two_csv_sources_do_not_clash_on_the_replication_slot_constraint(admin_a
     "payload, message",
     [
         ({**CSV, "settings": {"primary_key": ["id"]}}, "give either a path"),
-        ({**CSV, "settings": {"path": "/x.csv", "delimiter": ";;"}}, "delimiter: must be exactly one character"),
+        (
+            {**CSV, "settings": {"path": "/x.csv", "delimiter": ";;"}},
+            "delimiter: must be exactly one character",
+        ),
         ({**CSV, "settings": {"path": "/x.csv", "encoding": "klingon"}}, "unknown encoding"),
         ({**CSV, "settings": {"path": "/x.csv", "delimter": ";"}}, "delimter: not a CSV setting"),
         ({**CSV, "settings": {"path": "/x.csv", "primary_key": "id"}}, "primary_key: must be a list"),
@@ -123,9 +130,15 @@ def test_the_kind_of_a_source_that_pipelines_use_cannot_change(admin_api):
 
 def test_csv_paths_outside_the_allowed_directories_are_refused(admin_api, settings, tmp_path):
     settings.ROSETTA_CSV_ALLOWED_DIRS = [str(tmp_path / "exports")]
-    for path in ("/etc/passwd", str(tmp_path / "exports/../secrets/*.csv"), str(tmp_path / "exports-evil/a.csv")):
+    for path in (
+        "/etc/passwd",
+        str(tmp_path / "exports/../secrets/*.csv"),
+        str(tmp_path / "exports-evil/a.csv"),
+    ):
         response = admin_api.post("/api/sources/", {**CSV, "settings": {"path": path}}, format="json")
         assert response.status_code == 400, path
         assert "ROSETTA_CSV_ALLOWED_DIRS" in str(response.data["settings"])
-    ok = admin_api.post("/api/sources/", {**CSV, "settings": {"path": str(tmp_path / "exports/*.csv")}}, format="json")
+    ok = admin_api.post(
+        "/api/sources/", {**CSV, "settings": {"path": str(tmp_path / "exports/*.csv")}}, format="json"
+    )
     assert ok.status_code == 201, ok.data

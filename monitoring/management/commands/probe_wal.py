@@ -1,6 +1,6 @@
 from django.core.management.base import BaseCommand, CommandError
 
-from monitoring.forecast import human_bytes
+from engine.forecast import human_bytes
 from monitoring.services import probe_sources
 from sources.models import Source
 

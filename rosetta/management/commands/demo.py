@@ -63,7 +63,9 @@ class Command(BaseCommand):
         parser.add_argument("--files-duckdb-path", default=".demo/files.duckdb")
         parser.add_argument("--api-port", type=int, default=8765)
         parser.add_argument("--generate", action="store_true", help="Write sample changes until stopped.")
-        parser.add_argument("--serve-api", action="store_true", help="Serve the demo's reviews API until stopped.")
+        parser.add_argument(
+            "--serve-api", action="store_true", help="Serve the demo's reviews API until stopped."
+        )
 
     def handle(self, *args, **options):
         conninfo = {
@@ -108,7 +110,9 @@ class Command(BaseCommand):
             services.set_pipeline_tables(pipeline, TABLES)
         if pipeline.refusal_reason("start") is None:
             services.start_pipeline(pipeline)
-        self.create_batch_pipelines(Path(options["exports_dir"]), options["files_duckdb_path"], options["api_port"])
+        self.create_batch_pipelines(
+            Path(options["exports_dir"]), options["files_duckdb_path"], options["api_port"]
+        )
         self.stdout.write(f"admin password: {password}")
 
     def create_batch_pipelines(self, exports: Path, duckdb_path: str, api_port: int):
@@ -146,7 +150,11 @@ class Command(BaseCommand):
             wanted.full_clean(validate_unique=False)
             source, _ = Source.objects.update_or_create(
                 name=wanted.name,
-                defaults={"kind": wanted.kind, "settings": wanted.settings, "secret_headers": wanted.secret_headers},
+                defaults={
+                    "kind": wanted.kind,
+                    "settings": wanted.settings,
+                    "secret_headers": wanted.secret_headers,
+                },
             )
             pipeline, created = Pipeline.objects.get_or_create(
                 name=pipeline_name,
@@ -270,7 +278,9 @@ def demo_reviews(now: datetime) -> list[dict]:
     reviews = []
     for i in range(1, count + 1):
         created = day + timedelta(seconds=6 * i)
-        updated = created + timedelta(hours=1) if i % 7 == 0 and created + timedelta(hours=1) <= now else created
+        updated = (
+            created + timedelta(hours=1) if i % 7 == 0 and created + timedelta(hours=1) <= now else created
+        )
         reviews.append(
             {
                 "id": i,

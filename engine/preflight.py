@@ -68,7 +68,9 @@ def run_checks(
                 "wal_level is logical."
                 if wal_level == "logical"
                 else f"wal_level is {wal_level!r}; set wal_level = logical and restart the server.",
-                "" if wal_level == "logical" else "ALTER SYSTEM SET wal_level = logical;  -- then restart PostgreSQL",
+                ""
+                if wal_level == "logical"
+                else "ALTER SYSTEM SET wal_level = logical;  -- then restart PostgreSQL",
             )
         )
         user = sql.Identifier(connect_kwargs.get("user") or "").as_string(conn)
@@ -85,9 +87,10 @@ def run_checks(
                 "" if can_replicate or is_superuser else f"ALTER ROLE {user} WITH REPLICATION;",
             )
         )
-        may_monitor = is_superuser or conn.execute(
-            "SELECT pg_has_role(current_user, 'pg_monitor', 'MEMBER')"
-        ).fetchone()[0]
+        may_monitor = (
+            is_superuser
+            or conn.execute("SELECT pg_has_role(current_user, 'pg_monitor', 'MEMBER')").fetchone()[0]
+        )
         checks.append(
             Check(
                 "monitoring_privilege",
@@ -214,7 +217,9 @@ def _identity(conn, row, quoted: str, name: str) -> TableIdentity:
         )
     if replica_identity in ("d", "f") and primary_key:
         how = f"a primary key ({', '.join(primary_key)})"
-        return TableIdentity(list(primary_key), how + (" and REPLICA IDENTITY FULL" if replica_identity == "f" else ""))
+        return TableIdentity(
+            list(primary_key), how + (" and REPLICA IDENTITY FULL" if replica_identity == "f" else "")
+        )
     if replica_identity == "f":
         problem = (
             f"Table {name} has REPLICA IDENTITY FULL but no primary key: Rosetta cannot tell identical "

@@ -101,7 +101,7 @@ BUILTIN_TYPE_NAMES.update(
 )
 
 # Element types whose arrays the source hands over as Python lists (see
-# pipelines/engine/batch.py); an array of any other type arrives as PostgreSQL's
+# engine/batch.py); an array of any other type arrives as PostgreSQL's
 # text form ('{...}'), so a destination without PostgreSQL arrays stores it as text.
 LIST_ELEMENT_TYPES = {
     BOOL,

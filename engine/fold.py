@@ -24,7 +24,7 @@ class TableSpec:
     schema: str
     table: str
     target_table: str
-    # The columns rows are matched by (sources.preflight.table_identity). None:
+    # The columns rows are matched by (engine.preflight.table_identity). None:
     # use the replica identity columns that the Relation message flags.
     primary_key: list[str] | None = None
     # Set when the table was copied in this run (Engine.snapshot_table): its shape

@@ -65,7 +65,7 @@ class Writer:
         Raises ConnectionProblem otherwise."""
         raise NotImplementedError
 
-    # The CDC contract (see pipelines/engine/batch.py). `pipeline_key` names the
+    # The CDC contract (see engine/batch.py). `pipeline_key` names the
     # pipeline's row in the destination's _rosetta_checkpoints table.
 
     # "csv" or "binary": the COPY format the writer wants snapshot chunks in.

@@ -30,8 +30,8 @@ import psycopg
 from psycopg import sql
 from psycopg.copy import QueuedLibpqWriter
 
-from pipelines.engine.batch import UNCHANGED, ApplyResult, SchemaAlignment, lsn_to_str
-from sources.preflight import describe_connection_error
+from engine.batch import UNCHANGED, ApplyResult, SchemaAlignment, lsn_to_str
+from engine.preflight import describe_connection_error
 
 from . import schema_changes, types
 from .base import (
@@ -190,9 +190,12 @@ class PostgresWriter(Writer):
                 ).format(table)
             )
             self._verified[REJECTS] = True
-        with conn.cursor() as cur, cur.copy(
-            sql.SQL("COPY {} (pipeline_key, origin, line, reason, record) FROM STDIN").format(table)
-        ) as copy:
+        with (
+            conn.cursor() as cur,
+            cur.copy(
+                sql.SQL("COPY {} (pipeline_key, origin, line, reason, record) FROM STDIN").format(table)
+            ) as copy,
+        ):
             for origin, line, reason, raw in rejects:
                 copy.write_row([pipeline_key, origin, line, reason, raw])
 
@@ -210,7 +213,9 @@ class PostgresWriter(Writer):
         if search:
             where, params = sql.SQL(" WHERE t::text ILIKE %s"), [like_pattern(search)]
         target = self._table(table)
-        total = conn.execute(sql.SQL("SELECT count(*) FROM {} AS t").format(target) + where, params).fetchone()[0]
+        total = conn.execute(
+            sql.SQL("SELECT count(*) FROM {} AS t").format(target) + where, params
+        ).fetchone()[0]
         with conn.cursor() as cur:
             cur.execute(
                 sql.SQL("SELECT * FROM {} AS t").format(target)
@@ -515,7 +520,9 @@ class PostgresWriter(Writer):
             ).fetchone()
             if not has_state:  # a checkpoint table from before batch sources
                 conn.execute(
-                    sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS state text").format(self._table(CHECKPOINTS))
+                    sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS state text").format(
+                        self._table(CHECKPOINTS)
+                    )
                 )
         self._verified[CHECKPOINTS] = True
 
@@ -571,7 +578,7 @@ class PostgresWriter(Writer):
         create: bool = True,
     ) -> str | None:
         """Create the target table, or bring it in line with the relation as the
-        schema-change planner says (destinations/writers/schema_changes.py).
+        schema-change planner says (engine/writers/schema_changes.py).
         Returns why the table must be copied again, or None."""
         signature = (relation.schema, relation.name, tuple(relation.columns))
         if self._verified.get(target_table) == signature:

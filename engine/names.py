@@ -21,7 +21,7 @@ def parse_identifier(text: str) -> str:
     """One identifier, quoted or not, -> its name (`"a ""b"" c"` -> `a "b" c`)."""
     name, rest = _read_identifier(text.strip(), 0, text)
     if rest != len(text.strip()):
-        raise TableNameError(f"{text!r} is not one name: quote it (\"...\") if it holds a dot or a quote.")
+        raise TableNameError(f'{text!r} is not one name: quote it ("...") if it holds a dot or a quote.')
     return name
 
 
@@ -87,7 +87,7 @@ def _read_identifier(text: str, position: int, original: str) -> tuple[str, int]
         while end < len(text) and text[end] not in '."':
             end += 1
         if end < len(text) and text[end] == '"':
-            raise TableNameError(f"{original!r}: a quote may only enclose a whole name (\"...\").")
+            raise TableNameError(f'{original!r}: a quote may only enclose a whole name ("...").')
         name = text[position:end].strip()
         position = end
     _check(name, original)
@@ -100,6 +100,4 @@ def _check(name: str, original: str) -> None:
     if "\x00" in name:
         raise TableNameError(f"{original!r}: a name may not hold a NUL character.")
     if len(name.encode()) > MAX_IDENTIFIER_BYTES:
-        raise TableNameError(
-            f"{name!r} is longer than PostgreSQL's {MAX_IDENTIFIER_BYTES} bytes for a name."
-        )
+        raise TableNameError(f"{name!r} is longer than PostgreSQL's {MAX_IDENTIFIER_BYTES} bytes for a name.")

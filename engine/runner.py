@@ -24,7 +24,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from destinations.writers.base import IncompatibleSchemaChange
+from engine.writers.base import IncompatibleSchemaChange
 
 from .batch import UNCHANGED, ApplyResult, Batch, TableChanges
 from .fold import BatchBuilder, TableSpec, relation_shape
@@ -414,7 +414,9 @@ class Engine:
         for key, changes in batch.tables.items():
             shape = self._current_shape(key, changes.relation)
             # Rows can lack a column only if they were read with an older shape.
-            older_rows = changes.reshaped or relation_shape(changes.relation) != relation_shape(shape.relation)
+            older_rows = changes.reshaped or relation_shape(changes.relation) != relation_shape(
+                shape.relation
+            )
             relation = changes.relation = shape.relation
             fills = {name: shape.fills[name] for name in relation.column_names if name in shape.fills}
             changes.column_fills = fills

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
-from sources.preflight import TableIdentity, describe_connection_error, table_identity
+from engine.preflight import TableIdentity, describe_connection_error, table_identity
 
 from .batch import Column, ColumnFill, Relation, lsn_to_int, lsn_to_str
 from .pgtypes import SESSION_SETTINGS, converter
@@ -144,7 +144,7 @@ class SourceDatabase:
         return Relation(oid, schema, table, columns, replica_identity)
 
     def identity(self, schema: str, table: str) -> TableIdentity:
-        """How the table's rows are told apart, or why they cannot be (sources.preflight)."""
+        """How the table's rows are told apart, or why they cannot be (engine.preflight)."""
         return table_identity(self.conn, schema, table)
 
     def generated_columns(self, schema: str, table: str) -> list[Column]:

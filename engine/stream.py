@@ -29,7 +29,7 @@ import psycopg
 from psycopg import pq, sql
 from psycopg.conninfo import make_conninfo
 
-from sources.preflight import describe_connection_error
+from engine.preflight import describe_connection_error
 
 log = logging.getLogger(__name__)
 

@@ -39,8 +39,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from psycopg import sql as pg_sql
 
-from pipelines.engine import pgtypes
-from pipelines.engine.batch import UNCHANGED, ApplyResult, SchemaAlignment, lsn_to_str
+from engine import pgtypes
+from engine.batch import UNCHANGED, ApplyResult, SchemaAlignment, lsn_to_str
 
 from . import pgcsv, schema_changes, types
 from .base import (
@@ -472,7 +472,9 @@ class SnowflakeWriter(Writer):
         self._columns.pop(target_table, None)  # read the table as it is now
         try:
             if self._table_columns(target_table):
-                alignment.recopy = self._ensure_table(target_table, relation, alignment.notes, fills, not_sent)[1]
+                alignment.recopy = self._ensure_table(
+                    target_table, relation, alignment.notes, fills, not_sent
+                )[1]
         except snowflake.connector.errors.Error as error:
             raise self._problem(error) from error
         return alignment
@@ -481,7 +483,7 @@ class SnowflakeWriter(Writer):
         self, table: str, relation, notes: list[str], fills=None, not_sent=frozenset()
     ) -> tuple[list[str], str | None]:
         """Create the target table, or bring it in line with the relation as the
-        schema-change planner says (destinations/writers/schema_changes.py).
+        schema-change planner says (engine/writers/schema_changes.py).
         Returns the relation's column types and why the table must be copied again (or None)."""
         sql_types = [snowflake_type(c.type_oid, c.type_modifier) for c in relation.columns]
         existing = self._table_columns(table)
@@ -537,7 +539,9 @@ class SnowflakeWriter(Writer):
         and cast as a CDC value is."""
         value = None
         if text is not None:
-            value = _staged_text(pgtypes.converter(column.type_oid)(text.encode()), _type_signature(sql_type)[0])
+            value = _staged_text(
+                pgtypes.converter(column.type_oid)(text.encode()), _type_signature(sql_type)[0]
+            )
         self._run(
             f"UPDATE {quote(table)} SET {quote(column.name)} = {_cast('%(fill)s', sql_type)}", {"fill": value}
         )
@@ -687,7 +691,9 @@ class SnowflakeWriter(Writer):
         )
 
     def _write_rejects(self, pipeline_key: str, rejects: list[tuple]) -> None:
-        names = ", ".join(quote(n) for n in ("pipeline_key", "origin", "line", "reason", "record", "rejected_at"))
+        names = ", ".join(
+            quote(n) for n in ("pipeline_key", "origin", "line", "reason", "record", "rejected_at")
+        )
         for origin, line, reason, raw in rejects:
             self._run(
                 f"INSERT INTO {quote(REJECTS)} ({names}) SELECT %(pipeline)s, %(origin)s, %(line)s, %(reason)s, "
@@ -714,7 +720,8 @@ class SnowflakeWriter(Writer):
         total = int(self._run(f"SELECT COUNT(*) FROM {quote(table)}{where}", params).fetchone()[0])
         order = ", ".join(quote(name) for name in columns)
         rows = self._run(
-            f"SELECT {order} FROM {quote(table)}{where} ORDER BY {order} LIMIT %(limit)s OFFSET %(offset)s", params
+            f"SELECT {order} FROM {quote(table)}{where} ORDER BY {order} LIMIT %(limit)s OFFSET %(offset)s",
+            params,
         ).fetchall()
         return columns, [tuple(row) for row in rows], total
 

@@ -2,7 +2,7 @@
 
 Target tables live in the file's `main` schema (or settings["schema"]) under
 the pipeline table's target name, with the types of
-destinations.writers.types.duckdb_type (DECIMAL(p,s) up to 38 digits, VARCHAR
+engine.writers.types.duckdb_type (DECIMAL(p,s) up to 38 digits, VARCHAR
 for a wider or unconstrained numeric, JSON for json/jsonb, LISTs for arrays,
 VARCHAR for user-defined types), and Rosetta's columns:
 
@@ -35,8 +35,8 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipelines.engine import pgtypes
-from pipelines.engine.batch import UNCHANGED, ApplyResult, SchemaAlignment, lsn_to_str
+from engine import pgtypes
+from engine.batch import UNCHANGED, ApplyResult, SchemaAlignment, lsn_to_str
 
 from . import pgcsv, schema_changes, types
 from .base import (
@@ -443,7 +443,9 @@ class DuckDBWriter(Writer):
                     self._apply_table(conn, changes, soft_delete, result)
                 except duckdb.ConversionException as error:
                     relation = changes.relation
-                    duck_types = {c.name: types.duckdb_type(c.type_oid, c.type_modifier) for c in relation.columns}
+                    duck_types = {
+                        c.name: types.duckdb_type(c.type_oid, c.type_modifier) for c in relation.columns
+                    }
                     where = f"{self.schema}.{changes.target_table}"
                     raise unstorable_value(error, relation, duck_types, where) from None
             conn.execute(
@@ -499,7 +501,17 @@ class DuckDBWriter(Writer):
                 # One INSERT streams the pieces until one holds a row far larger than a
                 # piece; that one goes in alone, under a memory cap that fits it.
                 reader = pgcsv.record_batches(pieces, len(names), failures, oversized, CSV_PIECE_BYTES * 4)
-                self._insert_snapshot(conn, reader, new_table, selected, snapshot_lsn, failures, relation, target_table, duck_types)
+                self._insert_snapshot(
+                    conn,
+                    reader,
+                    new_table,
+                    selected,
+                    snapshot_lsn,
+                    failures,
+                    relation,
+                    target_table,
+                    duck_types,
+                )
                 if not oversized:
                     break
                 piece = oversized.pop()
@@ -508,7 +520,17 @@ class DuckDBWriter(Writer):
                 conn.execute("SET memory_limit = ?", [f"{limit_mb}MB"])
                 table = pgcsv.read_table(piece, len(names))
                 del piece
-                self._insert_snapshot(conn, table, new_table, selected, snapshot_lsn, failures, relation, target_table, duck_types)
+                self._insert_snapshot(
+                    conn,
+                    table,
+                    new_table,
+                    selected,
+                    snapshot_lsn,
+                    failures,
+                    relation,
+                    target_table,
+                    duck_types,
+                )
                 del table
             rows = conn.execute(f"SELECT count(*) FROM {new_table}").fetchall()[0][0]
             conn.execute(f"DROP TABLE IF EXISTS {target}")
@@ -537,7 +559,9 @@ class DuckDBWriter(Writer):
             if isinstance(error, duckdb.ConversionException):
                 names = relation.column_names
                 where = f"{self.schema}.{target_table}"
-                raise unstorable_value(error, relation, dict(zip(names, duck_types, strict=True)), where) from None
+                raise unstorable_value(
+                    error, relation, dict(zip(names, duck_types, strict=True)), where
+                ) from None
             raise
         conn.unregister("_rosetta_snapshot")  # on error, the next register replaces it
 
@@ -731,7 +755,7 @@ class DuckDBWriter(Writer):
         create: bool = True,
     ) -> tuple[dict, str | None]:
         """Create the target table, or bring it in line with the relation as the
-        schema-change planner says (destinations/writers/schema_changes.py).
+        schema-change planner says (engine/writers/schema_changes.py).
         Returns ({column: DuckDB type} of the relation's columns, why the table must
         be copied again or None)."""
         wanted = {c.name: DIALECT.column_type(c) for c in relation.columns}
@@ -748,7 +772,9 @@ class DuckDBWriter(Writer):
             if not create:  # align_table: a table not there yet is left to its snapshot
                 return wanted, None
             self._ensure_schema(conn)
-            definitions = self._column_definitions(list(wanted), list(wanted.values()), _recorded_key(relation))
+            definitions = self._column_definitions(
+                list(wanted), list(wanted.values()), _recorded_key(relation)
+            )
             conn.execute(f"CREATE TABLE {target} ({definitions})")
             self._verified[target_table] = signature
             return wanted, None

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import psycopg
 
-from sources.preflight import describe_connection_error
+from engine.preflight import describe_connection_error
 
 # pg_ls_waldir() also lists .history, .partial and archive_status files: count segments only.
 SEGMENT_NAME = "^[0-9A-F]{24}$"
@@ -247,9 +247,7 @@ def probe_many(
     slot. on_result(key, result) is called from the caller's thread as each target
     finishes, so the caller can record them as they come.
     """
-    connect_timeout = max(
-        [kwargs.get("connect_timeout") or 10 for kwargs, _ in targets.values()] or [10]
-    )
+    connect_timeout = max([kwargs.get("connect_timeout") or 10 for kwargs, _ in targets.values()] or [10])
     bound = connect_timeout + statement_timeout_ms / 1000 + grace_seconds
     started_at = time.monotonic()
     deadline = started_at + bound

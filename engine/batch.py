@@ -88,7 +88,7 @@ class TableChanges:
     A key is in at most one of `upserts` and `deletes`.
 
     Row values are Python values converted by the source column's type OID
-    (pipelines/engine/pgtypes.py): int (int2/4/8, oid), float (float4/8),
+    (engine/pgtypes.py): int (int2/4/8, oid), float (float4/8),
     Decimal (numeric, exact; NaN/Infinity as Decimal too), bool, str (text,
     varchar, bpchar, name), uuid.UUID, date, datetime (naive for timestamp,
     aware in UTC for timestamptz), dict/list/str/int... (json/jsonb, parsed),

@@ -9,9 +9,9 @@ from importlib import import_module
 from .base import ConnectionProblem, Writer
 
 WRITER_CLASSES = {
-    "postgres": "destinations.writers.postgres.PostgresWriter",
-    "duckdb": "destinations.writers.duckdb.DuckDBWriter",
-    "snowflake": "destinations.writers.snowflake.SnowflakeWriter",
+    "postgres": "engine.writers.postgres.PostgresWriter",
+    "duckdb": "engine.writers.duckdb.DuckDBWriter",
+    "snowflake": "engine.writers.snowflake.SnowflakeWriter",
 }
 
 

@@ -68,7 +68,9 @@ def read_table(data: bytes, width: int) -> pa.Table:
     )
 
 
-def record_batches(pieces_, width: int, failures: list, oversized: list, oversized_bytes: int) -> pa.RecordBatchReader:
+def record_batches(
+    pieces_, width: int, failures: list, oversized: list, oversized_bytes: int
+) -> pa.RecordBatchReader:
     """The pieces (see pieces()) as a reader of text record batches; memory holds one
     piece (and its parsed batch) at a time. The reader ends early at a piece larger
     than `oversized_bytes` (one huge row), which it leaves in `oversized` for the

@@ -18,7 +18,7 @@ before a widening already applied): the destination column holds every value.
 
 from dataclasses import dataclass, field
 
-from pipelines.engine.batch import ColumnFill, Relation
+from engine.batch import ColumnFill, Relation
 
 from . import types
 from .base import IncompatibleSchemaChange
