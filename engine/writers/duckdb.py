@@ -7,7 +7,7 @@ for a wider or unconstrained numeric, JSON for json/jsonb, LISTs for arrays,
 VARCHAR for user-defined types), and Rosetta's columns:
 
 - `_rosetta_lsn BIGINT`: commit LSN of the row's last change, as a number (the
-  snapshot LSN for rows from a snapshot); lsn_to_str() shows it as '16/B374D848'.
+  snapshot LSN for rows from a snapshot); format_lsn() shows it as '16/B374D848'.
 - `_rosetta_synced_at TIMESTAMPTZ`: when Rosetta's transaction wrote the row.
 - `_rosetta_deleted_at TIMESTAMPTZ`: set instead of deleting when the pipeline
   keeps soft deletes; NULL otherwise.
@@ -36,7 +36,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from engine import pgtypes
-from engine.batch import UNCHANGED, ApplyResult, SchemaAlignment, lsn_to_str
+from engine.batch import UNCHANGED, ApplyResult, SchemaAlignment
+from engine.lsn import format_lsn
 
 from . import pgcsv, schema_changes, types
 from .base import (
@@ -433,8 +434,8 @@ class DuckDBWriter(Writer):
             if rows and batch.end_lsn <= rows[0][0]:
                 conn.execute("ROLLBACK")
                 result.notes.append(
-                    f"Changes up to {lsn_to_str(batch.end_lsn)} were already applied "
-                    f"(checkpoint {lsn_to_str(rows[0][0])}): nothing to do."
+                    f"Changes up to {format_lsn(batch.end_lsn)} were already applied "
+                    f"(checkpoint {format_lsn(rows[0][0])}): nothing to do."
                 )
                 return result
             for key in sorted(batch.tables):

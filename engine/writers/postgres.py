@@ -30,7 +30,8 @@ import psycopg
 from psycopg import sql
 from psycopg.copy import QueuedLibpqWriter
 
-from engine.batch import UNCHANGED, ApplyResult, SchemaAlignment, lsn_to_str
+from engine.batch import UNCHANGED, ApplyResult, SchemaAlignment
+from engine.lsn import format_lsn
 from engine.preflight import describe_connection_error
 
 from . import schema_changes, types
@@ -243,8 +244,8 @@ class PostgresWriter(Writer):
                 ).fetchone()
                 if row and batch.end_lsn <= row[0]:
                     result.notes.append(
-                        f"Changes up to {lsn_to_str(batch.end_lsn)} were already applied "
-                        f"(checkpoint {lsn_to_str(row[0])}): nothing to do."
+                        f"Changes up to {format_lsn(batch.end_lsn)} were already applied "
+                        f"(checkpoint {format_lsn(row[0])}): nothing to do."
                     )
                     return result
                 for key in sorted(batch.tables):

@@ -40,7 +40,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from psycopg import sql as pg_sql
 
 from engine import pgtypes
-from engine.batch import UNCHANGED, ApplyResult, SchemaAlignment, lsn_to_str
+from engine.batch import UNCHANGED, ApplyResult, SchemaAlignment
+from engine.lsn import format_lsn
 
 from . import pgcsv, schema_changes, types
 from .base import (
@@ -735,8 +736,8 @@ class SnowflakeWriter(Writer):
             checkpoint = self.read_checkpoint(pipeline_key)
             if batch.end_lsn <= checkpoint:
                 result.notes.append(
-                    f"Changes up to {lsn_to_str(batch.end_lsn)} were already applied "
-                    f"(checkpoint {lsn_to_str(checkpoint)}): nothing to do."
+                    f"Changes up to {format_lsn(batch.end_lsn)} were already applied "
+                    f"(checkpoint {format_lsn(checkpoint)}): nothing to do."
                 )
                 return result
             staged = self._prepare_tables(batch, result)
