@@ -36,24 +36,28 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from engine import pgtypes
-from engine.batch import UNCHANGED, ApplyResult, SchemaAlignment
+from engine.batch import ApplyResult, SchemaAlignment
 from engine.lsn import format_lsn
 
 from . import pgcsv, schema_changes, types
 from .base import (
     CHECKPOINTS,
+    DELETED_AT,
+    LSN,
     REJECTS,
+    SYNCED_AT,
     ConnectionProblem,
-    IncompatibleSchemaChange,
     UnstorableValue,
     Writer,
     dump_state,
+    group_by_unchanged,
     like_pattern,
     load_state,
+    refuse_keyless,
+    truncated_note,
     unchanged_columns_stored_as_null,
 )
 
-LSN, SYNCED_AT, DELETED_AT = "_rosetta_lsn", "_rosetta_synced_at", "_rosetta_deleted_at"
 META_COLUMNS = {LSN: "BIGINT", SYNCED_AT: "TIMESTAMP WITH TIME ZONE", DELETED_AT: "TIMESTAMP WITH TIME ZONE"}
 DROPPED_COMMENT = schema_changes.DROPPED_COMMENT
 LOCK_WAIT_SECONDS = 30
@@ -576,12 +580,7 @@ class DuckDBWriter(Writer):
         )
         if recopy:
             result.recopy[(relation.schema, relation.name)] = recopy
-        if not relation.key_columns:
-            raise IncompatibleSchemaChange(
-                f"Table {relation.schema}.{relation.name} has no primary key (nor replica identity) "
-                "on the source, so its changes cannot be matched to destination rows: add a primary "
-                "key on the source, then refresh the table."
-            )
+        refuse_keyless(relation)
         if changes.truncated:
             if soft_delete:
                 conn.execute(
@@ -590,9 +589,7 @@ class DuckDBWriter(Writer):
             else:
                 conn.execute(f"DELETE FROM {target}")
             result.notes.append(
-                f"{relation.schema}.{relation.name} was truncated on the source: "
-                f"{self.schema}.{changes.target_table} emptied"
-                + (" (rows kept as soft-deleted)." if soft_delete else ".")
+                truncated_note(relation, f"{self.schema}.{changes.target_table}", soft_delete)
             )
         text_oids = {c.name: c.type_oid for c in relation.columns} if changes.text_values else None
         if changes.deletes:
@@ -653,14 +650,7 @@ class DuckDBWriter(Writer):
     ) -> None:
         """One MERGE per group of rows that share the same unchanged (TOASTed)
         columns, so each group updates only the columns it has values for."""
-        groups: dict[frozenset, list] = {}
-        no_unchanged = frozenset()
-        for row, lsn in upserts.values():
-            if UNCHANGED in row.values():
-                unchanged = frozenset(name for name, value in row.items() if value is UNCHANGED)
-            else:
-                unchanged = no_unchanged
-            groups.setdefault(unchanged, []).append((row, lsn))
+        groups = group_by_unchanged(upserts)
         target = self._table(target_table)
         keys = relation.key_columns
         match = " AND ".join(f"t.{quote(name)} = s.{quote(name)}" for name in keys)

@@ -46,17 +46,20 @@ from engine.lsn import format_lsn
 from . import pgcsv, schema_changes, types
 from .base import (
     CHECKPOINTS,
+    DELETED_AT,
+    LSN,
     REJECTS,
+    SYNCED_AT,
     ConnectionProblem,
-    IncompatibleSchemaChange,
     Writer,
     dump_state,
     like_pattern,
     load_state,
+    refuse_keyless,
+    truncated_note,
     unchanged_columns_stored_as_null,
 )
 
-LSN, SYNCED_AT, DELETED_AT = "_rosetta_lsn", "_rosetta_synced_at", "_rosetta_deleted_at"
 DROPPED_COMMENT = schema_changes.DROPPED_COMMENT
 STAGE = "_rosetta_stage"
 LSN_TYPE = "NUMBER(20,0)"  # an LSN is an unsigned 64-bit integer: 20 digits
@@ -790,12 +793,7 @@ class SnowflakeWriter(Writer):
         for index, key in enumerate(sorted(batch.tables)):
             changes = batch.tables[key]
             relation = changes.relation
-            if not relation.key_columns:
-                raise IncompatibleSchemaChange(
-                    f"Table {relation.schema}.{relation.name} has no primary key (nor replica identity) "
-                    "on the source, so its changes cannot be matched to destination rows: add a primary "
-                    "key on the source, then refresh the table."
-                )
+            refuse_keyless(relation)
             sql_types, recopy = self._ensure_table(
                 changes.target_table, relation, result.notes, changes.column_fills
             )
@@ -879,10 +877,7 @@ class SnowflakeWriter(Writer):
                 )
             else:
                 self._run(f"DELETE FROM {target}")
-            result.notes.append(
-                f"{source_name} was truncated on the source: {where} emptied"
-                + (" (rows kept as soft-deleted)." if soft_delete else ".")
-            )
+            result.notes.append(truncated_note(relation, where, soft_delete))
         if not staging:
             return
         names, keys = relation.column_names, relation.key_columns
