@@ -7,8 +7,7 @@ from django.utils.html import format_html
 from django.utils.safestring import mark_safe
 
 from engine.forecast import human_bytes, human_duration
-from rosetta.admin_utils import badge
-from rosetta.pagination import EstimatedCountPaginator
+from rosetta.admin_utils import RecordAdmin, badge
 
 from .charts import line_chart
 from .models import AlertEvent, AlertState, SlotMetric, WalMetric, WalSettings
@@ -16,25 +15,11 @@ from .selectors import annotate_wal_health, chart_series, health_of, source_wal_
 from .services import probe_sources
 
 
-class ReadOnlyMetricsAdmin(admin.ModelAdmin):
+class ReadOnlyMetricsAdmin(RecordAdmin):
     """Measurements are written by probes only."""
 
-    show_full_result_count = False
-    paginator = EstimatedCountPaginator
     list_select_related = ["source"]
     list_per_page = 100
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def get_actions(self, request):
-        # Old measurements are pruned on a schedule; a bulk delete here would only lose history.
-        actions = super().get_actions(request)
-        actions.pop("delete_selected", None)
-        return actions
 
 
 @admin.register(WalMetric)
