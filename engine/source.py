@@ -1,4 +1,5 @@
-"""The source side: publication, slot, snapshot, peek and advance (psycopg 3, no Django).
+"""The source side: publication, slot, snapshot, reading the slot (stream or peek) and
+confirming it (psycopg 3, no Django).
 
 Identifiers always go through psycopg.sql; the slot and publication names are
 also passed as values where PostgreSQL takes them as text.

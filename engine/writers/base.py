@@ -1,3 +1,7 @@
+"""What every destination writer shares: the Writer interface, its errors in words, the
+names of Rosetta's own tables and columns, and the small pieces each writer would
+otherwise word or compute on its own."""
+
 import json
 
 from psycopg import sql
