@@ -786,31 +786,19 @@ class DuckDBWriter(Writer):
         )
         source_columns = {c.name: c for c in relation.columns}
         for action in plan.actions:
-            self._render(conn, target, action, source_columns)
+            self._render(conn, target, action, wanted | META_COLUMNS, source_columns)
         notes += plan.notes
         self._verified[target_table] = signature
         return wanted, plan.recopy
 
-    def _render(self, conn, target: str, action, source_columns: dict) -> None:
+    def _render(self, conn, target: str, action, duck_types: dict, source_columns: dict) -> None:
         """One planned schema change, in DuckDB's SQL."""
-        column = quote(action.name)
-        if isinstance(action, schema_changes.AddColumn):
-            conn.execute(f"ALTER TABLE {target} ADD COLUMN {column} {action.type}")
-            if action.fill is not None:
-                self._fill(conn, target, source_columns[action.name], action.fill)
-        elif isinstance(action, schema_changes.WidenColumn):
-            conn.execute(f"ALTER TABLE {target} ALTER COLUMN {column} TYPE {action.new_type}")
-        elif isinstance(action, schema_changes.MarkDropped):
-            if action.drop_not_null:
-                conn.execute(f"ALTER TABLE {target} ALTER COLUMN {column} DROP NOT NULL")
-            conn.execute(f"COMMENT ON COLUMN {target}.{column} IS '{DROPPED_COMMENT}'")
-        elif isinstance(action, schema_changes.BringBack):
-            conn.execute(f"COMMENT ON COLUMN {target}.{column} IS NULL")
+        for statement in schema_changes.schema_change_ddl(
+            action, target, quote(action.name), duck_types.get(action.name)
+        ):
+            conn.execute(statement)
+        if schema_changes.fills_values(action):
             self._fill(conn, target, source_columns[action.name], action.fill)
-        elif isinstance(action, schema_changes.DropColumn):
-            conn.execute(f"ALTER TABLE {target} DROP COLUMN {column}")
-        else:
-            raise TypeError(f"unknown schema change {action!r}")
 
     def _fill(self, conn, target: str, column, text: str | None) -> None:
         """Every row's `column` := the value whose PostgreSQL text form is `text` (cast as CDC values are)."""

@@ -519,24 +519,18 @@ class SnowflakeWriter(Writer):
 
     def _render(self, table: str, action, sql_types: dict, source_columns: dict) -> None:
         """One planned schema change, in Snowflake's SQL (DDL: outside the batch's transaction)."""
-        target, column = quote(table), quote(action.name)
-        if isinstance(action, schema_changes.AddColumn):
-            self._run(f"ALTER TABLE {target} ADD COLUMN {column} {sql_types[action.name]}")
-            if action.fill is not None:
-                self._fill(table, source_columns[action.name], sql_types[action.name], action.fill)
-        elif isinstance(action, schema_changes.WidenColumn):
-            self._run(f"ALTER TABLE {target} ALTER COLUMN {column} SET DATA TYPE {sql_types[action.name]}")
-        elif isinstance(action, schema_changes.MarkDropped):
-            if action.drop_not_null:
-                self._run(f"ALTER TABLE {target} ALTER COLUMN {column} DROP NOT NULL")
-            self._run(f"COMMENT ON COLUMN {target}.{column} IS '{DROPPED_COMMENT}'")
-        elif isinstance(action, schema_changes.BringBack):
-            self._run(f"COMMENT ON COLUMN {target}.{column} IS ''")
+        statements = schema_changes.schema_change_ddl(
+            action,
+            quote(table),
+            quote(action.name),
+            sql_types.get(action.name),
+            set_type="SET DATA TYPE",
+            no_comment="''",
+        )
+        for statement in statements:
+            self._run(statement)
+        if schema_changes.fills_values(action):
             self._fill(table, source_columns[action.name], sql_types[action.name], action.fill)
-        elif isinstance(action, schema_changes.DropColumn):
-            self._run(f"ALTER TABLE {target} DROP COLUMN {column}")
-        else:
-            raise TypeError(f"unknown schema change {action!r}")
 
     def _fill(self, table: str, column, sql_type: str, text: str | None) -> None:
         """Every row's `column` := the value whose PostgreSQL text form is `text`, staged
