@@ -30,16 +30,6 @@ class _Unchanged:
 UNCHANGED = _Unchanged()
 
 
-def lsn_to_int(text: str) -> int:
-    """'16/B374D848' -> integer, so LSNs compare and subtract as numbers."""
-    high, low = text.split("/")
-    return (int(high, 16) << 32) | int(low, 16)
-
-
-def lsn_to_str(value: int) -> str:
-    return f"{value >> 32:X}/{value & 0xFFFFFFFF:X}"
-
-
 @dataclass(frozen=True)
 class Column:
     name: str

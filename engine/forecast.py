@@ -1,4 +1,7 @@
-"""When will a slot's retained WAL hurt? Plain Python: points in, a Forecast out."""
+"""When will a slot's retained WAL hurt? Plain Python: points in, a Forecast out.
+
+Also the one way sizes and durations are written for operators (human_bytes, human_duration).
+"""
 
 import datetime as dt
 from dataclasses import dataclass

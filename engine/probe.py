@@ -15,26 +15,13 @@ from dataclasses import dataclass, field
 
 import psycopg
 
+from engine.heartbeat import emit_heartbeat
+from engine.lsn import format_lsn, parse_lsn
 from engine.preflight import describe_connection_error
 
 # pg_ls_waldir() also lists .history, .partial and archive_status files: count segments only.
 SEGMENT_NAME = "^[0-9A-F]{24}$"
 WATCHED_SETTINGS = ("max_slot_wal_keep_size", "max_wal_size", "wal_keep_size", "wal_segment_size")
-HEARTBEAT_PREFIX = "rosetta_heartbeat"
-
-
-def parse_lsn(text: str | None) -> int | None:
-    """'16/B374D848' -> its position as an integer (a position in the WAL stream, not a size)."""
-    if not text:
-        return None
-    high, low = text.split("/")
-    return (int(high, 16) << 32) + int(low, 16)
-
-
-def format_lsn(position: int | None) -> str:
-    if position is None:
-        return ""
-    return f"{position >> 32:X}/{position & 0xFFFFFFFF:X}"
 
 
 @dataclass
@@ -121,10 +108,7 @@ def _read_server(conn: psycopg.Connection, probed_at: dt.datetime, heartbeat: bo
     if heartbeat:
         # Before the LSN is read, so the slot figures below already include it.
         try:
-            result.heartbeat_lsn = conn.execute(
-                "SELECT pg_logical_emit_message(true, %s, %s)::text",
-                [HEARTBEAT_PREFIX, probed_at.isoformat()],
-            ).fetchone()[0]
+            result.heartbeat_lsn = format_lsn(emit_heartbeat(conn))
         except psycopg.errors.InsufficientPrivilege:
             result.warnings.append(
                 "The heartbeat was not written: the role may not call pg_logical_emit_message()."

@@ -1,4 +1,5 @@
-"""The source side: publication, slot, snapshot, peek and advance (psycopg 3, no Django).
+"""The source side: publication, slot, snapshot, reading the slot (stream or peek) and
+confirming it (psycopg 3, no Django).
 
 Identifiers always go through psycopg.sql; the slot and publication names are
 also passed as values where PostgreSQL takes them as text.
@@ -15,7 +16,9 @@ from psycopg import sql
 
 from engine.preflight import TableIdentity, describe_connection_error, table_identity
 
-from .batch import Column, ColumnFill, Relation, lsn_to_int, lsn_to_str
+from .batch import Column, ColumnFill, Relation
+from .heartbeat import emit_heartbeat
+from .lsn import format_lsn, parse_lsn
 from .pgtypes import SESSION_SETTINGS, converter
 from .stream import ReplicationStream, StreamError
 
@@ -326,9 +329,9 @@ class SourceDatabase:
                 "give the source another slot name."
             )
         return SlotState(
-            lsn_to_int(confirmed) if confirmed else 0,
-            lsn_to_int(restart) if restart else 0,
-            lsn_to_int(current),
+            parse_lsn(confirmed) or 0,
+            parse_lsn(restart) or 0,
+            parse_lsn(current),
             wal_status,
         )
 
@@ -391,7 +394,7 @@ class SourceDatabase:
                 "SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() "
                 "ELSE pg_current_wal_insert_lsn() END::text"
             ).fetchone()
-            self.last_snapshot_position = lsn_to_int(position)
+            self.last_snapshot_position = parse_lsn(position)
             query = sql.SQL("COPY (SELECT {} FROM {}) TO STDOUT WITH (FORMAT {})").format(
                 sql.SQL(", ").join(select_list),
                 sql.Identifier(relation.schema, relation.name),
@@ -478,7 +481,7 @@ class SourceDatabase:
                 [slot, upto_changes, publication_names],
             )
             messages = [data for (data,) in cursor]
-        return PeekResult(messages, lsn_to_int(flush))
+        return PeekResult(messages, parse_lsn(flush))
 
     def flush_lsn(self) -> int:
         """The source's WAL flush position (replay position on a standby)."""
@@ -486,7 +489,7 @@ class SourceDatabase:
             "SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() "
             "ELSE pg_current_wal_flush_lsn() END::text"
         ).fetchone()
-        return lsn_to_int(flush)
+        return parse_lsn(flush)
 
     def streaming(self, slot: str) -> bool:
         """True while a stream of this slot is open (its relation messages still count)."""
@@ -518,13 +521,10 @@ class SourceDatabase:
             self.close_stream()  # mid-transaction: the next read starts over from the slot
             raise
 
-    def emit_heartbeat(self) -> None:
-        """Write a tiny non-transactional logical message. The next peek returns it
-        with its LSN: a position the decoder has certainly read past, so an idle
-        slot can be advanced there. (The flush LSN is not safe on its own: the
-        walwriter may flush half of a commit record, and a slot confirmed past the
-        record's start would skip that transaction.)"""
-        self.conn.execute("SELECT pg_logical_emit_message(false, 'rosetta', 'heartbeat')")
+    def emit_heartbeat(self) -> int:
+        """Write the heartbeat (engine/heartbeat.py): the next read returns it with its
+        LSN, so an idle slot can be advanced there. Returns that LSN."""
+        return emit_heartbeat(self.conn)
 
     def advance(self, slot: str, lsn: int) -> bool:
         """Move the slot's confirmed position to `lsn` (never backwards), releasing WAL.
@@ -541,7 +541,7 @@ class SourceDatabase:
                 reason = stream.ended() or str(error).strip()
                 self.close_stream()
                 raise SourceProblem(
-                    f"Source: could not confirm position {lsn_to_str(lsn)} on slot {slot}: {reason}"
+                    f"Source: could not confirm position {format_lsn(lsn)} on slot {slot}: {reason}"
                 ) from None
             deadline = time.monotonic() + CONFIRM_WAIT_SECONDS
             while (state := self.slot_state(slot)) is not None and state.confirmed_flush_lsn < lsn:
@@ -550,11 +550,11 @@ class SourceDatabase:
                     self.close_stream()
                     raise SourceProblem(
                         f"Source: the replication connection of slot {slot} ended before confirming "
-                        f"position {lsn_to_str(lsn)}: {reason}"
+                        f"position {format_lsn(lsn)}: {reason}"
                     )
                 if time.monotonic() > deadline:
                     raise SourceProblem(
-                        f"Source: the walsender did not confirm position {lsn_to_str(lsn)} on slot {slot} "
+                        f"Source: the walsender did not confirm position {format_lsn(lsn)} on slot {slot} "
                         f"within {CONFIRM_WAIT_SECONDS} s; the next run applies nothing twice."
                     )
                 time.sleep(0.005)
@@ -564,6 +564,6 @@ class SourceDatabase:
             SELECT pg_replication_slot_advance(slot_name, %s::pg_lsn)
             FROM pg_replication_slots WHERE slot_name = %s AND confirmed_flush_lsn < %s::pg_lsn
             """,
-            [lsn_to_str(lsn), slot, lsn_to_str(lsn)],
+            [format_lsn(lsn), slot, format_lsn(lsn)],
         ).fetchone()
         return row is not None

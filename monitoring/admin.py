@@ -1,16 +1,13 @@
 import datetime as dt
 
 from django.contrib import admin, messages
-from django.core.paginator import Paginator
-from django.db import connection
 from django.template.loader import render_to_string
 from django.utils import timezone
-from django.utils.functional import cached_property
 from django.utils.html import format_html
 from django.utils.safestring import mark_safe
 
 from engine.forecast import human_bytes, human_duration
-from rosetta.admin_utils import badge
+from rosetta.admin_utils import RecordAdmin, badge
 
 from .charts import line_chart
 from .models import AlertEvent, AlertState, SlotMetric, WalMetric, WalSettings
@@ -18,46 +15,11 @@ from .selectors import annotate_wal_health, chart_series, health_of, source_wal_
 from .services import probe_sources
 
 
-class EstimatedCountPaginator(Paginator):
-    """Never counts millions of rows: unfiltered, PostgreSQL's estimate; filtered, count
-    at most CAP rows (the last page number is then a lower bound)."""
-
-    CAP = 10_000
-
-    @cached_property
-    def count(self):
-        queryset = self.object_list
-        if not queryset.query.where:
-            with connection.cursor() as cursor:
-                cursor.execute(
-                    "SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass",
-                    [queryset.model._meta.db_table],
-                )
-                row = cursor.fetchone()
-            if row and row[0] > self.CAP:
-                return int(row[0])
-        return queryset.order_by()[: self.CAP].count()
-
-
-class ReadOnlyMetricsAdmin(admin.ModelAdmin):
+class ReadOnlyMetricsAdmin(RecordAdmin):
     """Measurements are written by probes only."""
 
-    show_full_result_count = False
-    paginator = EstimatedCountPaginator
     list_select_related = ["source"]
     list_per_page = 100
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def get_actions(self, request):
-        # Old measurements are pruned on a schedule; a bulk delete here would only lose history.
-        actions = super().get_actions(request)
-        actions.pop("delete_selected", None)
-        return actions
 
 
 @admin.register(WalMetric)

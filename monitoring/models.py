@@ -2,7 +2,7 @@ from django.db import models
 from django.utils import timezone
 
 from engine.forecast import human_bytes
-from engine.probe import format_lsn
+from engine.lsn import format_lsn
 from sources.models import Source
 
 

@@ -16,12 +16,16 @@ from django.conf import settings
 from django.core.mail import send_mail
 from django.utils import timezone
 
+from engine.backoff import backoff_seconds
+
 from .models import AlertEvent, Level
 
 log = logging.getLogger(__name__)
 
 # A claimed event is not picked up by another sender for this long.
 CLAIM_LEASE = dt.timedelta(minutes=5)
+# Retries double from ROSETTA_ALERT_RETRY_SECONDS up to this.
+RETRY_MAX_SECONDS = 6 * 3600
 
 
 class WebhookError(Exception):
@@ -136,8 +140,10 @@ def _deliver(event: AlertEvent, now: dt.datetime) -> int:
     event.notify_attempts += 1
     if errors:
         event.notify_error = "; ".join(errors)
-        delay = settings.ROSETTA_ALERT_RETRY_SECONDS * 2 ** (event.notify_attempts - 1)
-        event.next_attempt_at = now + dt.timedelta(seconds=min(delay, 6 * 3600))
+        delay = backoff_seconds(
+            event.notify_attempts, settings.ROSETTA_ALERT_RETRY_SECONDS, RETRY_MAX_SECONDS
+        )
+        event.next_attempt_at = now + dt.timedelta(seconds=delay)
         if event.notify_attempts >= settings.ROSETTA_ALERT_MAX_ATTEMPTS:
             log.error(
                 "Giving up notifying alert %s after %d attempts: %s",
@@ -150,7 +156,7 @@ def _deliver(event: AlertEvent, now: dt.datetime) -> int:
                 "Notifying alert %s failed (attempt %d), retrying in %d s: %s",
                 event.pk,
                 event.notify_attempts,
-                min(delay, 6 * 3600),
+                delay,
                 event.notify_error,
             )
     else:

@@ -19,7 +19,8 @@ from django.utils import timezone
 from psycopg import sql as psycopg_sql
 
 from engine.forecast import Forecast, forecast_slot, human_bytes, human_duration, lost_forecast
-from engine.probe import ProbeResult, parse_lsn, probe_many, wal_rate
+from engine.lsn import parse_lsn
+from engine.probe import ProbeResult, probe_many, wal_rate
 from rosetta.secrets import SecretDecryptionError, decrypt
 from sources.models import Source
 

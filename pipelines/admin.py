@@ -12,9 +12,8 @@ from django.utils.html import format_html, format_html_join
 from destinations.models import Destination
 from engine.names import format_identifier
 from engine.source import SourceProblem
-from rosetta.admin_utils import badge, report_per_object
+from rosetta.admin_utils import RecordAdmin, badge, report_per_object
 from rosetta.audit import AuditedAdminMixin, deleted, record_audit_event
-from rosetta.pagination import EstimatedCountPaginator
 
 from . import batch, schedules, services
 from .models import IllegalTransition, Pipeline, PipelineRun, PipelineTable
@@ -419,7 +418,7 @@ class SelectedPipelineFilter(admin.SimpleListFilter):
 
 
 @admin.register(PipelineRun)
-class PipelineRunAdmin(admin.ModelAdmin):
+class PipelineRunAdmin(RecordAdmin):
     list_display = [
         "pipeline",
         "started",
@@ -438,20 +437,6 @@ class PipelineRunAdmin(admin.ModelAdmin):
     list_filter = ["outcome", SelectedPipelineFilter, ("started_at", admin.DateFieldListFilter)]
     search_fields = ["pipeline__name", "error"]
     list_select_related = ["pipeline"]
-    show_full_result_count = False
-    paginator = EstimatedCountPaginator
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def get_actions(self, request):
-        # Run history is a record: no bulk delete from the list.
-        actions = super().get_actions(request)
-        actions.pop("delete_selected", None)
-        return actions
 
     @admin.display(description="started", ordering="started_at")
     def started(self, run):

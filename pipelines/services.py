@@ -18,8 +18,9 @@ from django.db import connections, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from engine.batch import lsn_to_str
+from engine.backoff import backoff_seconds
 from engine.fold import TableSpec
+from engine.lsn import format_lsn as lsn_to_str  # one LSN codec: engine/lsn.py
 from engine.names import MAX_IDENTIFIER_BYTES, format_table_name, parse_table_name
 from engine.runner import BatchOutcome, Engine
 from engine.source import SourceDatabase, SourceProblem
@@ -592,7 +593,7 @@ def _record_failure(pipeline: Pipeline, error: str) -> None:
     """Mark the pipeline failed and back off: 10 s, 20 s, 40 s ... up to 15 minutes."""
     pipeline.refresh_from_db()
     failures = pipeline.consecutive_failures + 1
-    delay = min(RETRY_FIRST_SECONDS * 2 ** (failures - 1), RETRY_MAX_SECONDS)
+    delay = backoff_seconds(failures, RETRY_FIRST_SECONDS, RETRY_MAX_SECONDS)
     now = timezone.now()
     fields = {
         "consecutive_failures": failures,

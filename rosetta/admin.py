@@ -1,25 +1,17 @@
 from django.contrib import admin
 
+from .admin_utils import RecordAdmin
 from .models import AuditEvent
-from .pagination import EstimatedCountPaginator
 
 
 @admin.register(AuditEvent)
-class AuditEventAdmin(admin.ModelAdmin):
+class AuditEventAdmin(RecordAdmin):
     """The audit trail, read-only: who did what, when, and whether through the API, the admin or a command."""
 
     list_display = ["at", "username", "via", "action", "object_type", "object_repr", "changes", "detail"]
     list_filter = ["via", "action", "object_type", "user"]
     search_fields = ["username", "object_repr", "object_id", "detail"]
     list_select_related = ["user"]
-    show_full_result_count = False
-    paginator = EstimatedCountPaginator
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
 
     def has_delete_permission(self, request, obj=None):
         return False

@@ -1,7 +1,10 @@
 """Small helpers the apps' admin classes share."""
 
 from django import forms
+from django.contrib import admin
 from django.utils.html import format_html
+
+from .pagination import EstimatedCountPaginator
 
 BADGE_COLOURS = {
     "ok": "#2e7d32",
@@ -138,3 +141,23 @@ def report_per_object(outcomes: dict[str, list[str]]) -> str:
     """{"started": ["a", "b"], "refused: already running": ["c"]} -> "2 started (a, b); 1 refused: ..."."""
     parts = [f"{len(names)} {label} ({', '.join(names)})" for label, names in outcomes.items() if names]
     return "; ".join(parts) or "Nothing selected."
+
+
+class RecordAdmin(admin.ModelAdmin):
+    """A list of what Rosetta recorded (runs, WAL metrics, audit events): read-only, never
+    counted row by row (rosetta/pagination.py), and without the bulk delete, which would
+    only lose history; old records are pruned on a schedule."""
+
+    show_full_result_count = False
+    paginator = EstimatedCountPaginator
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def get_actions(self, request):
+        actions = super().get_actions(request)
+        actions.pop("delete_selected", None)
+        return actions

@@ -16,6 +16,8 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 
+from engine import backoff
+
 RETRY_STATUSES = {429, 500, 502, 503, 504}
 MAX_WAIT_SECONDS = 300
 
@@ -98,7 +100,11 @@ class HttpClient:
             if stream_to is not None:
                 stream_to.seek(0)
                 stream_to.truncate()
-            self.sleep(wait if wait is not None else min(self.backoff_seconds * 2**attempt, MAX_WAIT_SECONDS))
+            self.sleep(
+                wait
+                if wait is not None
+                else backoff.backoff_seconds(attempt + 1, self.backoff_seconds, MAX_WAIT_SECONDS)
+            )
             attempt += 1
             self.retries_made += 1
 

@@ -1,6 +1,12 @@
+"""What every destination writer shares: the Writer interface, its errors in words, the
+names of Rosetta's own tables and columns, and the small pieces each writer would
+otherwise word or compute on its own."""
+
 import json
 
 from psycopg import sql
+
+from engine.batch import UNCHANGED
 
 from . import types
 
@@ -31,6 +37,39 @@ def unchanged_columns_stored_as_null(count: int, source_table: str, columns: str
 
 CHECKPOINTS = "_rosetta_checkpoints"
 REJECTS = "_rosetta_rejects"
+# The columns every writer adds to a target table: the commit LSN of the row's last
+# change, when Rosetta's transaction wrote it, and when it was deleted (soft delete).
+LSN, SYNCED_AT, DELETED_AT = "_rosetta_lsn", "_rosetta_synced_at", "_rosetta_deleted_at"
+
+
+def refuse_keyless(relation) -> None:
+    """Changes of a table without a key cannot be matched to destination rows: say what to do."""
+    if not relation.key_columns:
+        raise IncompatibleSchemaChange(
+            f"Table {relation.schema}.{relation.name} has no primary key (nor replica identity) "
+            "on the source, so its changes cannot be matched to destination rows: add a primary "
+            "key on the source, then refresh the table."
+        )
+
+
+def truncated_note(relation, target: str, soft_delete: bool) -> str:
+    """The run note for a TRUNCATE on the source; `target` names the emptied table."""
+    kept = " (rows kept as soft-deleted)." if soft_delete else "."
+    return f"{relation.schema}.{relation.name} was truncated on the source: {target} emptied{kept}"
+
+
+def group_by_unchanged(upserts: dict) -> dict[frozenset, list]:
+    """The folded upserts ({key: (row, lsn)}) grouped by the set of columns left unchanged
+    (TOASTed, UNCHANGED): one merge per group updates only the columns it has values for."""
+    groups: dict[frozenset, list] = {}
+    no_unchanged = frozenset()
+    for row, lsn in upserts.values():
+        if UNCHANGED in row.values():
+            unchanged = frozenset(name for name, value in row.items() if value is UNCHANGED)
+        else:
+            unchanged = no_unchanged
+        groups.setdefault(unchanged, []).append((row, lsn))
+    return groups
 
 
 def dump_state(state: dict | None) -> str | None:

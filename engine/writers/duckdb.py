@@ -7,7 +7,7 @@ for a wider or unconstrained numeric, JSON for json/jsonb, LISTs for arrays,
 VARCHAR for user-defined types), and Rosetta's columns:
 
 - `_rosetta_lsn BIGINT`: commit LSN of the row's last change, as a number (the
-  snapshot LSN for rows from a snapshot); lsn_to_str() shows it as '16/B374D848'.
+  snapshot LSN for rows from a snapshot); format_lsn() shows it as '16/B374D848'.
 - `_rosetta_synced_at TIMESTAMPTZ`: when Rosetta's transaction wrote the row.
 - `_rosetta_deleted_at TIMESTAMPTZ`: set instead of deleting when the pipeline
   keeps soft deletes; NULL otherwise.
@@ -36,23 +36,28 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from engine import pgtypes
-from engine.batch import UNCHANGED, ApplyResult, SchemaAlignment, lsn_to_str
+from engine.batch import ApplyResult, SchemaAlignment
+from engine.lsn import format_lsn
 
 from . import pgcsv, schema_changes, types
 from .base import (
     CHECKPOINTS,
+    DELETED_AT,
+    LSN,
     REJECTS,
+    SYNCED_AT,
     ConnectionProblem,
-    IncompatibleSchemaChange,
     UnstorableValue,
     Writer,
     dump_state,
+    group_by_unchanged,
     like_pattern,
     load_state,
+    refuse_keyless,
+    truncated_note,
     unchanged_columns_stored_as_null,
 )
 
-LSN, SYNCED_AT, DELETED_AT = "_rosetta_lsn", "_rosetta_synced_at", "_rosetta_deleted_at"
 META_COLUMNS = {LSN: "BIGINT", SYNCED_AT: "TIMESTAMP WITH TIME ZONE", DELETED_AT: "TIMESTAMP WITH TIME ZONE"}
 DROPPED_COMMENT = schema_changes.DROPPED_COMMENT
 LOCK_WAIT_SECONDS = 30
@@ -433,8 +438,8 @@ class DuckDBWriter(Writer):
             if rows and batch.end_lsn <= rows[0][0]:
                 conn.execute("ROLLBACK")
                 result.notes.append(
-                    f"Changes up to {lsn_to_str(batch.end_lsn)} were already applied "
-                    f"(checkpoint {lsn_to_str(rows[0][0])}): nothing to do."
+                    f"Changes up to {format_lsn(batch.end_lsn)} were already applied "
+                    f"(checkpoint {format_lsn(rows[0][0])}): nothing to do."
                 )
                 return result
             for key in sorted(batch.tables):
@@ -575,12 +580,7 @@ class DuckDBWriter(Writer):
         )
         if recopy:
             result.recopy[(relation.schema, relation.name)] = recopy
-        if not relation.key_columns:
-            raise IncompatibleSchemaChange(
-                f"Table {relation.schema}.{relation.name} has no primary key (nor replica identity) "
-                "on the source, so its changes cannot be matched to destination rows: add a primary "
-                "key on the source, then refresh the table."
-            )
+        refuse_keyless(relation)
         if changes.truncated:
             if soft_delete:
                 conn.execute(
@@ -589,9 +589,7 @@ class DuckDBWriter(Writer):
             else:
                 conn.execute(f"DELETE FROM {target}")
             result.notes.append(
-                f"{relation.schema}.{relation.name} was truncated on the source: "
-                f"{self.schema}.{changes.target_table} emptied"
-                + (" (rows kept as soft-deleted)." if soft_delete else ".")
+                truncated_note(relation, f"{self.schema}.{changes.target_table}", soft_delete)
             )
         text_oids = {c.name: c.type_oid for c in relation.columns} if changes.text_values else None
         if changes.deletes:
@@ -652,14 +650,7 @@ class DuckDBWriter(Writer):
     ) -> None:
         """One MERGE per group of rows that share the same unchanged (TOASTed)
         columns, so each group updates only the columns it has values for."""
-        groups: dict[frozenset, list] = {}
-        no_unchanged = frozenset()
-        for row, lsn in upserts.values():
-            if UNCHANGED in row.values():
-                unchanged = frozenset(name for name, value in row.items() if value is UNCHANGED)
-            else:
-                unchanged = no_unchanged
-            groups.setdefault(unchanged, []).append((row, lsn))
+        groups = group_by_unchanged(upserts)
         target = self._table(target_table)
         keys = relation.key_columns
         match = " AND ".join(f"t.{quote(name)} = s.{quote(name)}" for name in keys)
@@ -795,31 +786,19 @@ class DuckDBWriter(Writer):
         )
         source_columns = {c.name: c for c in relation.columns}
         for action in plan.actions:
-            self._render(conn, target, action, source_columns)
+            self._render(conn, target, action, wanted | META_COLUMNS, source_columns)
         notes += plan.notes
         self._verified[target_table] = signature
         return wanted, plan.recopy
 
-    def _render(self, conn, target: str, action, source_columns: dict) -> None:
+    def _render(self, conn, target: str, action, duck_types: dict, source_columns: dict) -> None:
         """One planned schema change, in DuckDB's SQL."""
-        column = quote(action.name)
-        if isinstance(action, schema_changes.AddColumn):
-            conn.execute(f"ALTER TABLE {target} ADD COLUMN {column} {action.type}")
-            if action.fill is not None:
-                self._fill(conn, target, source_columns[action.name], action.fill)
-        elif isinstance(action, schema_changes.WidenColumn):
-            conn.execute(f"ALTER TABLE {target} ALTER COLUMN {column} TYPE {action.new_type}")
-        elif isinstance(action, schema_changes.MarkDropped):
-            if action.drop_not_null:
-                conn.execute(f"ALTER TABLE {target} ALTER COLUMN {column} DROP NOT NULL")
-            conn.execute(f"COMMENT ON COLUMN {target}.{column} IS '{DROPPED_COMMENT}'")
-        elif isinstance(action, schema_changes.BringBack):
-            conn.execute(f"COMMENT ON COLUMN {target}.{column} IS NULL")
+        for statement in schema_changes.schema_change_ddl(
+            action, target, quote(action.name), duck_types.get(action.name)
+        ):
+            conn.execute(statement)
+        if schema_changes.fills_values(action):
             self._fill(conn, target, source_columns[action.name], action.fill)
-        elif isinstance(action, schema_changes.DropColumn):
-            conn.execute(f"ALTER TABLE {target} DROP COLUMN {column}")
-        else:
-            raise TypeError(f"unknown schema change {action!r}")
 
     def _fill(self, conn, target: str, column, text: str | None) -> None:
         """Every row's `column` := the value whose PostgreSQL text form is `text` (cast as CDC values are)."""

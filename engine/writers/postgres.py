@@ -30,23 +30,28 @@ import psycopg
 from psycopg import sql
 from psycopg.copy import QueuedLibpqWriter
 
-from engine.batch import UNCHANGED, ApplyResult, SchemaAlignment, lsn_to_str
+from engine.batch import ApplyResult, SchemaAlignment
+from engine.lsn import format_lsn
 from engine.preflight import describe_connection_error
 
 from . import schema_changes, types
 from .base import (
     CHECKPOINTS,
+    DELETED_AT,
+    LSN,
     REJECTS,
+    SYNCED_AT,
     ConnectionProblem,
-    IncompatibleSchemaChange,
     Writer,
     dump_state,
+    group_by_unchanged,
     like_pattern,
     load_state,
+    refuse_keyless,
+    truncated_note,
     unchanged_columns_stored_as_null,
 )
 
-LSN, SYNCED_AT, DELETED_AT = "_rosetta_lsn", "_rosetta_synced_at", "_rosetta_deleted_at"
 DROPPED_COMMENT = schema_changes.DROPPED_COMMENT
 # maintenance_work_mem for building a snapshot's primary key, for that transaction only.
 SNAPSHOT_INDEX_MEMORY = "256MB"
@@ -243,8 +248,8 @@ class PostgresWriter(Writer):
                 ).fetchone()
                 if row and batch.end_lsn <= row[0]:
                     result.notes.append(
-                        f"Changes up to {lsn_to_str(batch.end_lsn)} were already applied "
-                        f"(checkpoint {lsn_to_str(row[0])}): nothing to do."
+                        f"Changes up to {format_lsn(batch.end_lsn)} were already applied "
+                        f"(checkpoint {format_lsn(row[0])}): nothing to do."
                     )
                     return result
                 for key in sorted(batch.tables):
@@ -368,9 +373,7 @@ class PostgresWriter(Writer):
             else:
                 conn.execute(sql.SQL("TRUNCATE {}").format(target))
             result.notes.append(
-                f"{relation.schema}.{relation.name} was truncated on the source: "
-                f"{self.schema}.{changes.target_table} emptied"
-                + (" (rows kept as soft-deleted)." if soft_delete else ".")
+                truncated_note(relation, f"{self.schema}.{changes.target_table}", soft_delete)
             )
         # Text values (TableChanges.text_values) go into COPY as they are; typed
         # json values need dumping back to JSON text first.
@@ -435,14 +438,7 @@ class PostgresWriter(Writer):
     ) -> None:
         """Merge per group of rows that share the same unchanged (TOASTed) columns,
         so each group updates only the columns it has values for."""
-        groups: dict[frozenset, list] = {}
-        no_unchanged = frozenset()
-        for row, lsn in upserts.values():
-            if UNCHANGED in row.values():
-                unchanged = frozenset(name for name, value in row.items() if value is UNCHANGED)
-            else:
-                unchanged = no_unchanged
-            groups.setdefault(unchanged, []).append((row, lsn))
+        groups = group_by_unchanged(upserts)
         target = self._table(target_table)
         keys = relation.key_columns
         for unchanged, rows in groups.items():
@@ -546,13 +542,8 @@ class PostgresWriter(Writer):
 
     @staticmethod
     def _key_list(relation) -> sql.Composed:
+        refuse_keyless(relation)
         keys = relation.key_columns
-        if not keys:
-            raise IncompatibleSchemaChange(
-                f"Table {relation.schema}.{relation.name} has no primary key (nor replica identity) "
-                "on the source, so its changes cannot be matched to destination rows: add a primary "
-                "key on the source, then refresh the table."
-            )
         return sql.SQL(", ").join(sql.Identifier(name) for name in keys)
 
     def align_table(self, relation, target_table: str, fills=None, not_sent=frozenset()) -> SchemaAlignment:

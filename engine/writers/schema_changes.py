@@ -4,7 +4,8 @@ Given what a destination table has and the source table's shape, plan() says
 what to do: add a column, widen one, mark one the source dropped, bring one
 back; or refuses, naming the column and the fix (refresh that table). Each
 writer describes its destination's types through a small Dialect and renders
-the actions in its own SQL; none of them decides anything here.
+the actions in its own SQL (DuckDB and Snowflake, whose SQL is text, through
+schema_change_ddl); none of them decides anything here.
 
 Whether a type change keeps every value is decided once, on PostgreSQL types
 (`widens`): a destination column's type is read back as the source type it
@@ -278,3 +279,39 @@ def _widen(relation, column, have: DestinationColumn, wanted, dialect: Dialect, 
             "type (or let the pipeline re-copy such tables on its own)."
         )
     return WidenColumn(column.name, have.type, wanted)
+
+
+def schema_change_ddl(
+    action,
+    table: str,
+    column: str,
+    column_type: str | None,
+    *,
+    set_type: str = "TYPE",
+    no_comment: str = "NULL",
+) -> list[str]:
+    """The DDL of one planned schema change (see plan()) for a destination whose SQL
+    is text (DuckDB, Snowflake): `table` and `column` quoted, `column_type` the column's
+    destination type (for an added or widened column). The two spellings that differ:
+    `set_type` ("ALTER COLUMN c TYPE t" or "SET DATA TYPE t") and `no_comment` (what
+    removes a column comment). Filling the column's values follows (see fills_values)."""
+    if isinstance(action, AddColumn):
+        return [f"ALTER TABLE {table} ADD COLUMN {column} {column_type}"]
+    if isinstance(action, WidenColumn):
+        return [f"ALTER TABLE {table} ALTER COLUMN {column} {set_type} {column_type}"]
+    if isinstance(action, MarkDropped):
+        statements = (
+            [f"ALTER TABLE {table} ALTER COLUMN {column} DROP NOT NULL"] if action.drop_not_null else []
+        )
+        return [*statements, f"COMMENT ON COLUMN {table}.{column} IS '{DROPPED_COMMENT}'"]
+    if isinstance(action, BringBack):
+        return [f"COMMENT ON COLUMN {table}.{column} IS {no_comment}"]
+    if isinstance(action, DropColumn):
+        return [f"ALTER TABLE {table} DROP COLUMN {column}"]
+    raise TypeError(f"unknown schema change {action!r}")
+
+
+def fills_values(action) -> bool:
+    """After its DDL, the action sets every existing row's value: an added column with a
+    value for existing rows, or a column brought back (its old values replaced)."""
+    return isinstance(action, BringBack) or (isinstance(action, AddColumn) and action.fill is not None)

@@ -40,22 +40,26 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from psycopg import sql as pg_sql
 
 from engine import pgtypes
-from engine.batch import UNCHANGED, ApplyResult, SchemaAlignment, lsn_to_str
+from engine.batch import UNCHANGED, ApplyResult, SchemaAlignment
+from engine.lsn import format_lsn
 
 from . import pgcsv, schema_changes, types
 from .base import (
     CHECKPOINTS,
+    DELETED_AT,
+    LSN,
     REJECTS,
+    SYNCED_AT,
     ConnectionProblem,
-    IncompatibleSchemaChange,
     Writer,
     dump_state,
     like_pattern,
     load_state,
+    refuse_keyless,
+    truncated_note,
     unchanged_columns_stored_as_null,
 )
 
-LSN, SYNCED_AT, DELETED_AT = "_rosetta_lsn", "_rosetta_synced_at", "_rosetta_deleted_at"
 DROPPED_COMMENT = schema_changes.DROPPED_COMMENT
 STAGE = "_rosetta_stage"
 LSN_TYPE = "NUMBER(20,0)"  # an LSN is an unsigned 64-bit integer: 20 digits
@@ -515,24 +519,18 @@ class SnowflakeWriter(Writer):
 
     def _render(self, table: str, action, sql_types: dict, source_columns: dict) -> None:
         """One planned schema change, in Snowflake's SQL (DDL: outside the batch's transaction)."""
-        target, column = quote(table), quote(action.name)
-        if isinstance(action, schema_changes.AddColumn):
-            self._run(f"ALTER TABLE {target} ADD COLUMN {column} {sql_types[action.name]}")
-            if action.fill is not None:
-                self._fill(table, source_columns[action.name], sql_types[action.name], action.fill)
-        elif isinstance(action, schema_changes.WidenColumn):
-            self._run(f"ALTER TABLE {target} ALTER COLUMN {column} SET DATA TYPE {sql_types[action.name]}")
-        elif isinstance(action, schema_changes.MarkDropped):
-            if action.drop_not_null:
-                self._run(f"ALTER TABLE {target} ALTER COLUMN {column} DROP NOT NULL")
-            self._run(f"COMMENT ON COLUMN {target}.{column} IS '{DROPPED_COMMENT}'")
-        elif isinstance(action, schema_changes.BringBack):
-            self._run(f"COMMENT ON COLUMN {target}.{column} IS ''")
+        statements = schema_changes.schema_change_ddl(
+            action,
+            quote(table),
+            quote(action.name),
+            sql_types.get(action.name),
+            set_type="SET DATA TYPE",
+            no_comment="''",
+        )
+        for statement in statements:
+            self._run(statement)
+        if schema_changes.fills_values(action):
             self._fill(table, source_columns[action.name], sql_types[action.name], action.fill)
-        elif isinstance(action, schema_changes.DropColumn):
-            self._run(f"ALTER TABLE {target} DROP COLUMN {column}")
-        else:
-            raise TypeError(f"unknown schema change {action!r}")
 
     def _fill(self, table: str, column, sql_type: str, text: str | None) -> None:
         """Every row's `column` := the value whose PostgreSQL text form is `text`, staged
@@ -735,8 +733,8 @@ class SnowflakeWriter(Writer):
             checkpoint = self.read_checkpoint(pipeline_key)
             if batch.end_lsn <= checkpoint:
                 result.notes.append(
-                    f"Changes up to {lsn_to_str(batch.end_lsn)} were already applied "
-                    f"(checkpoint {lsn_to_str(checkpoint)}): nothing to do."
+                    f"Changes up to {format_lsn(batch.end_lsn)} were already applied "
+                    f"(checkpoint {format_lsn(checkpoint)}): nothing to do."
                 )
                 return result
             staged = self._prepare_tables(batch, result)
@@ -789,12 +787,7 @@ class SnowflakeWriter(Writer):
         for index, key in enumerate(sorted(batch.tables)):
             changes = batch.tables[key]
             relation = changes.relation
-            if not relation.key_columns:
-                raise IncompatibleSchemaChange(
-                    f"Table {relation.schema}.{relation.name} has no primary key (nor replica identity) "
-                    "on the source, so its changes cannot be matched to destination rows: add a primary "
-                    "key on the source, then refresh the table."
-                )
+            refuse_keyless(relation)
             sql_types, recopy = self._ensure_table(
                 changes.target_table, relation, result.notes, changes.column_fills
             )
@@ -878,10 +871,7 @@ class SnowflakeWriter(Writer):
                 )
             else:
                 self._run(f"DELETE FROM {target}")
-            result.notes.append(
-                f"{source_name} was truncated on the source: {where} emptied"
-                + (" (rows kept as soft-deleted)." if soft_delete else ".")
-            )
+            result.notes.append(truncated_note(relation, where, soft_delete))
         if not staging:
             return
         names, keys = relation.column_names, relation.key_columns

@@ -4,6 +4,8 @@ import time
 
 import pytest
 
+from engine.fold import BatchBuilder
+from engine.lsn import parse_lsn
 from monitoring.models import SlotMetric, WalMetric, WalSettings
 from monitoring.services import probe_sources
 
@@ -126,6 +128,32 @@ def test_a_heartbeat_reaches_the_slot_only_when_the_source_opts_in(make_source):
     while heartbeats() == 0 and time.monotonic() < deadline:
         time.sleep(0.1)
     assert heartbeats() == 1
+
+
+def test_a_probe_heartbeat_lets_a_run_move_the_slot_without_counting_a_transaction(make_source):
+    """The probe's heartbeat is the run's heartbeat (engine/heartbeat.py): a run reading it
+    may confirm its slot past it, and finds no work in it."""
+    source = make_source(heartbeat_enabled=True)
+    run_sql(source.conn, "CREATE PUBLICATION heartbeat_pub FOR ALL TABLES")
+    create_slot(source.conn, source.slot_name)
+
+    metric = probe(source)
+    heartbeat_lsn = parse_lsn(metric.heartbeat_lsn)
+    builder = BatchBuilder(checkpoint=0, tables={})
+    deadline = time.monotonic() + 5
+    while builder.read_position < heartbeat_lsn and time.monotonic() < deadline:
+        builder = BatchBuilder(checkpoint=0, tables={})
+        for (data,) in run_sql(
+            source.conn,
+            "SELECT data FROM pg_logical_slot_peek_binary_changes(%s, NULL, NULL, 'proto_version', '1', "
+            "'publication_names', 'heartbeat_pub', 'messages', 'true')",
+            [source.slot_name],
+        ):
+            builder.feed(bytes(data))
+        time.sleep(0.1)
+    batch = builder.finish()
+    assert builder.read_position >= heartbeat_lsn
+    assert batch.transactions == 0 and batch.end_lsn == 0
 
 
 def test_a_role_without_pg_monitor_gets_a_specific_warning_and_the_rest_is_recorded(make_source, make_role):

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 
-from engine.batch import lsn_to_int
+from engine.lsn import parse_lsn
 from pipelines import services
 from pipelines.models import Pipeline, PipelineRun, PipelineTable
 
@@ -31,7 +31,7 @@ def slot_confirmed(source_db, pipeline):
         "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s",
         [pipeline.source.slot_name],
     ).fetchone()
-    return lsn_to_int(lsn)
+    return parse_lsn(lsn)
 
 
 def prepared(source_db, make_pipeline):
