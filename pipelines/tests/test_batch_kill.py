@@ -116,9 +116,9 @@ def test_an_http_load_killed_while_waiting_for_a_page_resumes_at_that_page_and_e
     assert run.outcome == "succeeded", run.error
     assert (run.rows_inserted, run.rows_updated) == (8, 0)
     assert [q.get("page") for _, q, _, _ in api.requests] == ["5", "6", "7"]  # pages 1-4 not asked again
-    assert query(destination, "SELECT count(*), count(DISTINCT id), min(id), max(id) FROM {schema}.items") == [
-        (20, 20, 1, 20)
-    ]
+    assert query(
+        destination, "SELECT count(*), count(DISTINCT id), min(id), max(id) FROM {schema}.items"
+    ) == [(20, 20, 1, 20)]
     api.requests.clear()
     again = services.run_pipeline(pipeline)
     assert (again.outcome, again.changes_read) == ("succeeded", 0)
