@@ -36,7 +36,6 @@ from engine.batch_sources.csv import CsvReader, CsvSettings  # noqa: E402
 from engine.batch_sources.loader import BatchLoader  # noqa: E402
 from engine.writers.duckdb import DuckDBWriter  # noqa: E402
 from engine.writers.postgres import PostgresWriter  # noqa: E402
-from rosetta.pgcluster import Cluster  # noqa: E402
 
 
 def write_csv(path: Path, rows: int) -> None:
@@ -109,6 +108,9 @@ def main() -> None:
 
 
 def rosetta_runs(path: Path, work: Path, options, duck_limit: float) -> None:
+    # Here, not at the top: the rosetta package loads Celery, which dlt's virtualenv (--dlt-only) lacks.
+    from rosetta.pgcluster import Cluster
+
     cluster = Cluster().start()
     try:
         with psycopg.connect(cluster.dsn(), autocommit=True) as conn:

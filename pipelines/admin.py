@@ -142,7 +142,8 @@ class PipelineAdmin(AuditedAdminMixin, admin.ModelAdmin):
 
     def response_add(self, request, obj, post_url_continue=None):
         # A new pipeline without tables goes on to pick them from the source's list.
-        if not obj.tables.exists() and "_addanother" not in request.POST:
+        # (A CSV or HTTP JSON pipeline writes one table, named when it first runs: nothing to pick.)
+        if not obj.source.is_batch and not obj.tables.exists() and "_addanother" not in request.POST:
             return redirect(reverse("admin:pipelines_pipeline_tables", args=[obj.pk]))
         return super().response_add(request, obj, post_url_continue)
 

@@ -42,6 +42,16 @@ WAL_EFFECT = {
         "them to the destination, and only then advances the slot, releasing that WAL on {source}.",
     ),
 }
+# The same buttons on a pipeline whose source is CSV files or an HTTP JSON API: no slot, no WAL.
+BATCH_EFFECT = {
+    "start": "Runs are scheduled again: on the pipeline's interval or cron schedule, or, without one, "
+    "each time someone asks (Run now, manage.py run_pipeline). Each run loads what is new at {source} "
+    "since the checkpoint kept in the destination.",
+    "pause": "No more runs. Nothing is lost: the next run after a start goes on from the checkpoint.",
+    "refresh": "Forgets the checkpoint: the next run loads every file (or every page) of {source} again; "
+    "the rows already loaded stay and are merged over (or, without a key, land on their own rows).",
+    "run": "Runs now instead of on the schedule: loads what is new at {source} since the checkpoint.",
+}
 RUNNABLE = (Pipeline.Status.RUNNING, Pipeline.Status.REFRESHING, Pipeline.Status.FAILED)
 
 
@@ -67,6 +77,8 @@ def action_view(model_admin, request, object_id, action):
     if not model_admin.has_change_permission(request, pipeline):
         raise PermissionDenied
     label, effect = WAL_EFFECT[action]
+    if pipeline.source.is_batch:
+        effect = BATCH_EFFECT[action]
     page = reverse("admin:pipelines_pipeline_change", args=[pipeline.pk])
     tables = [t.qualified_name for t in pipeline.tables.all()]
     if request.method == "POST":
@@ -97,6 +109,7 @@ def action_view(model_admin, request, object_id, action):
         "action": action,
         "label": label,
         "effect": effect.format(slot=pipeline.source.slot_name, source=pipeline.source.name),
+        "heading": "What this does" if pipeline.source.is_batch else "What this does to the source's WAL",
         "refusal": _refusal(pipeline, action),
         "tables": tables,
         "page": page,
@@ -121,6 +134,14 @@ def pick_tables_view(model_admin, request, object_id):
     if not model_admin.has_change_permission(request, pipeline):
         raise PermissionDenied
     page = reverse("admin:pipelines_pipeline_change", args=[pipeline.pk])
+    if pipeline.source.is_batch:
+        model_admin.message_user(
+            request,
+            f"{pipeline.name} reads {pipeline.source.get_kind_display()} into one table, named after the source "
+            "unless the API's tables names it; there is no table to pick.",
+            messages.INFO,
+        )
+        return redirect(page)
     chosen = {t.qualified_name for t in pipeline.tables.all()}
     if request.method == "POST":
         names = request.POST.getlist("table")

@@ -130,10 +130,10 @@ def planned(dialect, before: Relation, after: Relation, fills=None, **changed):
         (numeric(10, 2), numeric(14, 2), "widen", "widen", "widen"),
         (numeric(10, 2), numeric(14, 4), "widen", "widen", "refuse"),  # Snowflake keeps the scale
         (INT4, numeric(12, 2), "widen", "widen", "refuse"),
-        (numeric(10, 2), (types.NUMERIC, -1), "widen", "widen", "refuse"),  # VARCHAR in Snowflake
+        (numeric(10, 2), (types.NUMERIC, -1), "widen", "widen", "widen"),  # VARCHAR in Snowflake: rewritten
         (FLOAT4, FLOAT8, "widen", "widen", ""),
-        (INT4, TEXT, "widen", "widen", "refuse"),
-        (JSONB, TEXT, "widen", "widen", "refuse"),
+        (INT4, TEXT, "widen", "widen", "widen"),  # Snowflake: rewritten as VARCHAR
+        (JSONB, TEXT, "widen", "widen", "widen"),  # Snowflake: rewritten as VARCHAR (JSON text)
         (INT8, INT4, "", "", ""),  # narrower: the destination holds every value already
         (TEXT, varchar(10), "", "", ""),
         (numeric(14, 2), numeric(10, 2), "", "", ""),

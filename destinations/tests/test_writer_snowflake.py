@@ -316,19 +316,59 @@ def test_a_refresh_serves_the_old_copy_until_the_new_one_is_in(source_conn, writ
     assert not [name for (name,) in tables if name.startswith("_rosetta_new")]
 
 
+def with_column(relation, column):
+    changed = [column if c.name == column.name else c for c in relation.columns]
+    return Relation(relation.oid, relation.schema, relation.name, changed)
+
+
 def test_a_type_change_that_cannot_be_applied_names_the_column(source_conn, writer, analyst, orders):
-    changed = orders.columns.copy()
-    changed[changed.index(next(c for c in orders.columns if c.name == "n"))] = Column(
-        "n", 25
-    )  # integer -> text
-    relation = Relation(orders.oid, "public", "Orders", changed)
-    batch = make_batch(table_changes(relation, upserts={(1,): (order(1, n="seven"), 1000)}), end_lsn=1010)
+    relation = with_column(orders, Column("n", 1700, ((12 << 16) | 2) + 4))  # integer -> numeric(12,2)
+    batch = make_batch(table_changes(relation, upserts={(1,): (order(1, n="7.25"), 1000)}), end_lsn=1010)
     with pytest.raises(
         IncompatibleSchemaChange,
-        match=r"Column n of public\.Orders .*from NUMBER\(10,0\) to VARCHAR.*refresh the table public\.Orders",
+        match=r"Column n of public\.Orders .*from NUMBER\(10,0\) to NUMBER\(12,2\).*refresh the table public\.Orders",
     ):
         writer.apply_batch("p", batch)
     assert writer.read_checkpoint("p") == 0
+
+
+def test_an_integer_column_that_becomes_text_is_rewritten_as_varchar_even_after_a_run_died_halfway(
+    source_conn, writer, analyst, orders
+):
+    """Snowflake cannot ALTER a NUMBER into a VARCHAR: a new column takes the values' text and
+    the old one's place, in DDL steps; a run that dies between two of them is finished by the next."""
+    relation = with_column(orders, Column("n", 25))  # integer -> text
+    batch = make_batch(table_changes(relation, upserts={(1,): (order(1, n="seven"), 1000)}), end_lsn=1010)
+    run = writer._run
+
+    def die_before_the_rename(statement, *args, **kwargs):
+        if "RENAME COLUMN" in statement:
+            raise RuntimeError("the worker died")
+        return run(statement, *args, **kwargs)
+
+    writer._run = die_before_the_rename
+    with pytest.raises(RuntimeError):
+        writer.apply_batch("p", batch)
+    writer._run = run
+    assert writer.read_checkpoint("p") == 0
+
+    result = writer.apply_batch("p", batch)
+
+    assert (
+        "Column n of RAW.Orders: its rewrite as VARCHAR, interrupted in an earlier run, is finished."
+        in result.notes
+    )
+    assert [(r["id"], r["n"]) for r in read_table(analyst, "Orders", '"id"')] == [
+        (1, "seven"),
+        (2, str(order(2)["n"])),
+        (3, str(order(3)["n"])),
+    ]
+    columns = analyst.cursor().execute(
+        "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = 'Orders'"
+    )
+    types_now = dict(columns.fetchall())
+    assert types_now["n"] == "TEXT" and not [c for c in types_now if c.startswith("_rosetta_widen")]
+    assert writer.read_checkpoint("p") == 1010
 
 
 def test_a_widened_integer_is_widened_and_a_dropped_column_is_kept(source_conn, writer, analyst, orders):

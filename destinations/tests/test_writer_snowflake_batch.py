@@ -72,3 +72,69 @@ def test_a_failure_before_the_snowflake_commit_leaves_no_rows_no_rejects_and_no_
             assert writer.count_rows("items") == 1
         finally:
             writer.close()
+
+
+def test_an_http_json_source_into_snowflake_keeps_nested_json_as_variant_and_follows_schema_drift():
+    """The API's first run has a nested object and a number field; the second a new field and a
+    text where the number was: a VARIANT column, an added column, the number column widened to
+    VARCHAR with a run note naming the page and position."""
+    from engine.batch_sources.http_json import HttpJsonReader, HttpJsonSettings
+    from pipelines.tests.batch_support import ScriptedApi
+
+    api = ScriptedApi()
+    api.style = "none"
+    settings = snowflake_settings()
+
+    def load_api(writer):
+        source = HttpJsonSettings.from_settings(
+            {"url": api.url, "records_path": "data", "primary_key": ["id"]}
+        )
+        return BatchLoader(
+            HttpJsonReader(source),
+            writer,
+            pipeline_key="api-p",
+            source_name="api",
+            target_table="contacts",
+            primary_key=["id"],
+            json_values=True,
+        ).run()
+
+    try:
+        with fake_snowflake(settings) as analyst:
+            from engine.writers.snowflake import SnowflakeWriter
+
+            writer = SnowflakeWriter(settings)
+            try:
+                api.records = [
+                    {"id": 1, "score": 10, "address": {"city": "Oslo", "lines": ["a", "b"]}},
+                    {"id": 2, "score": 20, "address": None},
+                ]
+                load_api(writer)
+                api.records = [{"id": 3, "score": "n/a", "address": {"city": "Rome"}, "Signed Up": True}]
+                drift = load_api(writer)
+
+                assert any(
+                    note.startswith("Column score of contacts widened from bigint to text:")
+                    and "line 1 has 'n/a' there" in note
+                    for note in drift.notes
+                ), drift.notes
+                rows = read_table(analyst, "contacts", '"id"', variant_columns=["address"])
+                assert [(r["id"], r["score"], r["address"], r["signed_up"]) for r in rows] == [
+                    (1, "10", {"city": "Oslo", "lines": ["a", "b"]}, None),
+                    (2, "20", None, None),
+                    (3, "n/a", {"city": "Rome"}, True),
+                ]
+                types = dict(
+                    analyst.cursor()
+                    .execute(
+                        "SELECT column_name, data_type FROM information_schema.columns "
+                        "WHERE table_name = 'contacts'"
+                    )
+                    .fetchall()
+                )
+                assert types["address"] == "VARIANT" and types["score"] == "TEXT"
+                assert types["signed_up"] == "BOOLEAN"
+            finally:
+                writer.close()
+    finally:
+        api.close()

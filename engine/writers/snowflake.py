@@ -51,6 +51,7 @@ from .base import (
     REJECTS,
     SYNCED_AT,
     ConnectionProblem,
+    IncompatibleSchemaChange,
     Writer,
     dump_state,
     like_pattern,
@@ -143,10 +144,16 @@ def _cast(expression: str, sql_type: str) -> str:
     return f"CAST({expression} AS {sql_type})"
 
 
+TEXT_SIGNATURE = ("TEXT", None, None)
+WIDEN_PREFIX = "_rosetta_widen_"  # the new column while a column is rewritten as VARCHAR
+
+
 class SnowflakeDialect(schema_changes.Dialect):
     """Snowflake types as INFORMATION_SCHEMA.COLUMNS shows them ((family, precision, scale),
-    see _type_signature). Snowflake converts a column in place only to a NUMBER of the
-    same scale and a larger precision."""
+    see _type_signature). Snowflake's ALTER COLUMN changes a type only to a NUMBER of the
+    same scale and a larger precision; a change to VARCHAR (a batch field whose values
+    stopped fitting their type, or a source column that became text) is a rewrite of the
+    column instead (SnowflakeWriter._rewrite_as_text), for any column but a key."""
 
     def column_type(self, column):
         return _type_signature(snowflake_type(column.type_oid, column.type_modifier))
@@ -160,6 +167,11 @@ class SnowflakeDialect(schema_changes.Dialect):
         return (oid, -1) if oid else None
 
     def converts_in_place(self, old, new) -> bool:
+        return new == TEXT_SIGNATURE or self.alters(old, new)
+
+    @staticmethod
+    def alters(old, new) -> bool:
+        """True if ALTER COLUMN ... SET DATA TYPE makes the change."""
         return old[0] == new[0] == "NUMBER" and old[2] == new[2] and new[1] >= old[1]
 
     def type_name(self, destination_type) -> str:
@@ -494,6 +506,9 @@ class SnowflakeWriter(Writer):
         if not existing:
             self._run(self._create_table_sql(relation, table, sql_types))
             return sql_types, None
+        if any(name.startswith(WIDEN_PREFIX) for name in existing):
+            self._finish_rewrites(table, existing, notes)
+            existing = self._table_columns(table)
         columns = [
             schema_changes.DestinationColumn(name, signature, nullable, comment == DROPPED_COMMENT)
             for name, (signature, nullable, comment) in existing.items()
@@ -519,6 +534,11 @@ class SnowflakeWriter(Writer):
 
     def _render(self, table: str, action, sql_types: dict, source_columns: dict) -> None:
         """One planned schema change, in Snowflake's SQL (DDL: outside the batch's transaction)."""
+        if isinstance(action, schema_changes.WidenColumn) and not DIALECT.alters(
+            action.old_type, action.new_type
+        ):
+            self._rewrite_as_text(table, action.name, action.old_type)
+            return
         statements = schema_changes.schema_change_ddl(
             action,
             quote(table),
@@ -531,6 +551,42 @@ class SnowflakeWriter(Writer):
             self._run(statement)
         if schema_changes.fills_values(action):
             self._fill(table, source_columns[action.name], sql_types[action.name], action.fill)
+
+    def _rewrite_as_text(self, table: str, name: str, old_type) -> None:
+        """Column `name` as VARCHAR, every value kept in its text form (VARIANT as JSON): a new
+        column filled from the old one takes its place. Each step is DDL (committed at once);
+        a run that dies between them is finished by the next one (_finish_rewrites)."""
+        _, nullable, _ = self._table_columns(table)[name]
+        if not nullable:
+            raise IncompatibleSchemaChange(
+                f"The key column {name} of {self.settings.get('schema')}.{table} would change from "
+                f"{DIALECT.type_name(old_type)} to VARCHAR, which Snowflake cannot do to a key column "
+                "in place: refresh the table so that it is copied again with the new type."
+            )
+        target, column, new = quote(table), quote(name), quote(WIDEN_PREFIX + name)
+        value = f"TO_JSON({column})" if old_type[0] == "VARIANT" else f"CAST({column} AS VARCHAR)"
+        try:
+            self._run(f"ALTER TABLE {target} ADD COLUMN IF NOT EXISTS {new} VARCHAR")
+            self._run(f"UPDATE {target} SET {new} = {value}")
+            self._run(f"ALTER TABLE {target} DROP COLUMN {column}")
+            self._run(f"ALTER TABLE {target} RENAME COLUMN {new} TO {column}")
+        finally:
+            self._columns.pop(table, None)  # whichever step it reached, the table is read again
+
+    def _finish_rewrites(self, table: str, existing: dict, notes: list[str]) -> None:
+        """After a run died in _rewrite_as_text: a rewrite whose old column is gone only lacks
+        its rename; one whose old column is still there starts again (the planner asks for it)."""
+        for name in [n for n in existing if n.startswith(WIDEN_PREFIX)]:
+            old = name[len(WIDEN_PREFIX) :]
+            if old in existing:
+                self._run(f"ALTER TABLE {quote(table)} DROP COLUMN {quote(name)}")
+            else:
+                self._run(f"ALTER TABLE {quote(table)} RENAME COLUMN {quote(name)} TO {quote(old)}")
+                notes.append(
+                    f"Column {old} of {self.settings.get('schema')}.{table}: its rewrite as VARCHAR, "
+                    "interrupted in an earlier run, is finished."
+                )
+        self._columns.pop(table, None)
 
     def _fill(self, table: str, column, sql_type: str, text: str | None) -> None:
         """Every row's `column` := the value whose PostgreSQL text form is `text`, staged

@@ -208,3 +208,25 @@ def test_a_next_url_in_the_body_is_followed(api, destination):
 
     assert run.outcome == "succeeded", run.error
     assert len(loaded(destination)) == 5 and len(api.requests) == 2
+
+
+def test_json_schema_drift_adds_a_column_and_widens_a_conflicting_field_to_text_with_a_run_note(
+    api, destination
+):
+    api.style = "none"
+    api.records = [{"id": 1, "score": 10, "meta": {"a": 1}}, {"id": 2, "score": 20, "meta": None}]
+    pipeline = make_batch_pipeline(http_source(api, pagination={"style": "none"}), destination)
+    assert services.run_pipeline(pipeline).outcome == "succeeded"
+
+    api.records = [{"id": 3, "score": "n/a", "meta": [1, 2], "Signed Up": True}]
+    run = services.run_pipeline(pipeline)
+
+    assert run.outcome == "succeeded", run.error
+    assert "Column score of items widened from bigint to text: " in run.notes
+    assert "line 1 has 'n/a' there." in run.notes
+    types = column_types(destination, "items")
+    assert types["score"] in ("text", "varchar") and types["signed_up"] == "boolean"
+    assert types["meta"] in ("jsonb", "json")
+    got = query(destination, "SELECT id, score, signed_up FROM {schema}.items ORDER BY id")
+    assert got == [(1, "10", None), (2, "20", None), (3, "n/a", True)]
+    assert pipeline.tables.get().column_mapping["Signed Up"] == "signed_up"

@@ -215,3 +215,50 @@ def test_beat_dispatch_runs_a_scheduled_csv_pipeline_on_a_real_celery_worker(
     assert (run.rows_inserted, run.rows_rejected) == (2, 0)
     pipeline.refresh_from_db()
     assert pipeline.next_run_at is not None  # the next run waits for the interval
+
+
+@pytest.mark.parametrize("destination", ["duckdb"], indirect=True)
+def test_the_admin_edits_a_batch_pipelines_schedule_and_refuses_two_at_once(
+    admin_browser, tmp_path, destination
+):
+    from django.urls import reverse
+
+    from pipelines import schedules
+
+    (tmp_path / "a.csv").write_text("id\n1\n")
+    source = make_source("csv", {"path": str(tmp_path / "a.csv")})
+    pipeline = Pipeline.objects.create(name="nightly", source=source, destination=destination)
+    hourly, quarterly = schedules.interval_for(3600), schedules.crontab_for("*/15 * * * *")
+    url = reverse("admin:pipelines_pipeline_change", args=[pipeline.pk])
+    form = {
+        "name": "nightly",
+        "source": source.pk,
+        "destination": destination.pk,
+        "batch_size": 1000,
+        "on_slot_lost": "recopy",
+        "on_incompatible_schema_change": "fail",
+        "max_reject_share": 0.2,
+        "tables-TOTAL_FORMS": 0,
+        "tables-INITIAL_FORMS": 0,
+        "tables-MIN_NUM_FORMS": 0,
+        "tables-MAX_NUM_FORMS": 1000,
+    }
+    page = admin_browser.get(url).content.decode()
+    assert f'<option value="{hourly.pk}">every 3600 seconds</option>' in page
+    assert f'<option value="{quarterly.pk}">*/15 * * * * (m/h/dM/MY/d) UTC</option>' in page
+
+    saved = admin_browser.post(url, {**form, "schedule_interval": hourly.pk})
+    assert saved.status_code == 302, saved.content.decode()[-3000:]
+    pipeline.refresh_from_db()
+    assert schedules.interval_seconds(pipeline.schedule_interval) == 3600 and pipeline.max_reject_share == 0.2
+    assert "Schedule: every 3600 s." in admin_browser.get(url).content.decode()
+
+    both = admin_browser.post(
+        url, {**form, "schedule_interval": hourly.pk, "schedule_crontab": quarterly.pk}
+    ).content.decode()
+    assert "Give an interval or a cron schedule, not both." in both
+
+    admin_browser.post(url, {**form, "schedule_crontab": quarterly.pk})
+    pipeline.refresh_from_db()
+    assert pipeline.schedule_interval is None
+    assert schedules.cron_expression(pipeline.schedule_crontab) == "*/15 * * * *"
