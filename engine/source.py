@@ -131,10 +131,10 @@ class SourceDatabase:
         oid, replica_identity = row
         key_columns = set(self.identity(schema, table).key_columns)
         columns = [
-            Column(name, type_oid, type_modifier, is_key=name in key_columns)
-            for name, type_oid, type_modifier in self.conn.execute(
+            Column(name, type_oid, type_modifier, is_key=name in key_columns, number=number)
+            for name, type_oid, type_modifier, number in self.conn.execute(
                 """
-                SELECT attname, atttypid, atttypmod FROM pg_attribute
+                SELECT attname, atttypid, atttypmod, attnum FROM pg_attribute
                 WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped
                 ORDER BY attnum
                 """,

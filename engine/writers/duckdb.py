@@ -535,6 +535,7 @@ class DuckDBWriter(Writer):
             rows = conn.execute(f"SELECT count(*) FROM {new_table}").fetchall()[0][0]
             conn.execute(f"DROP TABLE IF EXISTS {target}")
             conn.execute(f"ALTER TABLE {new_table} RENAME TO {quote(target_table)}")
+            self._record_source_columns(conn, target, relation)
             conn.execute("COMMIT")
         except BaseException:
             self._rollback(conn)
@@ -734,7 +735,14 @@ class DuckDBWriter(Writer):
         conn.execute("BEGIN TRANSACTION")
         try:
             alignment.recopy = self._ensure_table(
-                conn, relation, target_table, alignment.notes, fills, not_sent, create=False
+                conn,
+                relation,
+                target_table,
+                alignment.notes,
+                fills,
+                not_sent,
+                create=False,
+                replaced=alignment.replaced,
             )[1]
             conn.execute("COMMIT")
         except BaseException:
@@ -753,6 +761,7 @@ class DuckDBWriter(Writer):
         fills=None,
         not_sent=frozenset(),
         create: bool = True,
+        replaced: list[str] | None = None,
     ) -> tuple[dict, str | None]:
         """Create the target table, or bring it in line with the relation as the
         schema-change planner says (engine/writers/schema_changes.py).
@@ -776,11 +785,14 @@ class DuckDBWriter(Writer):
                 list(wanted), list(wanted.values()), _recorded_key(relation)
             )
             conn.execute(f"CREATE TABLE {target} ({definitions})")
+            self._record_source_columns(conn, target, relation)
             self._verified[target_table] = signature
             return wanted, None
 
         columns = [
-            schema_changes.DestinationColumn(name, data_type, nullable, comment == DROPPED_COMMENT)
+            schema_changes.DestinationColumn(
+                name, data_type, nullable, comment == DROPPED_COMMENT, schema_changes.source_number(comment)
+            )
             for name, data_type, nullable, comment in existing
         ]
         plan = schema_changes.plan(
@@ -797,6 +809,8 @@ class DuckDBWriter(Writer):
         for action in plan.actions:
             self._render(conn, target, action, source_columns)
         notes += plan.notes
+        if replaced is not None:
+            replaced += plan.replaced
         self._verified[target_table] = signature
         return wanted, plan.recopy
 
@@ -818,8 +832,19 @@ class DuckDBWriter(Writer):
             self._fill(conn, target, source_columns[action.name], action.fill)
         elif isinstance(action, schema_changes.DropColumn):
             conn.execute(f"ALTER TABLE {target} DROP COLUMN {column}")
+        elif isinstance(action, schema_changes.RecordSourceColumn):
+            # the comment is ours: "Rosetta: source column <number>."
+            conn.execute(
+                f"COMMENT ON COLUMN {target}.{column} IS '{schema_changes.source_column_comment(action.number)}'"
+            )
         else:
             raise TypeError(f"unknown schema change {action!r}")
+
+    def _record_source_columns(self, conn, target: str, relation) -> None:
+        """Each column's comment names the source column it holds (schema_changes.py)."""
+        for column in relation.columns:
+            if column.number:
+                self._render(conn, target, schema_changes.RecordSourceColumn(column.name, column.number), {})
 
     def _fill(self, conn, target: str, column, text: str | None) -> None:
         """Every row's `column` := the value whose PostgreSQL text form is `text` (cast as CDC values are)."""

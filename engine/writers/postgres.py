@@ -314,6 +314,7 @@ class PostgresWriter(Writer):
                     )
                 )
                 self._swap_in(conn, relation, new_name, new_key, target_table)
+                self._record_source_columns(conn, self._table(target_table), relation)
         finally:
             self._verified.pop(target_table, None)
         return rows
@@ -561,7 +562,14 @@ class PostgresWriter(Writer):
         try:
             with conn.transaction():
                 alignment.recopy = self._ensure_table(
-                    conn, relation, target_table, alignment.notes, fills, not_sent, create=False
+                    conn,
+                    relation,
+                    target_table,
+                    alignment.notes,
+                    fills,
+                    not_sent,
+                    create=False,
+                    replaced=alignment.replaced,
                 )
         finally:
             self._verified.pop(target_table, None)
@@ -576,6 +584,7 @@ class PostgresWriter(Writer):
         fills=None,
         not_sent=frozenset(),
         create: bool = True,
+        replaced: list[str] | None = None,
     ) -> str | None:
         """Create the target table, or bring it in line with the relation as the
         schema-change planner says (engine/writers/schema_changes.py).
@@ -615,11 +624,18 @@ class PostgresWriter(Writer):
                     key_list,
                 )
             )
+            self._record_source_columns(conn, target, relation)
             self._verified[target_table] = signature
             return None
 
         columns = [
-            schema_changes.DestinationColumn(name, (oid, mod), not not_null, comment == DROPPED_COMMENT)
+            schema_changes.DestinationColumn(
+                name,
+                (oid, mod),
+                not not_null,
+                comment == DROPPED_COMMENT,
+                schema_changes.source_number(comment),
+            )
             for name, oid, mod, not_null, comment, _ in existing
         ]
         plan = schema_changes.plan(
@@ -635,6 +651,8 @@ class PostgresWriter(Writer):
         for action in plan.actions:
             self._render(conn, target, action)
         notes += plan.notes
+        if replaced is not None:
+            replaced += plan.replaced
         self._verified[target_table] = signature
         return plan.recopy
 
@@ -672,8 +690,17 @@ class PostgresWriter(Writer):
             conn.execute(sql.SQL("UPDATE {} SET {} = {}").format(target, name, sql.Literal(action.fill)))
         elif isinstance(action, schema_changes.DropColumn):
             conn.execute(sql.SQL("ALTER TABLE {} DROP COLUMN {}").format(target, name))
+        elif isinstance(action, schema_changes.RecordSourceColumn):
+            comment = schema_changes.source_column_comment(action.number)
+            conn.execute(sql.SQL("COMMENT ON COLUMN {}.{} IS {}").format(target, name, sql.Literal(comment)))
         else:
             raise TypeError(f"unknown schema change {action!r}")
+
+    def _record_source_columns(self, conn, target, relation) -> None:
+        """Each column's comment names the source column it holds (schema_changes.py)."""
+        for column in relation.columns:
+            if column.number:
+                self._render(conn, target, schema_changes.RecordSourceColumn(column.name, column.number))
 
 
 def _json_positions(relation, columns: list[str]) -> list[tuple[int, bool]]:

@@ -473,14 +473,14 @@ class SnowflakeWriter(Writer):
         try:
             if self._table_columns(target_table):
                 alignment.recopy = self._ensure_table(
-                    target_table, relation, alignment.notes, fills, not_sent
+                    target_table, relation, alignment.notes, fills, not_sent, replaced=alignment.replaced
                 )[1]
         except snowflake.connector.errors.Error as error:
             raise self._problem(error) from error
         return alignment
 
     def _ensure_table(
-        self, table: str, relation, notes: list[str], fills=None, not_sent=frozenset()
+        self, table: str, relation, notes: list[str], fills=None, not_sent=frozenset(), replaced=None
     ) -> tuple[list[str], str | None]:
         """Create the target table, or bring it in line with the relation as the
         schema-change planner says (engine/writers/schema_changes.py).
@@ -489,9 +489,12 @@ class SnowflakeWriter(Writer):
         existing = self._table_columns(table)
         if not existing:
             self._run(self._create_table_sql(relation, table, sql_types))
+            self._record_source_columns(table, relation)
             return sql_types, None
         columns = [
-            schema_changes.DestinationColumn(name, signature, nullable, comment == DROPPED_COMMENT)
+            schema_changes.DestinationColumn(
+                name, signature, nullable, comment == DROPPED_COMMENT, schema_changes.source_number(comment)
+            )
             for name, (signature, nullable, comment) in existing.items()
         ]
         plan = schema_changes.plan(
@@ -509,6 +512,8 @@ class SnowflakeWriter(Writer):
         for action in plan.actions:
             self._render(table, action, rendered, source_columns)
         notes += plan.notes
+        if replaced is not None:
+            replaced += plan.replaced
         if plan.actions:
             self._columns.pop(table, None)
         return sql_types, plan.recopy
@@ -531,8 +536,20 @@ class SnowflakeWriter(Writer):
             self._fill(table, source_columns[action.name], sql_types[action.name], action.fill)
         elif isinstance(action, schema_changes.DropColumn):
             self._run(f"ALTER TABLE {target} DROP COLUMN {column}")
+        elif isinstance(action, schema_changes.RecordSourceColumn):
+            # the comment is ours: "Rosetta: source column <number>."
+            comment = schema_changes.source_column_comment(action.number)
+            self._run(f"COMMENT ON COLUMN {target}.{column} IS '{comment}'")
         else:
             raise TypeError(f"unknown schema change {action!r}")
+
+    def _record_source_columns(self, table: str, relation) -> None:
+        """Each column's comment names the source column it holds (schema_changes.py);
+        one statement per column (Snowflake's DDL commits on its own: a column left
+        without its comment makes the next run copy the table again, never less)."""
+        for column in relation.columns:
+            if column.number:
+                self._render(table, schema_changes.RecordSourceColumn(column.name, column.number), {}, {})
 
     def _fill(self, table: str, column, sql_type: str, text: str | None) -> None:
         """Every row's `column` := the value whose PostgreSQL text form is `text`, staged
@@ -621,6 +638,7 @@ class SnowflakeWriter(Writer):
                     f"SELECT {', '.join(typed)}, {int(snapshot_lsn)}, CURRENT_TIMESTAMP() FROM {quote(staging)} AS s"
                 )
             self._run(f"DROP TABLE IF EXISTS {quote(staging)}")
+            self._record_source_columns(new_table, relation)
             if self._table_columns(target_table):
                 self._run(f"ALTER TABLE {quote(new_table)} SWAP WITH {quote(target_table)}")
                 self._run(f"DROP TABLE {quote(new_table)}")

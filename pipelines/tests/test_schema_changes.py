@@ -143,6 +143,25 @@ def test_a_column_dropped_then_added_again_holds_the_new_columns_values(source_d
     assert "Column n is back in public.quiet" in notes
 
 
+def test_a_column_dropped_and_added_again_with_no_run_between_holds_the_new_columns_values(
+    source_db, target, pipeline
+):
+    source_db.execute("UPDATE busy SET n = 100 + n WHERE id <= 3")  # the old column's values, read later
+    for table in ("busy", "quiet"):
+        source_db.execute(f"ALTER TABLE {table} DROP COLUMN n")
+        source_db.execute(f"ALTER TABLE {table} ADD COLUMN n int DEFAULT 0")  # same name, same type
+    source_db.execute("UPDATE busy SET n = 5 WHERE id = 4")
+
+    notes = run(pipeline)
+
+    assert_equal(source_db, target, "busy")
+    assert_equal(source_db, target, "quiet")
+    assert "Column n of public.quiet was dropped and added again under its name" in notes
+    source_db.execute("UPDATE quiet SET n = 9 WHERE id = 1")
+    assert "copied again" not in run(pipeline)  # once
+    assert_equal(source_db, target, "quiet")
+
+
 def test_a_key_change_fails_naming_the_table_or_copies_it_again_when_the_pipeline_says_so(
     source_db, target, pipeline
 ):
