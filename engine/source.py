@@ -241,8 +241,9 @@ class SourceDatabase:
         fills = {}
         for name, is_generated, has_missing, missing, has_default in rows:
             if is_generated:
-                continue
-            if has_missing:
+                # computed for every existing row when it was added: only a copy brings those
+                fills[name] = ColumnFill(per_row=True)
+            elif has_missing:
                 fills[name] = ColumnFill(value=missing)
             elif has_default:
                 fills[name] = ColumnFill(per_row=True)
