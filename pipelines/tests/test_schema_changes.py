@@ -203,6 +203,8 @@ def test_a_schema_change_reaches_the_destination_on_a_table_that_changes_afterwa
 def test_a_key_change_fails_naming_the_table_or_copies_it_again_when_the_pipeline_says_so(
     source_db, target, pipeline
 ):
+    source_db.execute("DELETE FROM quiet WHERE id = 20")  # changes that carry the old key only
+    source_db.execute("UPDATE quiet SET id = 50 WHERE id = 19")
     source_db.execute("ALTER TABLE quiet DROP CONSTRAINT quiet_pkey, ADD PRIMARY KEY (id, name)")
     run_ = services.run_pipeline(pipeline)
     assert run_.outcome == PipelineRun.Outcome.FAILED
