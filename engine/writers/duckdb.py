@@ -43,7 +43,6 @@ from .base import (
     CHECKPOINTS,
     REJECTS,
     ConnectionProblem,
-    IncompatibleSchemaChange,
     UnstorableValue,
     Writer,
     dump_state,
@@ -576,12 +575,7 @@ class DuckDBWriter(Writer):
         )
         if recopy:
             result.recopy[(relation.schema, relation.name)] = recopy
-        if not relation.key_columns:
-            raise IncompatibleSchemaChange(
-                f"Table {relation.schema}.{relation.name} has no primary key (nor replica identity) "
-                "on the source, so its changes cannot be matched to destination rows: add a primary "
-                "key on the source, then refresh the table."
-            )
+        schema_changes.require_key(relation)
         if changes.truncated:
             if soft_delete:
                 conn.execute(

@@ -38,7 +38,6 @@ from .base import (
     CHECKPOINTS,
     REJECTS,
     ConnectionProblem,
-    IncompatibleSchemaChange,
     Writer,
     dump_state,
     like_pattern,
@@ -547,13 +546,7 @@ class PostgresWriter(Writer):
 
     @staticmethod
     def _key_list(relation) -> sql.Composed:
-        keys = relation.key_columns
-        if not keys:
-            raise IncompatibleSchemaChange(
-                f"Table {relation.schema}.{relation.name} has no primary key (nor replica identity) "
-                "on the source, so its changes cannot be matched to destination rows: add a primary "
-                "key on the source, then refresh the table."
-            )
+        keys = schema_changes.require_key(relation)
         return sql.SQL(", ").join(sql.Identifier(name) for name in keys)
 
     def align_table(self, relation, target_table: str, fills=None, not_sent=frozenset()) -> SchemaAlignment:

@@ -176,6 +176,17 @@ class SchemaPlan:
     replaced: list[str] = field(default_factory=list)
 
 
+def require_key(relation: Relation) -> list[str]:
+    """The key columns changes are matched to destination rows by, or IncompatibleSchemaChange."""
+    if not relation.key_columns:
+        raise IncompatibleSchemaChange(
+            f"Table {relation.schema}.{relation.name} has no primary key (nor replica identity) "
+            "on the source, so its changes cannot be matched to destination rows: add a primary "
+            "key on the source, then refresh the table."
+        )
+    return relation.key_columns
+
+
 def plan(
     relation: Relation,
     existing: list[DestinationColumn],

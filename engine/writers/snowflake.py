@@ -47,7 +47,6 @@ from .base import (
     CHECKPOINTS,
     REJECTS,
     ConnectionProblem,
-    IncompatibleSchemaChange,
     Writer,
     dump_state,
     like_pattern,
@@ -807,12 +806,7 @@ class SnowflakeWriter(Writer):
         for index, key in enumerate(sorted(batch.tables)):
             changes = batch.tables[key]
             relation = changes.relation
-            if not relation.key_columns:
-                raise IncompatibleSchemaChange(
-                    f"Table {relation.schema}.{relation.name} has no primary key (nor replica identity) "
-                    "on the source, so its changes cannot be matched to destination rows: add a primary "
-                    "key on the source, then refresh the table."
-                )
+            schema_changes.require_key(relation)
             sql_types, recopy = self._ensure_table(
                 changes.target_table, relation, result.notes, changes.column_fills
             )
