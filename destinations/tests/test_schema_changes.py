@@ -327,3 +327,22 @@ def test_the_source_number_comment_reads_back_and_other_comments_record_none():
     assert source_number(None) is None
     assert source_number("Rosetta: dropped on the source; kept here, no longer updated.") is None
     assert source_number("an analyst's note about column 3") is None
+
+
+@pytest.mark.parametrize("kind", DIALECTS)
+def test_a_column_dropped_and_added_again_with_another_type_takes_it_for_the_copy_and_is_never_refused(kind):
+    dialect = DIALECTS[kind]
+    before = numbered(key(), col("v", INT8))
+    after = numbered(key(), col("w", INT4), col("v", JSONB))  # v: a new column (number 3) of a type
+    existing = [  # that cannot be converted in place
+        DestinationColumn(c.name, dialect.column_type(c), not c.is_key, source_number=c.number)
+        for c in before.columns
+    ]
+    result = plan(after, existing, dialect, where="dst.t", existing_key=["id"])
+    assert result.replaced == ["v"] and "dropped and added again" in result.recopy
+    assert result.actions == [
+        AddColumn("w", dialect.column_type(col("w", INT4))),
+        RecordSourceColumn("w", 2),
+        DropColumn("v"),
+        AddColumn("v", dialect.column_type(col("v", JSONB))),
+    ]

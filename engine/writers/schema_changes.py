@@ -280,6 +280,9 @@ def plan(
                         else f"Column {column.name} of {where} does not hold {source}'s values yet (a column "
                         f"whose existing rows each got their own value): {where} is copied again."
                     )
+                if have.type != wanted:  # a new column of another type: the copy brings its values
+                    result.actions += [DropColumn(column.name), AddColumn(column.name, wanted)]
+                continue
         if have.type != wanted and not _holds(dialect, have.type, column):
             result.actions.append(_widen(relation, column, have, wanted, dialect, where))
             result.notes.append(

@@ -174,6 +174,7 @@ SCHEMA_CHANGES = {
     "varchar(10) to text": ["ALTER COLUMN name TYPE text"],
     "int to bigint": ["ALTER COLUMN n TYPE bigint"],
     "drop and add again": ["DROP COLUMN n", "ADD COLUMN n int DEFAULT 3"],
+    "drop and add again as another type": ["DROP COLUMN name", "ADD COLUMN name char(20) DEFAULT 'x'"],
 }
 
 
