@@ -4,6 +4,8 @@ correctly, whether or not the table changes afterwards."""
 import psycopg
 import pytest
 
+from engine.source import SourceDatabase
+from engine.writers import writer_for
 from pipelines import services
 from pipelines.models import Pipeline, PipelineRun, PipelineTable
 
@@ -198,6 +200,27 @@ def test_a_schema_change_reaches_the_destination_on_a_table_that_changes_afterwa
         source_db.execute(f"INSERT INTO {table} (id, name, n) VALUES (200, 'later', 2)")
     run(pipeline)
     assert_equal(source_db, target, "busy")
+    assert_equal(source_db, target, "quiet")
+
+
+def test_a_run_that_died_after_adding_a_column_only_a_copy_can_fill_leaves_the_copy_to_the_next_run(
+    source_db, target, pipeline
+):
+    source_db.execute("ALTER TABLE quiet ADD COLUMN u uuid DEFAULT gen_random_uuid()")
+    # A run adds the column in the destination, then dies before recording that the table
+    # needs a new copy: the destination alone must still say so.
+    destination = pipeline.destination
+    writer = writer_for(destination.kind, destination.writer_settings())
+    with SourceDatabase(source_db.kwargs) as source:
+        shape = source.table_shape("public", "quiet")
+    try:
+        assert writer.align_table(shape.relation, "quiet", shape.fills, shape.not_sent).recopy
+    finally:
+        writer.close()
+
+    notes = run(pipeline)
+
+    assert "quiet is copied again" in notes
     assert_equal(source_db, target, "quiet")
 
 
