@@ -36,6 +36,10 @@ class Column:
     type_oid: int
     type_modifier: int = -1
     is_key: bool = False
+    # pg_attribute.attnum, from the source catalog (0: not known, as in a Relation
+    # message). A column dropped and added again under its name gets a new number,
+    # so it tells the new column from the old one; not part of the shape (no compare).
+    number: int = field(default=0, compare=False)
 
 
 @dataclass(frozen=True)
@@ -154,3 +158,5 @@ class SchemaAlignment:
 
     notes: list[str] = field(default_factory=list)
     recopy: str | None = None  # why the table must be copied again; None if aligned in place
+    # Columns dropped and added again under their name on the source (schema_changes.plan)
+    replaced: list[str] = field(default_factory=list)

@@ -62,6 +62,9 @@ class _RelationState:
     )
 
     def __init__(self, relation: Relation, spec: TableSpec):
+        # The columns the source sends as the replica identity: a change made before a
+        # key change carries the old key's only.
+        sent_key = {c.name for c in relation.columns if c.is_key}
         columns = relation.columns
         if spec.primary_key:
             columns = [replace(c, is_key=c.name in spec.primary_key) for c in columns]
@@ -81,7 +84,11 @@ class _RelationState:
         getter = itemgetter(*self.key_names) if self.key_names else None
         self.key_getter = (lambda row: (getter(row),)) if len(self.key_names) == 1 else getter
         # a shape older than the copy made in this run: see TableSpec.copied_shape
-        self.predates_copy = spec.copied_shape is not None and relation_shape(relation) != spec.copied_shape
+        # (or one whose replica identity lacks a column of the key the copy was made with)
+        self.predates_copy = spec.copied_shape is not None and (
+            relation_shape(relation) != spec.copied_shape
+            or not sent_key >= set(spec.primary_key or relation.key_columns)
+        )
 
 
 def _hashable(value):

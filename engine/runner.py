@@ -114,6 +114,9 @@ class Engine:
         self._shapes: dict[tuple[str, str], TableShape] = {}  # source catalog, read this run
         self._shapes_seen: set[tuple] = set()  # (table, change shape) the catalog was read again for
         self.partition_of: dict[tuple[str, str], TableSpec] = {}  # partition -> its parent's spec
+        # Columns align_schemas found dropped and added again under their name (the table is
+        # copied again): see _fit_current_shape.
+        self._replaced: dict[tuple[str, str], frozenset[str]] = {}
 
     def prepare(
         self,
@@ -195,6 +198,8 @@ class Engine:
             check.notes += alignment.notes
             if alignment.recopy:
                 check.recopy[key] = alignment.recopy
+            if alignment.replaced:
+                self._replaced[key] = frozenset(alignment.replaced)
         return check
 
     def snapshot_table(self, spec: TableSpec, progress: Callable[[int, int], None] | None = None) -> int:
@@ -412,6 +417,7 @@ class Engine:
         keeps what its copy of the table has, like an unchanged TOASTed value). The
         writer also gets the fills, for the existing rows of a column it adds."""
         for key, changes in batch.tables.items():
+            self._keep_copied_values(key, changes)
             shape = self._current_shape(key, changes.relation)
             # Rows can lack a column only if they were read with an older shape.
             older_rows = changes.reshaped or relation_shape(changes.relation) != relation_shape(
@@ -439,6 +445,20 @@ class Engine:
                 for name, value in values.items():
                     if name not in row:
                         row[name] = value
+
+    def _keep_copied_values(self, key: tuple[str, str], changes: TableChanges) -> None:
+        """A column dropped and added again under its name looks the same in the changes
+        from before the drop, which carry the old column's values: in a table copied
+        again this run, changes from before the copy keep the copy's value there."""
+        replaced = self._replaced.get(key)
+        copied_below = self.tables[key].copied_below_lsn
+        if not replaced or not copied_below:
+            return
+        for row, lsn in changes.upserts.values():
+            if lsn < copied_below:
+                for name in replaced:
+                    if name in row:
+                        row[name] = UNCHANGED
 
     def _current_shape(self, key: tuple[str, str], relation) -> TableShape:
         """The table's shape from the catalog, read again (once per shape) when a change

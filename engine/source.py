@@ -134,10 +134,10 @@ class SourceDatabase:
         oid, replica_identity = row
         key_columns = set(self.identity(schema, table).key_columns)
         columns = [
-            Column(name, type_oid, type_modifier, is_key=name in key_columns)
-            for name, type_oid, type_modifier in self.conn.execute(
+            Column(name, type_oid, type_modifier, is_key=name in key_columns, number=number)
+            for name, type_oid, type_modifier, number in self.conn.execute(
                 """
-                SELECT attname, atttypid, atttypmod FROM pg_attribute
+                SELECT attname, atttypid, atttypmod, attnum FROM pg_attribute
                 WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped
                 ORDER BY attnum
                 """,
@@ -244,8 +244,9 @@ class SourceDatabase:
         fills = {}
         for name, is_generated, has_missing, missing, has_default in rows:
             if is_generated:
-                continue
-            if has_missing:
+                # computed for every existing row when it was added: only a copy brings those
+                fills[name] = ColumnFill(per_row=True)
+            elif has_missing:
                 fills[name] = ColumnFill(value=missing)
             elif has_default:
                 fills[name] = ColumnFill(per_row=True)

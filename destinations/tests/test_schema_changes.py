@@ -14,8 +14,11 @@ from engine.writers.schema_changes import (
     DestinationColumn,
     DropColumn,
     MarkDropped,
+    RecordSourceColumn,
     WidenColumn,
     plan,
+    source_column_comment,
+    source_number,
     widens,
 )
 from engine.writers.snowflake import DIALECT as SNOWFLAKE
@@ -257,3 +260,89 @@ def test_an_unknown_destination_type_is_only_ever_kept_as_it_is():
         plan(relation(key(), col("v", INT4)), existing, DUCKDB, where="main.t")
     existing = [DestinationColumn("id", "BIGINT", False), DestinationColumn("v", "INTEGER")]
     assert plan(relation(key(), col("v", INT4)), existing, DUCKDB, where="main.t").actions == []
+
+
+def numbered(*columns: Column) -> Relation:
+    """A relation read from the source catalog: each column with its attnum (1, 2, ...)."""
+    return relation(
+        *(
+            Column(c.name, c.type_oid, c.type_modifier, c.is_key, number)
+            for number, c in enumerate(columns, 1)
+        )
+    )
+
+
+@pytest.mark.parametrize("kind", DIALECTS)
+@pytest.mark.parametrize(
+    ("recorded", "now", "actions", "replaced"),
+    [
+        # (source column numbers the destination's comments record, the source's numbers now)
+        ({"id": 1, "n": 2}, {"id": 1, "n": 2}, [], []),  # the same columns: nothing to do
+        ({"id": 1, "n": 2}, {"id": 1, "n": 3}, [], ["n"]),  # n dropped and added again
+        ({"id": 1}, {"id": 1, "n": 2}, [], ["n"]),  # n added, not yet holding the source's values
+        ({}, {"id": 1, "n": 2}, [RecordSourceColumn("id", 1), RecordSourceColumn("n", 2)], []),  # older table
+        ({}, {"id": 0, "n": 0}, [], []),  # numbers not known (a Relation message, a batch source)
+    ],
+)
+def test_a_column_dropped_and_added_again_under_its_name_is_told_by_its_source_number(
+    kind, recorded, now, actions, replaced
+):
+    dialect = DIALECTS[kind]
+    shape = relation(key(), col("n", INT4))
+    existing = [
+        DestinationColumn(c.name, dialect.column_type(c), not c.is_key, source_number=recorded.get(c.name))
+        for c in shape.columns
+    ]
+    after = relation(
+        *(Column(c.name, c.type_oid, c.type_modifier, c.is_key, now[c.name]) for c in shape.columns)
+    )
+    result = plan(after, existing, dialect, where="dst.t", existing_key=["id"])
+    assert result.actions == actions
+    assert result.replaced == replaced
+    assert (result.recopy is not None) == bool(replaced)
+    if recorded.get("n") and replaced:
+        assert "Column n of public.t was dropped and added again under its name" in result.recopy
+
+
+@pytest.mark.parametrize("kind", DIALECTS)
+def test_a_column_added_or_brought_back_records_its_source_number_unless_only_a_copy_brings_its_values(kind):
+    dialect = DIALECTS[kind]
+    before = numbered(key(), col("name", TEXT))
+    after = numbered(key(), col("name", TEXT), col("score", INT4), col("made", TIMESTAMPTZ))
+    recorded = {"id": {"source_number": 1}, "name": {"source_number": 2}}
+    result = planned(dialect, before, after, fills={"made": ColumnFill(per_row=True)}, **recorded)
+    assert result.actions == [
+        AddColumn("score", dialect.column_type(col("score", INT4))),
+        RecordSourceColumn("score", 3),
+        AddColumn("made", dialect.column_type(col("made", TIMESTAMPTZ))),  # the copy records it
+    ]
+    back = planned(
+        dialect, after, after, **recorded, score={"marked_dropped": True}, made={"source_number": 4}
+    )
+    assert back.actions == [BringBack("score"), RecordSourceColumn("score", 3)]
+
+
+def test_the_source_number_comment_reads_back_and_other_comments_record_none():
+    assert source_number(source_column_comment(12)) == 12
+    assert source_number(None) is None
+    assert source_number("Rosetta: dropped on the source; kept here, no longer updated.") is None
+    assert source_number("an analyst's note about column 3") is None
+
+
+@pytest.mark.parametrize("kind", DIALECTS)
+def test_a_column_dropped_and_added_again_with_another_type_takes_it_for_the_copy_and_is_never_refused(kind):
+    dialect = DIALECTS[kind]
+    before = numbered(key(), col("v", INT8))
+    after = numbered(key(), col("w", INT4), col("v", JSONB))  # v: a new column (number 3) of a type
+    existing = [  # that cannot be converted in place
+        DestinationColumn(c.name, dialect.column_type(c), not c.is_key, source_number=c.number)
+        for c in before.columns
+    ]
+    result = plan(after, existing, dialect, where="dst.t", existing_key=["id"])
+    assert result.replaced == ["v"] and "dropped and added again" in result.recopy
+    assert result.actions == [
+        AddColumn("w", dialect.column_type(col("w", INT4))),
+        RecordSourceColumn("w", 2),
+        DropColumn("v"),
+        AddColumn("v", dialect.column_type(col("v", JSONB))),
+    ]

@@ -304,3 +304,43 @@ def test_a_key_change_is_refused_by_the_writer_naming_the_table_and_the_fix(targ
     with pytest.raises(IncompatibleSchemaChange, match=r"primary key of public\.t"):
         target.writer.align_table(rekeyed, "t")
     assert target.writer.read_checkpoint("pipeline-1") == 5
+
+
+def source_numbers(target, table: str) -> dict:
+    """{column: source column number} as the destination's column comments record it."""
+    from engine.writers.schema_changes import source_number
+
+    if target.kind == "postgres":
+        query = (
+            "SELECT attname, col_description(attrelid, attnum) FROM pg_attribute "
+            "WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped"
+        )
+        rows = target.rows(query, [target.table(table)])
+    else:
+        rows = target.rows("SELECT column_name, comment FROM duckdb_columns() WHERE table_name = ?", [table])
+    return {name: source_number(comment) for name, comment in rows if source_number(comment) is not None}
+
+
+def test_each_column_records_the_source_column_it_holds_and_a_new_one_of_the_same_name_asks_for_a_copy(
+    target,
+):
+    numbered = Relation(
+        5001, "public", "items", [Column("id", INT8, -1, True, 1), Column("name", TEXT, number=2)]
+    )
+    target.writer.load_snapshot(numbered, "items", iter([]), 10)
+    assert source_numbers(target, "items") == {"id": 1, "name": 2}
+
+    added = Relation(5001, "public", "items", [*numbered.columns, Column("score", INT4, number=3)])
+    alignment = target.writer.align_table(added, "items")
+    assert alignment.recopy is None and source_numbers(target, "items") == {"id": 1, "name": 2, "score": 3}
+
+    # name dropped and added again on the source: same name and type, a new number
+    replaced = Relation(
+        5001, "public", "items", [added.columns[0], added.columns[2], Column("name", TEXT, number=4)]
+    )
+    alignment = target.writer.align_table(replaced, "items")
+    assert alignment.replaced == ["name"] and "dropped and added again" in alignment.recopy
+    assert source_numbers(target, "items")["name"] == 2  # recorded by the copy, not before
+    target.writer.load_snapshot(replaced, "items", iter([]), 20)
+    assert source_numbers(target, "items") == {"id": 1, "score": 3, "name": 4}
+    assert target.writer.align_table(replaced, "items").recopy is None

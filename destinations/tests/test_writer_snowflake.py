@@ -532,3 +532,30 @@ def test_a_value_snowflake_cannot_hold_fails_the_batch_whole_in_plain_words(writ
         writer.apply_batch("p", batch)
     assert read_table(analyst, "Orders", '"id"', VARIANTS) == before
     assert writer.read_checkpoint("p") == 0
+
+
+def test_each_column_records_the_source_column_it_holds_in_snowflake_sql(writer, analyst, monkeypatch):
+    from engine.writers.schema_changes import source_number
+
+    sent = []
+    run = writer._run
+    monkeypatch.setattr(writer, "_run", lambda s, p=None: sent.append(s) or run(s, p))
+    numbered = Relation(7, "public", "t", [Column("id", 20, -1, True, 1), Column("qty", 23, number=2)])
+    writer.load_snapshot(numbered, "t", iter([]), 10)
+    comments = [s for s in sent if s.startswith("COMMENT")]
+    assert comments == [
+        'COMMENT ON COLUMN "_rosetta_new_t"."id" IS \'Rosetta: source column 1.\'',
+        'COMMENT ON COLUMN "_rosetta_new_t"."qty" IS \'Rosetta: source column 2.\'',
+    ]
+    for statement in comments:
+        tree = sqlglot.parse_one(statement, read="snowflake", error_level=sqlglot.ErrorLevel.RAISE)
+        assert isinstance(tree, exp.Comment)
+    recorded = analyst.cursor().execute(
+        "SELECT column_name, comment FROM information_schema.columns WHERE table_name = 't'"
+    )
+    numbers = {name: source_number(comment) for name, comment in recorded.fetchall()}
+    assert {name: number for name, number in numbers.items() if number} == {"id": 1, "qty": 2}
+
+    replaced = Relation(7, "public", "t", [numbered.columns[0], Column("qty", 23, number=3)])
+    alignment = writer.align_table(replaced, "t")
+    assert alignment.replaced == ["qty"] and "dropped and added again" in alignment.recopy

@@ -42,16 +42,6 @@ REJECTS = "_rosetta_rejects"
 LSN, SYNCED_AT, DELETED_AT = "_rosetta_lsn", "_rosetta_synced_at", "_rosetta_deleted_at"
 
 
-def refuse_keyless(relation) -> None:
-    """Changes of a table without a key cannot be matched to destination rows: say what to do."""
-    if not relation.key_columns:
-        raise IncompatibleSchemaChange(
-            f"Table {relation.schema}.{relation.name} has no primary key (nor replica identity) "
-            "on the source, so its changes cannot be matched to destination rows: add a primary "
-            "key on the source, then refresh the table."
-        )
-
-
 def truncated_note(relation, target: str, soft_delete: bool) -> str:
     """The run note for a TRUNCATE on the source; `target` names the emptied table."""
     kept = " (rows kept as soft-deleted)." if soft_delete else "."

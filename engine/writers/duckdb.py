@@ -53,7 +53,6 @@ from .base import (
     group_by_unchanged,
     like_pattern,
     load_state,
-    refuse_keyless,
     truncated_note,
     unchanged_columns_stored_as_null,
 )
@@ -540,6 +539,7 @@ class DuckDBWriter(Writer):
             rows = conn.execute(f"SELECT count(*) FROM {new_table}").fetchall()[0][0]
             conn.execute(f"DROP TABLE IF EXISTS {target}")
             conn.execute(f"ALTER TABLE {new_table} RENAME TO {quote(target_table)}")
+            self._record_source_columns(conn, target, relation)
             conn.execute("COMMIT")
         except BaseException:
             self._rollback(conn)
@@ -580,7 +580,7 @@ class DuckDBWriter(Writer):
         )
         if recopy:
             result.recopy[(relation.schema, relation.name)] = recopy
-        refuse_keyless(relation)
+        schema_changes.require_key(relation)
         if changes.truncated:
             if soft_delete:
                 conn.execute(
@@ -725,7 +725,14 @@ class DuckDBWriter(Writer):
         conn.execute("BEGIN TRANSACTION")
         try:
             alignment.recopy = self._ensure_table(
-                conn, relation, target_table, alignment.notes, fills, not_sent, create=False
+                conn,
+                relation,
+                target_table,
+                alignment.notes,
+                fills,
+                not_sent,
+                create=False,
+                replaced=alignment.replaced,
             )[1]
             conn.execute("COMMIT")
         except BaseException:
@@ -744,6 +751,7 @@ class DuckDBWriter(Writer):
         fills=None,
         not_sent=frozenset(),
         create: bool = True,
+        replaced: list[str] | None = None,
     ) -> tuple[dict, str | None]:
         """Create the target table, or bring it in line with the relation as the
         schema-change planner says (engine/writers/schema_changes.py).
@@ -767,11 +775,14 @@ class DuckDBWriter(Writer):
                 list(wanted), list(wanted.values()), _recorded_key(relation)
             )
             conn.execute(f"CREATE TABLE {target} ({definitions})")
+            self._record_source_columns(conn, target, relation)
             self._verified[target_table] = signature
             return wanted, None
 
         columns = [
-            schema_changes.DestinationColumn(name, data_type, nullable, comment == DROPPED_COMMENT)
+            schema_changes.DestinationColumn(
+                name, data_type, nullable, comment == DROPPED_COMMENT, schema_changes.source_number(comment)
+            )
             for name, data_type, nullable, comment in existing
         ]
         plan = schema_changes.plan(
@@ -788,6 +799,8 @@ class DuckDBWriter(Writer):
         for action in plan.actions:
             self._render(conn, target, action, wanted | META_COLUMNS, source_columns)
         notes += plan.notes
+        if replaced is not None:
+            replaced += plan.replaced
         self._verified[target_table] = signature
         return wanted, plan.recopy
 
@@ -799,6 +812,14 @@ class DuckDBWriter(Writer):
             conn.execute(statement)
         if schema_changes.fills_values(action):
             self._fill(conn, target, source_columns[action.name], action.fill)
+
+    def _record_source_columns(self, conn, target: str, relation) -> None:
+        """Each column's comment names the source column it holds (schema_changes.py)."""
+        for column in relation.columns:
+            if column.number:
+                self._render(
+                    conn, target, schema_changes.RecordSourceColumn(column.name, column.number), {}, {}
+                )
 
     def _fill(self, conn, target: str, column, text: str | None) -> None:
         """Every row's `column` := the value whose PostgreSQL text form is `text` (cast as CDC values are)."""

@@ -47,7 +47,6 @@ from .base import (
     group_by_unchanged,
     like_pattern,
     load_state,
-    refuse_keyless,
     truncated_note,
     unchanged_columns_stored_as_null,
 )
@@ -319,6 +318,7 @@ class PostgresWriter(Writer):
                     )
                 )
                 self._swap_in(conn, relation, new_name, new_key, target_table)
+                self._record_source_columns(conn, self._table(target_table), relation)
         finally:
             self._verified.pop(target_table, None)
         return rows
@@ -542,8 +542,7 @@ class PostgresWriter(Writer):
 
     @staticmethod
     def _key_list(relation) -> sql.Composed:
-        refuse_keyless(relation)
-        keys = relation.key_columns
+        keys = schema_changes.require_key(relation)
         return sql.SQL(", ").join(sql.Identifier(name) for name in keys)
 
     def align_table(self, relation, target_table: str, fills=None, not_sent=frozenset()) -> SchemaAlignment:
@@ -552,7 +551,14 @@ class PostgresWriter(Writer):
         try:
             with conn.transaction():
                 alignment.recopy = self._ensure_table(
-                    conn, relation, target_table, alignment.notes, fills, not_sent, create=False
+                    conn,
+                    relation,
+                    target_table,
+                    alignment.notes,
+                    fills,
+                    not_sent,
+                    create=False,
+                    replaced=alignment.replaced,
                 )
         finally:
             self._verified.pop(target_table, None)
@@ -567,6 +573,7 @@ class PostgresWriter(Writer):
         fills=None,
         not_sent=frozenset(),
         create: bool = True,
+        replaced: list[str] | None = None,
     ) -> str | None:
         """Create the target table, or bring it in line with the relation as the
         schema-change planner says (engine/writers/schema_changes.py).
@@ -606,11 +613,18 @@ class PostgresWriter(Writer):
                     key_list,
                 )
             )
+            self._record_source_columns(conn, target, relation)
             self._verified[target_table] = signature
             return None
 
         columns = [
-            schema_changes.DestinationColumn(name, (oid, mod), not not_null, comment == DROPPED_COMMENT)
+            schema_changes.DestinationColumn(
+                name,
+                (oid, mod),
+                not not_null,
+                comment == DROPPED_COMMENT,
+                schema_changes.source_number(comment),
+            )
             for name, oid, mod, not_null, comment, _ in existing
         ]
         plan = schema_changes.plan(
@@ -626,6 +640,8 @@ class PostgresWriter(Writer):
         for action in plan.actions:
             self._render(conn, target, action)
         notes += plan.notes
+        if replaced is not None:
+            replaced += plan.replaced
         self._verified[target_table] = signature
         return plan.recopy
 
@@ -663,8 +679,17 @@ class PostgresWriter(Writer):
             conn.execute(sql.SQL("UPDATE {} SET {} = {}").format(target, name, sql.Literal(action.fill)))
         elif isinstance(action, schema_changes.DropColumn):
             conn.execute(sql.SQL("ALTER TABLE {} DROP COLUMN {}").format(target, name))
+        elif isinstance(action, schema_changes.RecordSourceColumn):
+            comment = schema_changes.source_column_comment(action.number)
+            conn.execute(sql.SQL("COMMENT ON COLUMN {}.{} IS {}").format(target, name, sql.Literal(comment)))
         else:
             raise TypeError(f"unknown schema change {action!r}")
+
+    def _record_source_columns(self, conn, target, relation) -> None:
+        """Each column's comment names the source column it holds (schema_changes.py)."""
+        for column in relation.columns:
+            if column.number:
+                self._render(conn, target, schema_changes.RecordSourceColumn(column.name, column.number))
 
 
 def _json_positions(relation, columns: list[str]) -> list[tuple[int, bool]]:

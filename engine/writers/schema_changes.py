@@ -15,8 +15,17 @@ PostgreSQL (int4 -> int8), DuckDB (INTEGER -> BIGINT) and Snowflake
 type (varchar(10) -> text is VARCHAR either way in DuckDB) needs nothing, and
 neither does a narrower source type (bigint -> int, or changes read from
 before a widening already applied): the destination column holds every value.
+
+A column dropped and added again under the same name between two runs looks
+the same by name and type; its number in the source catalog (pg_attribute.attnum)
+is new. Each destination column records the number of the source column whose
+values it holds, in its comment (written in the same transaction as the column
+or the copy), so the difference survives a crash: a destination column whose
+number differs, or is not recorded while others are, holds values the source
+no longer has, and the table is copied again.
 """
 
+import re
 from dataclasses import dataclass, field
 
 from engine.batch import ColumnFill, Relation
@@ -25,6 +34,20 @@ from . import types
 from .base import IncompatibleSchemaChange
 
 DROPPED_COMMENT = "Rosetta: dropped on the source; kept here, no longer updated."
+SOURCE_COLUMN_COMMENT = "Rosetta: source column {}."
+_SOURCE_COLUMN = re.compile(r"^Rosetta: source column (\d+)\.$")
+
+
+def source_column_comment(number: int) -> str:
+    """The destination column's comment naming the source column (its attnum) it holds."""
+    return SOURCE_COLUMN_COMMENT.format(int(number))
+
+
+def source_number(comment: str | None) -> int | None:
+    """The source column number a destination column's comment records, or None."""
+    match = _SOURCE_COLUMN.match(comment or "")
+    return int(match.group(1)) if match else None
+
 
 _INTEGER_RANK = {types.INT2: 1, types.INT4: 2, types.INT8: 3}
 _INTEGER_DIGITS = {types.INT2: 5, types.INT4: 10, types.INT8: 19}
@@ -94,6 +117,7 @@ class DestinationColumn:
     type: object
     nullable: bool = True
     marked_dropped: bool = False  # an earlier run noted that the source dropped it
+    source_number: int | None = None  # the source column it holds (its comment); None: not recorded
 
 
 @dataclass(frozen=True)
@@ -132,6 +156,14 @@ class DropColumn:
     name: str
 
 
+@dataclass(frozen=True)
+class RecordSourceColumn:
+    """Record in the column's comment which source column (attnum) it now holds."""
+
+    name: str
+    number: int
+
+
 @dataclass
 class SchemaPlan:
     actions: list = field(default_factory=list)
@@ -139,6 +171,21 @@ class SchemaPlan:
     # Why the table must be copied again (a column whose existing rows each got their
     # own value: a volatile default, an identity); None if the actions are enough.
     recopy: str | None = None
+    # Columns whose destination values belong to another source column of the same
+    # name (dropped and added again) or are not known to be the source's: the copy
+    # brings them, and changes read from before it keep the copy's value there.
+    replaced: list[str] = field(default_factory=list)
+
+
+def require_key(relation: Relation) -> list[str]:
+    """The key columns changes are matched to destination rows by, or IncompatibleSchemaChange."""
+    if not relation.key_columns:
+        raise IncompatibleSchemaChange(
+            f"Table {relation.schema}.{relation.name} has no primary key (nor replica identity) "
+            "on the source, so its changes cannot be matched to destination rows: add a primary "
+            "key on the source, then refresh the table."
+        )
+    return relation.key_columns
 
 
 def plan(
@@ -167,6 +214,10 @@ def plan(
     source = f"{relation.schema}.{relation.name}"
     current = {column.name: column for column in existing}
     result = SchemaPlan()
+    # The table records source column numbers (any column does): one not recorded is
+    # not known to hold the source's values. A table from before numbers were recorded
+    # takes the current ones.
+    numbered = any(column.source_number is not None for column in existing)
 
     if existing_key and sorted(existing_key) != sorted(relation.key_columns):
         raise IncompatibleSchemaChange(
@@ -184,12 +235,20 @@ def plan(
             )
         return fill.value if fill is not None else None
 
+    def record(column) -> None:
+        """After the column holds the source's values: unless only a copy brings them
+        (then the copy records it, and a crash before it leaves this undone)."""
+        fill = fills.get(column.name)
+        if column.number and not (fill is not None and fill.per_row):
+            result.actions.append(RecordSourceColumn(column.name, column.number))
+
     for column in relation.columns:
         wanted = dialect.column_type(column)
         have = current.get(column.name)
         if have is None:
             fill = fill_of(column.name)
             result.actions.append(AddColumn(column.name, wanted, fill))
+            record(column)
             shown = f" ({dialect.type_name(wanted)})"
             result.notes.append(
                 f"Column {column.name}{shown} added to {where}"
@@ -203,11 +262,29 @@ def plan(
                 result.actions.append(BringBack(column.name, fill))
             else:
                 result.actions += [DropColumn(column.name), AddColumn(column.name, wanted, fill)]
+            record(column)
             result.notes.append(
                 f"Column {column.name} is back in {source}: {where} uses it again, its old values "
                 f"replaced by {fill if fill is not None else 'NULL'} as on the source."
             )
-        elif have.type != wanted and not _holds(dialect, have.type, column):
+            continue
+        if column.number and have.source_number != column.number:
+            if have.source_number is None and not numbered:
+                result.actions.append(RecordSourceColumn(column.name, column.number))
+            else:
+                result.replaced.append(column.name)
+                if result.recopy is None:
+                    result.recopy = (
+                        f"Column {column.name} of {source} was dropped and added again under its name: "
+                        f"{where} still holds the old column's values, so it is copied again."
+                        if have.source_number is not None
+                        else f"Column {column.name} of {where} does not hold {source}'s values yet (a column "
+                        f"whose existing rows each got their own value): {where} is copied again."
+                    )
+                if have.type != wanted:  # a new column of another type: the copy brings its values
+                    result.actions += [DropColumn(column.name), AddColumn(column.name, wanted)]
+                continue
+        if have.type != wanted and not _holds(dialect, have.type, column):
             result.actions.append(_widen(relation, column, have, wanted, dialect, where))
             result.notes.append(
                 f"Column {column.name} of {where} widened from {dialect.type_name(have.type)} "
@@ -308,6 +385,8 @@ def schema_change_ddl(
         return [f"COMMENT ON COLUMN {table}.{column} IS {no_comment}"]
     if isinstance(action, DropColumn):
         return [f"ALTER TABLE {table} DROP COLUMN {column}"]
+    if isinstance(action, RecordSourceColumn):
+        return [f"COMMENT ON COLUMN {table}.{column} IS '{source_column_comment(action.number)}'"]
     raise TypeError(f"unknown schema change {action!r}")
 
 

@@ -56,7 +56,6 @@ from .base import (
     dump_state,
     like_pattern,
     load_state,
-    refuse_keyless,
     truncated_note,
     unchanged_columns_stored_as_null,
 )
@@ -489,14 +488,14 @@ class SnowflakeWriter(Writer):
         try:
             if self._table_columns(target_table):
                 alignment.recopy = self._ensure_table(
-                    target_table, relation, alignment.notes, fills, not_sent
+                    target_table, relation, alignment.notes, fills, not_sent, replaced=alignment.replaced
                 )[1]
         except snowflake.connector.errors.Error as error:
             raise self._problem(error) from error
         return alignment
 
     def _ensure_table(
-        self, table: str, relation, notes: list[str], fills=None, not_sent=frozenset()
+        self, table: str, relation, notes: list[str], fills=None, not_sent=frozenset(), replaced=None
     ) -> tuple[list[str], str | None]:
         """Create the target table, or bring it in line with the relation as the
         schema-change planner says (engine/writers/schema_changes.py).
@@ -505,12 +504,15 @@ class SnowflakeWriter(Writer):
         existing = self._table_columns(table)
         if not existing:
             self._run(self._create_table_sql(relation, table, sql_types))
+            self._record_source_columns(table, relation)
             return sql_types, None
         if any(name.startswith(WIDEN_PREFIX) for name in existing):
             self._finish_rewrites(table, existing, notes)
             existing = self._table_columns(table)
         columns = [
-            schema_changes.DestinationColumn(name, signature, nullable, comment == DROPPED_COMMENT)
+            schema_changes.DestinationColumn(
+                name, signature, nullable, comment == DROPPED_COMMENT, schema_changes.source_number(comment)
+            )
             for name, (signature, nullable, comment) in existing.items()
         ]
         plan = schema_changes.plan(
@@ -528,6 +530,8 @@ class SnowflakeWriter(Writer):
         for action in plan.actions:
             self._render(table, action, rendered, source_columns)
         notes += plan.notes
+        if replaced is not None:
+            replaced += plan.replaced
         if plan.actions:
             self._columns.pop(table, None)
         return sql_types, plan.recopy
@@ -538,6 +542,12 @@ class SnowflakeWriter(Writer):
             action.old_type, action.new_type
         ):
             self._rewrite_as_text(table, action.name, action.old_type)
+            source_column = source_columns.get(action.name)
+            if source_column is not None and source_column.number:
+                # the new column carries no comment yet: record the source column it holds
+                self._render(
+                    table, schema_changes.RecordSourceColumn(action.name, source_column.number), {}, {}
+                )
             return
         statements = schema_changes.schema_change_ddl(
             action,
@@ -587,6 +597,14 @@ class SnowflakeWriter(Writer):
                     "interrupted in an earlier run, is finished."
                 )
         self._columns.pop(table, None)
+
+    def _record_source_columns(self, table: str, relation) -> None:
+        """Each column's comment names the source column it holds (schema_changes.py);
+        one statement per column (Snowflake's DDL commits on its own: a column left
+        without its comment makes the next run copy the table again, never less)."""
+        for column in relation.columns:
+            if column.number:
+                self._render(table, schema_changes.RecordSourceColumn(column.name, column.number), {}, {})
 
     def _fill(self, table: str, column, sql_type: str, text: str | None) -> None:
         """Every row's `column` := the value whose PostgreSQL text form is `text`, staged
@@ -675,6 +693,7 @@ class SnowflakeWriter(Writer):
                     f"SELECT {', '.join(typed)}, {int(snapshot_lsn)}, CURRENT_TIMESTAMP() FROM {quote(staging)} AS s"
                 )
             self._run(f"DROP TABLE IF EXISTS {quote(staging)}")
+            self._record_source_columns(new_table, relation)
             if self._table_columns(target_table):
                 self._run(f"ALTER TABLE {quote(new_table)} SWAP WITH {quote(target_table)}")
                 self._run(f"DROP TABLE {quote(new_table)}")
@@ -843,7 +862,7 @@ class SnowflakeWriter(Writer):
         for index, key in enumerate(sorted(batch.tables)):
             changes = batch.tables[key]
             relation = changes.relation
-            refuse_keyless(relation)
+            schema_changes.require_key(relation)
             sql_types, recopy = self._ensure_table(
                 changes.target_table, relation, result.notes, changes.column_fills
             )
