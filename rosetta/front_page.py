@@ -39,6 +39,7 @@ PIPELINES_PER_PAGE = 50
 SOURCES_SHOWN = 50
 TREND_HOURS = 24
 FORECAST_HORIZON = dt.timedelta(hours=24)
+NO_WAL = "no WAL"
 # A running pipeline falls behind when its slot's unconfirmed WAL (its lag in bytes) grew
 # steadily over the last LAG_WINDOW of probes by at least a WAL segment: a pipeline keeping
 # up goes up and down between runs, one falling behind only goes up.
@@ -109,7 +110,9 @@ def pipeline_rows(page_of_pipelines, now) -> list[dict]:
             {
                 "pipeline": pipeline,
                 "badge": badge(pipeline.get_status_display(), pipeline.status),
-                "lag_bytes": "not measured"
+                "lag_bytes": "batch"
+                if not pipeline.reads_replication_slot
+                else "not measured"
                 if pipeline.lag_bytes is None
                 else human_bytes(pipeline.lag_bytes),
                 "lag_time": "" if lag_seconds is None else human_duration(lag_seconds),
@@ -127,7 +130,14 @@ def source_rows(now) -> tuple[list[dict], list[dict], int]:
     sources = list(
         annotate_wal_health(
             Source.objects.order_by().only(
-                "id", "name", "pg_host", "pg_port", "slot_name", "wal_warn_bytes", "wal_critical_bytes"
+                "id",
+                "name",
+                "kind",
+                "pg_host",
+                "pg_port",
+                "slot_name",
+                "wal_warn_bytes",
+                "wal_critical_bytes",
             )
         ).annotate(wal_rate=Subquery(latest_rate.values("wal_rate_bytes_per_s")[:1]))
     )
@@ -138,9 +148,10 @@ def source_rows(now) -> tuple[list[dict], list[dict], int]:
         )
     }
     rows, forecasts, seen_slots = [], [], set()
-    rank = {"critical": 0, "warn": 1, UNKNOWN: 2, "ok": 3}
+    rank = {"critical": 0, "warn": 1, UNKNOWN: 2, "ok": 3, NO_WAL: 4}
     for source in sources:
-        source.health = health_of(source, now)
+        # CSV files and HTTP APIs have no WAL to watch: not "unknown", which asks for a look.
+        source.health = NO_WAL if source.is_batch else health_of(source, now)
     sources.sort(key=lambda s: (rank.get(s.health, 2), -(s.wal_largest_retained or 0), s.name))
     for source in sources:
         slot = source.wal_largest_retained_slot
@@ -277,6 +288,7 @@ def front_page_context(request, now=None) -> dict:
             "id",
             "name",
             "status",
+            "reads_replication_slot",
             "lag_bytes",
             "lag_measured_at",
             "last_applied_commit_at",

@@ -165,3 +165,17 @@ def test_a_pipeline_keeping_up_or_paused_is_not_said_to_fall_behind(admin_browse
     section = at_risk_section(admin_browser.get("/admin/").content.decode())
     assert "falls behind" not in section
     assert "Nothing is wrong" in section
+
+
+def test_csv_and_http_sources_are_said_to_have_no_wal_not_to_be_unknown(admin_browser):
+    from sources.models import Source
+
+    Source.objects.create(name="exports", kind="csv", settings={"path": "/data/*.csv"})
+    PipelineFactory(name="orders", status="running")  # a PostgreSQL source, never probed
+    page = admin_browser.get("/admin/").content.decode()
+    sources_section = page.split('id="sources"')[1]
+    exports_row = sources_section.split(">exports</a>")[1].split("</tr>")[0]
+    assert "no WAL" in exports_row and "CSV files: no replication slot" in exports_row
+    assert "unknown" not in exports_row and "not probed yet" not in exports_row
+    # The source that does need a look comes first.
+    assert sources_section.index("not probed yet") < sources_section.index(">exports</a>")
