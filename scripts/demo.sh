@@ -41,10 +41,12 @@ fi
 set -a; . "$DEMO/env"; set +a
 
 # The README's manage.py commands read .env: point it at the demo, unless a .env that the
-# demo did not write is there (then say how to load the demo's settings instead).
+# demo did not write is there (then say how to load the demo's settings instead). Only what
+# the commands need: no SECRET_KEY, which docker-compose would also take from .env and
+# which the tests' "refuses to start without SECRET_KEY" checks must not find.
 MARK="# Written by scripts/demo.sh: the demo's settings. Delete it to use your own."
 if [ ! -f .env ] || head -1 .env | grep -qF "$MARK"; then
-  { echo "$MARK"; cat "$DEMO/env"; } > .env
+  { echo "$MARK"; grep -v '^SECRET_KEY=' "$DEMO/env"; } > .env
   ENV_NOTE="manage.py commands read .env, which points at the demo."
 else
   ENV_NOTE="Your own .env is kept; load the demo's first: set -a; . $DEMO/env; set +a"
