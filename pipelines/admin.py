@@ -80,6 +80,10 @@ class PipelineTableInline(admin.TabularInline):
             return format_html(
                 '<span class="rosetta-snapshot">copying: {} rows so far{}</span>', f"{copied:,}", since
             )
+        if not copied:  # not counted yet (a PostgreSQL destination's binary copy is never counted)
+            return format_html(
+                '<span class="rosetta-snapshot">copying: ~{} rows estimated{}</span>', f"{estimate:,}", since
+            )
         share = min(copied / estimate, 1.0)
         return format_html(
             '<span class="rosetta-snapshot">copying: {} of ~{} rows ({}%){}</span>'

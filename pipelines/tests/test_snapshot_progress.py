@@ -64,7 +64,16 @@ def test_a_table_being_copied_shows_its_progress_and_a_pending_one_says_pending(
         snapshot_rows_estimate=10_000,
     )
     PipelineTableFactory(pipeline=pipeline, table_name="b", snapshot_state="pending")
+    PipelineTableFactory(
+        pipeline=pipeline,
+        table_name="c",
+        snapshot_state="in_progress",
+        snapshot_rows_copied=0,
+        snapshot_rows_estimate=7_000,
+    )
     page = admin_browser.get(reverse("admin:pipelines_pipeline_change", args=[pipeline.pk])).content.decode()
     cells = page.split('class="field-snapshot"')[1:]
     assert "copying: 2,500 of ~10,000 rows (25%)" in cells[0]
     assert "<p>pending</p>" in cells[1].split("</td>")[0]
+    # Rows not counted (yet): the estimate, without a bar stuck at 0 %.
+    assert "copying: ~7,000 rows estimated" in cells[2] and "<progress" not in cells[2].split("</td>")[0]
