@@ -29,7 +29,7 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
 from engine.forecast import human_bytes, human_duration
-from monitoring.models import Resolution, SlotMetric, WalMetric
+from monitoring.models import AlertState, Condition, Level, Resolution, SlotMetric, WalMetric
 from monitoring.selectors import UNKNOWN, annotate_wal_health, health_of
 from pipelines.models import Pipeline, PipelineRun
 from rosetta.admin_utils import badge
@@ -231,6 +231,25 @@ def at_risk_items(now, sources: list[dict], forecasts: list[dict]) -> list:
                 reverse("admin:pipelines_pipeline_change", args=[pipeline.pk]),
                 pipeline.name,
                 pipeline.last_error[:160],
+            )
+        )
+    lost = (
+        AlertState.objects.filter(condition=Condition.SLOT_LOST)
+        .exclude(level=Level.OK)
+        .select_related("source")
+        .only("slot_name", "since", "source__id", "source__name")
+        .order_by("-since")[:10]
+    )
+    for alert in lost:
+        items.append(
+            format_html(
+                '{} slot {} on <a href="{}">{}</a> is lost (since {}): the changes it held are gone, '
+                "a pipeline reading it must copy its tables again",
+                badge("critical"),
+                alert.slot_name,
+                reverse("admin:sources_source_change", args=[alert.source.pk]),
+                alert.source.name,
+                f"{timezone.localtime(alert.since):%Y-%m-%d %H:%M}",
             )
         )
     for row in sources:

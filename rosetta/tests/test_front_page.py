@@ -179,3 +179,18 @@ def test_csv_and_http_sources_are_said_to_have_no_wal_not_to_be_unknown(admin_br
     assert "unknown" not in exports_row and "not probed yet" not in exports_row
     # The source that does need a look comes first.
     assert sources_section.index("not probed yet") < sources_section.index(">exports</a>")
+
+
+def test_a_lost_slot_is_named_among_the_at_risk_items(admin_browser):
+    source = SourceFactory(name="shop")
+    AlertState.objects.create(
+        key="server:1:slot:rosetta_slot:slot_lost",
+        source=source,
+        condition="slot_lost",
+        slot_name="rosetta_slot",
+        level="critical",
+    )
+    section = at_risk_section(admin_browser.get("/admin/").content.decode())
+    link = f'<a href="{reverse("admin:sources_source_change", args=[source.pk])}">shop</a>'
+    assert f"slot rosetta_slot on {link} is lost (since " in section
+    assert "a pipeline reading it must copy its tables again" in section
