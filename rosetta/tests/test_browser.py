@@ -143,6 +143,10 @@ def test_an_operator_sets_up_starts_watches_and_pauses_a_pipeline_in_a_browser(
 
     # Probe WAL now: the slot retains more than the 1-byte warn threshold.
     run_list_action(page, f"{base}/admin/sources/source/", "shop", "probe_wal_now")
+    # The source's page: its slots table and charts fit the window or scroll inside their box.
+    page.goto(f"{base}/admin/sources/source/{Source.objects.get(name='shop').pk}/change/")
+    page.wait_for_selector(".rosetta-wal-panel")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 1280
     page.goto(f"{base}/admin/")
     at_risk = page.inner_text("#at-risk")
     assert "source shop, slot " in at_risk and "warn" in at_risk
