@@ -147,6 +147,9 @@ def test_an_operator_sets_up_starts_watches_and_pauses_a_pipeline_in_a_browser(
     page.goto(f"{base}/admin/sources/source/{Source.objects.get(name='shop').pk}/change/")
     page.wait_for_selector(".rosetta-wal-panel")
     assert page.evaluate("document.documentElement.scrollWidth") <= 1280
+    # Not cut off by the form row either: the panel ends inside the window.
+    panel = page.locator(".rosetta-wal-panel").bounding_box()
+    assert panel["x"] + panel["width"] <= 1280, panel
     page.goto(f"{base}/admin/")
     at_risk = page.inner_text("#at-risk")
     assert "source shop, slot " in at_risk and "warn" in at_risk
