@@ -26,6 +26,10 @@ TEST_BROKER_URL = os.environ.get("ROSETTA_TEST_BROKER_URL", "redis://127.0.0.1:6
 def pytest_configure(config):
     settings.ROSETTA_ENCRYPTION_KEYS = [TEST_ENCRYPTION_KEY]
     settings.CELERY_BROKER_URL = TEST_BROKER_URL
+    # Celery prefers the environment's CELERY_BROKER_URL to the settings, and the settings
+    # load .env into the environment: with the demo's .env present, tasks would go to the
+    # demo's worker. The tests' broker wins.
+    os.environ["CELERY_BROKER_URL"] = TEST_BROKER_URL
     settings.CACHES["default"]["LOCATION"] = TEST_BROKER_URL
     settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

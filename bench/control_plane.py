@@ -195,8 +195,10 @@ def load(args, cluster: Cluster, work_dir: Path) -> dict:
                     name=f"pipeline-{i:05d}",
                     source_id=source_ids[i % len(source_ids)],
                     destination_id=destination_ids[i % len(destination_ids)],
-                    # One running pipeline per source (a slot feeds one pipeline).
+                    # One running pipeline per source (a slot feeds one pipeline); the others
+                    # stand for batch pipelines, which read no slot (pipeline_one_started_per_source).
                     status=Pipeline.Status.RUNNING if i < len(source_ids) else statuses[i % len(statuses)],
+                    reads_replication_slot=i < len(source_ids),
                     last_error="Database error (OperationalError): connection refused" if i % 9 == 8 else "",
                     lag_bytes=(i * 7919) % 50_000_000,
                     lag_measured_at=now,

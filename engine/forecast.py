@@ -37,6 +37,17 @@ def human_duration(seconds: float | None) -> str:
     return " ".join(shown) or "0 s"
 
 
+YEAR_SECONDS = 365 * 86400
+
+
+def human_time_left(seconds: float) -> str:
+    """'in 3 h 20 min', or 'not within a year' when the slot grows so slowly that a date
+    would only be noise ("in 11115 d")."""
+    if seconds > YEAR_SECONDS:
+        return "not within a year"
+    return f"in {human_duration(seconds)}"
+
+
 def growth_rate(points: list[tuple[dt.datetime, float]]) -> float | None:
     """Least-squares slope in bytes per second; None with fewer than two distinct times."""
     if len(points) < 2:
@@ -112,14 +123,17 @@ def forecast_slot(
         if retained_bytes is not None and retained_bytes < critical_bytes:
             to_critical = (critical_bytes - retained_bytes) / rate
             parts.append(
-                f"Reaches the critical threshold ({human_bytes(critical_bytes)}) in {human_duration(to_critical)}."
+                f"Reaches the critical threshold ({human_bytes(critical_bytes)}) {human_time_left(to_critical)}."
             )
         if safe_wal_size is not None:
             to_lost = max(0.0, safe_wal_size / rate)
-            parts.append(
-                f"safe_wal_size ({human_bytes(safe_wal_size)}) runs out in {human_duration(to_lost)}: "
-                "then the slot is lost."
-            )
+            if to_lost > YEAR_SECONDS:
+                parts.append(f"safe_wal_size ({human_bytes(safe_wal_size)}) does not run out within a year.")
+            else:
+                parts.append(
+                    f"safe_wal_size ({human_bytes(safe_wal_size)}) runs out in {human_duration(to_lost)}: "
+                    "then the slot is lost."
+                )
     return Forecast(
         growth_bytes_per_s=rate,
         seconds_to_critical=to_critical,

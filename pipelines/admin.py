@@ -10,6 +10,7 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
 from destinations.models import Destination
+from engine.forecast import human_duration
 from engine.names import format_identifier
 from engine.source import SourceProblem
 from rosetta.admin_utils import RecordAdmin, badge, report_per_object
@@ -27,6 +28,9 @@ class PipelineTableForm(forms.ModelForm):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        for field in self.NAME_FIELDS:  # narrower than the admin's 20em, so the inline fits the page
+            if field in self.fields:
+                self.fields[field].widget.attrs["style"] = "width: 10em"
         if self.instance.pk:
             for field in self.NAME_FIELDS:
                 value = getattr(self.instance, field)
@@ -42,21 +46,53 @@ class PipelineTableInline(admin.TabularInline):
         "schema_name",
         "table_name",
         "target_table",
-        "snapshot_state",
-        "snapshot_rows",
-        "rows_inserted",
-        "rows_updated",
-        "rows_deleted",
+        "snapshot",
+        "changes",
         "columns",
     ]
-    readonly_fields = [
-        "snapshot_state",
-        "snapshot_rows",
-        "rows_inserted",
-        "rows_updated",
-        "rows_deleted",
-        "columns",
-    ]
+    readonly_fields = ["snapshot", "changes", "columns"]
+
+    @admin.display(description="rows ins / upd / del")
+    def changes(self, table):
+        return f"{table.rows_inserted:,} / {table.rows_updated:,} / {table.rows_deleted:,}"
+
+    @admin.display(description="snapshot")
+    def snapshot(self, table):
+        """The table's copy: pending, done with its rows, or, while it runs, rows copied
+        of the planner's estimate (stored by services.SnapshotProgress)."""
+        if table.pipeline.source.is_batch:
+            return "-"  # CSV and HTTP JSON tables are loaded by runs, not copied first
+        if table.snapshot_state == PipelineTable.SnapshotState.DONE:
+            finished = table.snapshot_finished_at
+            return format_html(
+                '<span title="{}">done, {} rows</span>',
+                f"finished {timezone.localtime(finished):%Y-%m-%d %H:%M:%S}" if finished else "",
+                f"{table.snapshot_rows:,}",
+            )
+        if table.snapshot_state != PipelineTable.SnapshotState.IN_PROGRESS:
+            return table.get_snapshot_state_display().lower()
+        copied, estimate = table.snapshot_rows_copied, table.snapshot_rows_estimate
+        since = ""
+        if table.snapshot_started_at:
+            since = f", for {human_duration((timezone.now() - table.snapshot_started_at).total_seconds())}"
+        if not estimate:
+            return format_html(
+                '<span class="rosetta-snapshot">copying: {} rows so far{}</span>', f"{copied:,}", since
+            )
+        if not copied:  # not counted yet (a PostgreSQL destination's binary copy is never counted)
+            return format_html(
+                '<span class="rosetta-snapshot">copying: ~{} rows estimated{}</span>', f"{estimate:,}", since
+            )
+        share = min(copied / estimate, 1.0)
+        return format_html(
+            '<span class="rosetta-snapshot">copying: {} of ~{} rows ({}%){}</span>'
+            '<progress value="{}" max="100" style="display:block;width:120px"></progress>',
+            f"{copied:,}",
+            f"{estimate:,}",
+            int(share * 100),
+            since,
+            int(share * 100),
+        )
 
     @admin.display(description="columns (field -> column: type)")
     def columns(self, table):

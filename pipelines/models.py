@@ -303,6 +303,11 @@ class PipelineTable(models.Model):
         max_length=16, choices=SnapshotState.choices, default=SnapshotState.PENDING
     )
     snapshot_rows = models.BigIntegerField(default=0)
+    # While a snapshot runs: rows copied so far and the planner's estimate, so the
+    # pipeline page shows how far it is (written at most once a second).
+    snapshot_rows_copied = models.BigIntegerField(default=0, editable=False)
+    snapshot_rows_estimate = models.BigIntegerField(null=True, blank=True, editable=False)
+    snapshot_started_at = models.DateTimeField(null=True, blank=True, editable=False)
     snapshot_finished_at = models.DateTimeField(null=True, blank=True)
     rows_inserted = models.BigIntegerField(default=0)
     rows_updated = models.BigIntegerField(default=0)

@@ -541,6 +541,27 @@ def _mark_for_recopy(pipeline: Pipeline, tables: dict[tuple[str, str], str]) -> 
         )
 
 
+class SnapshotProgress:
+    """The engine's snapshot progress callback: tells the observer every time, and stores
+    rows copied and the estimate on the table at most once per PROGRESS_EVERY_SECONDS, so
+    the pipeline page shows how far a long copy is without a write per chunk."""
+
+    PROGRESS_EVERY_SECONDS = 1.0
+
+    def __init__(self, table: PipelineTable, observer: RunObserver):
+        self.table, self.observer = table, observer
+        self.stored_at = None
+
+    def __call__(self, rows: int, estimate: int) -> None:
+        self.observer.snapshot_progress(self.table.qualified_name, rows, estimate)
+        now = time.monotonic()
+        if self.stored_at is None or now - self.stored_at >= self.PROGRESS_EVERY_SECONDS:
+            self.stored_at = now
+            PipelineTable.objects.filter(pk=self.table.pk).update(
+                snapshot_rows_copied=rows, snapshot_rows_estimate=estimate
+            )
+
+
 def _snapshot_pending(pipeline: Pipeline, engine: Engine, observer: RunObserver) -> int:
     """Snapshot each table not yet copied, one at a time: an interrupted snapshot
     resumes with the tables still pending."""
@@ -549,22 +570,32 @@ def _snapshot_pending(pipeline: Pipeline, engine: Engine, observer: RunObserver)
     pending = pipeline.tables.exclude(snapshot_state=PipelineTable.SnapshotState.DONE)
     for table in pending:
         table.snapshot_state = PipelineTable.SnapshotState.IN_PROGRESS
-        table.save(update_fields=["snapshot_state"])
-        name = table.qualified_name
+        table.snapshot_rows_copied, table.snapshot_rows_estimate = 0, None
+        table.snapshot_started_at = timezone.now()
+        table.save(
+            update_fields=[
+                "snapshot_state",
+                "snapshot_rows_copied",
+                "snapshot_rows_estimate",
+                "snapshot_started_at",
+            ]
+        )
         try:
             rows = engine.snapshot_table(
                 specs[(table.schema_name, table.table_name)],
-                progress=lambda done, estimate, name=name: observer.snapshot_progress(name, done, estimate),
+                progress=SnapshotProgress(table, observer),
             )
         except Exception:
             table.snapshot_state = PipelineTable.SnapshotState.FAILED
             table.save(update_fields=["snapshot_state"])
             raise
         table.snapshot_state = PipelineTable.SnapshotState.DONE
-        table.snapshot_rows = rows
+        table.snapshot_rows = table.snapshot_rows_copied = rows
         table.snapshot_finished_at = timezone.now()
-        table.save(update_fields=["snapshot_state", "snapshot_rows", "snapshot_finished_at"])
-        observer.snapshot_done(name, rows)
+        table.save(
+            update_fields=["snapshot_state", "snapshot_rows", "snapshot_rows_copied", "snapshot_finished_at"]
+        )
+        observer.snapshot_done(table.qualified_name, rows)
         total += rows
     return total
 

@@ -7,15 +7,29 @@ query (monitoring.selectors.annotate_wal_health) and the slots' owners one more.
 
 import datetime as dt
 
+from django.contrib.postgres.aggregates import RegrSlope
 from django.core.paginator import Paginator
-from django.db.models import Case, Count, IntegerField, OuterRef, Subquery, Sum, Value, When
-from django.db.models.functions import TruncHour
+from django.db.models import (
+    Case,
+    Count,
+    Exists,
+    F,
+    FloatField,
+    IntegerField,
+    Max,
+    OuterRef,
+    Subquery,
+    Sum,
+    Value,
+    When,
+)
+from django.db.models.functions import Extract, TruncHour
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
 from engine.forecast import human_bytes, human_duration
-from monitoring.models import WalMetric
+from monitoring.models import AlertState, Condition, Level, Resolution, SlotMetric, WalMetric
 from monitoring.selectors import UNKNOWN, annotate_wal_health, health_of
 from pipelines.models import Pipeline, PipelineRun
 from rosetta.admin_utils import badge
@@ -25,6 +39,13 @@ PIPELINES_PER_PAGE = 50
 SOURCES_SHOWN = 50
 TREND_HOURS = 24
 FORECAST_HORIZON = dt.timedelta(hours=24)
+NO_WAL = "no WAL"
+# A running pipeline falls behind when its slot's unconfirmed WAL (its lag in bytes) grew
+# steadily over the last LAG_WINDOW of probes by at least a WAL segment: a pipeline keeping
+# up goes up and down between runs, one falling behind only goes up.
+LAG_WINDOW = dt.timedelta(minutes=15)
+LAG_GROWTH_MIN_BYTES = 16 * 1024**2
+LAG_MIN_PROBES = 3
 
 
 def sparkline(values: list[int], width: int = 120, height: int = 24):
@@ -89,7 +110,9 @@ def pipeline_rows(page_of_pipelines, now) -> list[dict]:
             {
                 "pipeline": pipeline,
                 "badge": badge(pipeline.get_status_display(), pipeline.status),
-                "lag_bytes": "not measured"
+                "lag_bytes": "batch"
+                if not pipeline.reads_replication_slot
+                else "not measured"
                 if pipeline.lag_bytes is None
                 else human_bytes(pipeline.lag_bytes),
                 "lag_time": "" if lag_seconds is None else human_duration(lag_seconds),
@@ -107,7 +130,14 @@ def source_rows(now) -> tuple[list[dict], list[dict], int]:
     sources = list(
         annotate_wal_health(
             Source.objects.order_by().only(
-                "id", "name", "pg_host", "pg_port", "slot_name", "wal_warn_bytes", "wal_critical_bytes"
+                "id",
+                "name",
+                "kind",
+                "pg_host",
+                "pg_port",
+                "slot_name",
+                "wal_warn_bytes",
+                "wal_critical_bytes",
             )
         ).annotate(wal_rate=Subquery(latest_rate.values("wal_rate_bytes_per_s")[:1]))
     )
@@ -118,9 +148,10 @@ def source_rows(now) -> tuple[list[dict], list[dict], int]:
         )
     }
     rows, forecasts, seen_slots = [], [], set()
-    rank = {"critical": 0, "warn": 1, UNKNOWN: 2, "ok": 3}
+    rank = {"critical": 0, "warn": 1, UNKNOWN: 2, "ok": 3, NO_WAL: 4}
     for source in sources:
-        source.health = health_of(source, now)
+        # CSV files and HTTP APIs have no WAL to watch: not "unknown", which asks for a look.
+        source.health = NO_WAL if source.is_batch else health_of(source, now)
     sources.sort(key=lambda s: (rank.get(s.health, 2), -(s.wal_largest_retained or 0), s.name))
     for source in sources:
         slot = source.wal_largest_retained_slot
@@ -147,6 +178,43 @@ def source_rows(now) -> tuple[list[dict], list[dict], int]:
     return rows, forecasts, len(sources)
 
 
+def pipelines_falling_behind(now) -> list[dict]:
+    """Running PostgreSQL pipelines whose lag grows: one GROUP BY over the last LAG_WINDOW of
+    their slots' probes (least-squares slope of unconfirmed bytes over time), worst first."""
+    running_on_source = Pipeline.objects.filter(
+        source=OuterRef("source"), status=Pipeline.Status.RUNNING, reads_replication_slot=True
+    )
+    seconds = Extract("probed_at", "epoch", output_field=FloatField())
+    growth = (
+        SlotMetric.objects.filter(
+            probed_at__gte=now - LAG_WINDOW,
+            resolution=Resolution.RAW,
+            unconfirmed_bytes__isnull=False,
+            slot_name=F("source__slot_name"),
+        )
+        .filter(Exists(running_on_source))
+        .values("source_id")
+        .annotate(slope=RegrSlope("unconfirmed_bytes", seconds), probes=Count("pk"), latest=Max("probed_at"))
+        .filter(probes__gte=LAG_MIN_PROBES, slope__gte=LAG_GROWTH_MIN_BYTES / LAG_WINDOW.total_seconds())
+        .order_by("-slope")[:10]
+    )
+    by_source = {row["source_id"]: row for row in growth}
+    if not by_source:
+        return []
+    pipelines = Pipeline.objects.filter(
+        source_id__in=by_source, status=Pipeline.Status.RUNNING, reads_replication_slot=True
+    ).only("id", "name", "source_id", "lag_bytes")
+    behind = [
+        {
+            "pipeline": pipeline,
+            "grew": by_source[pipeline.source_id]["slope"] * LAG_WINDOW.total_seconds(),
+            "rate": by_source[pipeline.source_id]["slope"],
+        }
+        for pipeline in pipelines
+    ]
+    return sorted(behind, key=lambda row: -row["rate"])
+
+
 def at_risk_items(now, sources: list[dict], forecasts: list[dict]) -> list:
     """Links to what needs a look now, the worst first."""
     items = []
@@ -165,6 +233,25 @@ def at_risk_items(now, sources: list[dict], forecasts: list[dict]) -> list:
                 pipeline.last_error[:160],
             )
         )
+    lost = (
+        AlertState.objects.filter(condition=Condition.SLOT_LOST)
+        .exclude(level=Level.OK)
+        .select_related("source")
+        .only("slot_name", "since", "source__id", "source__name")
+        .order_by("-since")[:10]
+    )
+    for alert in lost:
+        items.append(
+            format_html(
+                '{} slot {} on <a href="{}">{}</a> is lost (since {}): the changes it held are gone, '
+                "a pipeline reading it must copy its tables again",
+                badge("critical"),
+                alert.slot_name,
+                reverse("admin:sources_source_change", args=[alert.source.pk]),
+                alert.source.name,
+                f"{timezone.localtime(alert.since):%Y-%m-%d %H:%M}",
+            )
+        )
     for row in sources:
         source = row["source"]
         if source.health in ("critical", "warn") and not row["repeated"]:
@@ -178,6 +265,19 @@ def at_risk_items(now, sources: list[dict], forecasts: list[dict]) -> list:
                     retained,
                 )
             )
+    for row in pipelines_falling_behind(now):
+        items.append(
+            format_html(
+                '{} pipeline <a href="{}">{}</a> falls behind: its lag grew by about {} in the last {} min '
+                "({}/s)",
+                badge("warn"),
+                reverse("admin:pipelines_pipeline_change", args=[row["pipeline"].pk]),
+                row["pipeline"].name,
+                human_bytes(row["grew"]),
+                int(LAG_WINDOW.total_seconds() // 60),
+                human_bytes(row["rate"]),
+            )
+        )
     for forecast in forecasts:
         items.append(
             format_html(
@@ -207,6 +307,7 @@ def front_page_context(request, now=None) -> dict:
             "id",
             "name",
             "status",
+            "reads_replication_slot",
             "lag_bytes",
             "lag_measured_at",
             "last_applied_commit_at",

@@ -34,14 +34,15 @@ def component_status(component: str, now=None) -> str:
 
 
 def probes_status(now=None) -> str:
-    """ "ok" when every source older than the stale window has a probe inside it."""
+    """ "ok" when every PostgreSQL source older than the stale window has a probe inside it
+    (CSV and HTTP JSON sources have no WAL: the probe skips them)."""
     from monitoring.models import WalMetric
     from sources.models import Source
 
     now = now or timezone.now()
     cutoff = now - timedelta(seconds=settings.ROSETTA_PROBE_STALE_SECONDS)
     stale = (
-        Source.objects.filter(created_at__lt=cutoff)
+        Source.objects.filter(created_at__lt=cutoff, kind=Source.Kind.POSTGRES)
         .exclude(Exists(WalMetric.objects.filter(source=OuterRef("pk"), probed_at__gte=cutoff)))
         .count()
     )

@@ -7,7 +7,11 @@ import environ
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
-environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+# The variables below may also come from this file (the environment wins); empty reads none,
+# as the tests do when they check what happens without a setting.
+ENV_FILE = env.str("ROSETTA_ENV_FILE", default=str(BASE_DIR / ".env"))
+if ENV_FILE:
+    environ.Env.read_env(ENV_FILE, overwrite=False)
 
 # "development" or "production"; production turns on the hardening below and
 # refuses to start (a system check error each, see rosetta/apps.py) without these

@@ -10,6 +10,13 @@ mkdir -p "$DEMO"
 stop_demo() {
   if [ -f "$DEMO/pids" ]; then
     while read -r pid; do kill "$pid" 2>/dev/null || true; done < "$DEMO/pids"
+    # Wait for them to exit (a worker finishes its task), so a restart finds port 8000 free.
+    for _ in $(seq 1 40); do
+      alive=0
+      while read -r pid; do kill -0 "$pid" 2>/dev/null && alive=1; done < "$DEMO/pids"
+      [ "$alive" = 0 ] && break
+      sleep 0.5
+    done
     rm -f "$DEMO/pids"
   fi
   if [ -f "$DEMO/pg/data/postmaster.pid" ]; then
@@ -34,10 +41,12 @@ fi
 set -a; . "$DEMO/env"; set +a
 
 # The README's manage.py commands read .env: point it at the demo, unless a .env that the
-# demo did not write is there (then say how to load the demo's settings instead).
+# demo did not write is there (then say how to load the demo's settings instead). Only what
+# the commands need: no SECRET_KEY, which docker-compose would also take from .env and
+# which the tests' "refuses to start without SECRET_KEY" checks must not find.
 MARK="# Written by scripts/demo.sh: the demo's settings. Delete it to use your own."
 if [ ! -f .env ] || head -1 .env | grep -qF "$MARK"; then
-  { echo "$MARK"; cat "$DEMO/env"; } > .env
+  { echo "$MARK"; grep -v '^SECRET_KEY=' "$DEMO/env"; } > .env
   ENV_NOTE="manage.py commands read .env, which points at the demo."
 else
   ENV_NOTE="Your own .env is kept; load the demo's first: set -a; . $DEMO/env; set +a"
@@ -80,10 +89,18 @@ start beat $PY -m celery -A rosetta beat --loglevel=INFO
 start generator $PY manage.py demo --generate --source-port "$SOURCE_PORT" --exports-dir "$PWD/$DEMO/exports"
 start reviews-api $PY manage.py demo --serve-api
 
-for _ in $(seq 1 50); do
-  curl -fs http://127.0.0.1:8000/api/health/ >/dev/null 2>&1 && break
-  sleep 0.2
+# Ready when /api/health/ says every component is up: the worker and Beat count once their
+# first heartbeat is in (a few seconds after they start).
+HEALTH=""
+for _ in $(seq 1 120); do
+  if HEALTH=$(curl -fs http://127.0.0.1:8000/api/health/ 2>/dev/null); then HEALTH=ok; break; fi
+  sleep 0.5
 done
+if [ "$HEALTH" != ok ]; then
+  echo "demo: not healthy after 60 s: $(curl -s http://127.0.0.1:8000/api/health/ 2>/dev/null || echo 'the web process does not answer')" >&2
+  echo "demo: see the logs in $DEMO/ (web.log, worker.log, beat.log); stop it with: bash scripts/demo.sh stop" >&2
+  exit 1
+fi
 
 cat <<MSG
 
@@ -96,6 +113,7 @@ Rosetta demo is running.
             http://127.0.0.1:8765/reviews, loaded every minute into $PWD/$DEMO/files.duckdb
             by "products-to-duckdb" and "reviews-to-duckdb"
   Commands: $ENV_NOTE
+            e.g. .venv/bin/python manage.py pipeline_stats shop-to-duckdb
   Logs:     $DEMO/web.log, worker.log, beat.log, generator.log, reviews-api.log
   Stop:     bash scripts/demo.sh stop
 MSG

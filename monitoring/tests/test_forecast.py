@@ -1,6 +1,7 @@
 """The forecast an operator reads: when retained WAL reaches critical, when safe_wal_size runs out."""
 
 import datetime as dt
+import re
 
 import pytest
 
@@ -46,3 +47,15 @@ def test_a_slot_that_is_not_growing_or_already_over_says_so():
 def test_sizes_and_durations_read_like_postgresql_and_people_write_them():
     assert [human_bytes(v) for v in (0, 1536, 5 * 1024**3, None)] == ["0 B", "1.5 kB", "5 GB", "n/a"]
     assert [human_duration(s) for s in (45, 3725, 90061)] == ["45 s", "1 h 2 min", "1 d 1 h"]
+
+
+def test_a_slot_growing_a_few_bytes_a_second_is_forecast_not_within_a_year_instead_of_in_thousands_of_days():
+    # 5 bytes a second, 4.8 GB to go: 32 years away.
+    forecast = forecast_slot(points(300, start=200 * MB), 200 * MB, 5 * 1024 * MB, 4 * 1024 * MB, NOW)
+    assert forecast.summary == (
+        "Growing 5 B/s. Reaches the critical threshold (5 GB) not within a year. "
+        "safe_wal_size (4 GB) does not run out within a year."
+    )
+    assert not re.search(r"\d d\b", forecast.summary)
+    soon = forecast_slot(points(60 * MB, start=100 * MB), 700 * MB, 1000 * MB, None, NOW)
+    assert "in 5 min" in soon.summary

@@ -76,13 +76,13 @@ def test_changelist_shows_status_badge_last_run_and_error(admin_browser):
 
 
 def test_change_page_shows_tables_inline_and_recent_runs(admin_browser):
-    table = PipelineTableFactory(table_name="orders", snapshot_rows=1234)
+    table = PipelineTableFactory(table_name="orders", snapshot_state="done", snapshot_rows=1234)
     PipelineRunFactory(pipeline=table.pipeline, end_lsn="0/ABCDEF0")
     page = admin_browser.get(
         reverse("admin:pipelines_pipeline_change", args=[table.pipeline.pk])
     ).content.decode()
     assert 'value="orders"' in page
-    assert "1234" in page
+    assert "done, 1,234 rows" in page
     assert "0/ABCDEF0" in page
 
 

@@ -134,3 +134,63 @@ def test_staff_without_view_permissions_see_the_app_list_but_no_front_page(clien
         Permission.objects.get(codename="view_pipeline"), Permission.objects.get(codename="view_source")
     )
     assert "secret-plans" in client.get("/admin/").content.decode()
+
+
+def probed_lag(source, *unconfirmed_mb, minutes_apart=4):
+    """Probes of the source's slot, the oldest first, ending now."""
+    now = timezone.now()
+    for i, mb in enumerate(reversed(unconfirmed_mb)):
+        SlotMetric.objects.create(
+            source=source,
+            probed_at=now - timedelta(minutes=i * minutes_apart),
+            slot_name=source.slot_name,
+            retained_bytes=mb * 1024**2,
+            unconfirmed_bytes=mb * 1024**2,
+        )
+
+
+def test_a_running_pipeline_whose_lag_keeps_growing_is_flagged_as_falling_behind(admin_browser):
+    pipeline = PipelineFactory(name="orders", status="running")
+    probed_lag(pipeline.source, 10, 40, 70, 100)  # 30 MB more every 4 minutes
+    section = at_risk_section(admin_browser.get("/admin/").content.decode())
+    link = f'<a href="{reverse("admin:pipelines_pipeline_change", args=[pipeline.pk])}">orders</a>'
+    assert f"pipeline {link} falls behind: its lag grew by about 112.5 MB in the last 15 min" in section
+
+
+def test_a_pipeline_keeping_up_or_paused_is_not_said_to_fall_behind(admin_browser):
+    keeping_up = PipelineFactory(name="keeping-up", status="running")
+    probed_lag(keeping_up.source, 50, 2, 60, 1)  # read down to nothing at every run
+    paused = PipelineFactory(name="paused-on-purpose", status="paused")
+    probed_lag(paused.source, 10, 40, 70, 100)  # the WAL thresholds watch a paused slot
+    section = at_risk_section(admin_browser.get("/admin/").content.decode())
+    assert "falls behind" not in section
+    assert "Nothing is wrong" in section
+
+
+def test_csv_and_http_sources_are_said_to_have_no_wal_not_to_be_unknown(admin_browser):
+    from sources.models import Source
+
+    Source.objects.create(name="exports", kind="csv", settings={"path": "/data/*.csv"})
+    PipelineFactory(name="orders", status="running")  # a PostgreSQL source, never probed
+    page = admin_browser.get("/admin/").content.decode()
+    sources_section = page.split('id="sources"')[1]
+    exports_row = sources_section.split(">exports</a>")[1].split("</tr>")[0]
+    assert "no WAL" in exports_row and "CSV files: no replication slot" in exports_row
+    assert "unknown" not in exports_row and "not probed yet" not in exports_row
+    # The source that does need a look comes first.
+    assert sources_section.index("not probed yet") < sources_section.index(">exports</a>")
+
+
+def test_a_lost_slot_is_named_among_the_at_risk_items(admin_browser):
+    source = SourceFactory(name="shop")
+    AlertState.objects.create(
+        key="server:1:slot:rosetta_slot:slot_lost",
+        source=source,
+        condition="slot_lost",
+        slot_name="rosetta_slot",
+        level="critical",
+    )
+    section = at_risk_section(admin_browser.get("/admin/").content.decode())
+    link = f'<a href="{reverse("admin:sources_source_change", args=[source.pk])}">shop</a>'
+    assert f"slot rosetta_slot on {link} is lost (since " in section
+    assert "a pipeline reading it must copy its tables again" in section

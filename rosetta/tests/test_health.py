@@ -71,6 +71,20 @@ def test_health_is_503_when_a_source_has_no_recent_probe(settings):
     assert body["probes"] == f"stale (1 source(s) not probed in {settings.ROSETTA_PROBE_STALE_SECONDS} s)"
 
 
+@pytest.mark.django_db
+def test_csv_and_http_sources_which_the_probe_skips_never_make_probes_stale(settings):
+    heartbeat.record("worker")
+    heartbeat.record("beat")
+    old = timezone.now() - timedelta(seconds=settings.ROSETTA_PROBE_STALE_SECONDS + 60)
+    from sources.models import Source
+
+    exports = Source.objects.create(name="exports", kind="csv", settings={"path": "/data/*.csv"})
+    api = Source.objects.create(name="reviews", kind="http_json", settings={"url": "http://127.0.0.1/r"})
+    Source.objects.filter(pk__in=[exports.pk, api.pk]).update(created_at=old)
+    status, body = get_health()
+    assert (status, body["probes"]) == (200, "ok"), body
+
+
 def _start(args, log_path, db_name, port):
     env = {
         **os.environ,

@@ -1,8 +1,11 @@
 """GET /metrics: Prometheus text from the database, protected by a token or an allow-list."""
 
+import re
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
+import yaml
 from django.test import Client
 from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
@@ -91,3 +94,28 @@ def test_two_web_processes_agree_because_figures_come_from_the_database(settings
     second = samples(scrape(Client(), REMOTE_ADDR="127.0.0.1"))
     assert first == second
     assert first[("rosetta_pipeline_status", (("pipeline", "orders"), ("status", "paused")))] == 1
+
+
+def readme_alert_rules() -> list[dict]:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = readme.split("Sample alert rules, `rosetta-rules.yml`")[1].split("```yaml\n")[1].split("```")[0]
+    return yaml.safe_load(block)["groups"][0]["rules"]
+
+
+def test_the_readme_alert_rules_name_only_series_that_metrics_exports(settings):
+    """A rule on a series /metrics does not export never fires: the README's sample rules
+    must match what a scrape returns."""
+    now = timezone.now()
+    pipeline = PipelineFactory(name="orders", status="failed", lag_bytes=1, lag_measured_at=now)
+    WalMetric.objects.create(source=pipeline.source, probed_at=now)
+    SlotMetric.objects.create(
+        source=pipeline.source, probed_at=now, slot_name="s", retained_bytes=1, wal_status="lost"
+    )
+    exported = {name for name, _ in samples(scrape(REMOTE_ADDR="127.0.0.1"))}
+    rules = readme_alert_rules()
+    assert {"RosettaSlotLost", "RosettaPipelineFailed", "RosettaPipelineLagging"} <= {
+        r["alert"] for r in rules
+    }
+    for rule in rules:
+        for series in re.findall(r"\brosetta_[a-z_]+", rule["expr"]):
+            assert series in exported, f"{rule['alert']} uses {series}, which /metrics does not export"

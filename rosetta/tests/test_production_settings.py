@@ -19,8 +19,10 @@ REQUIRED = ["SECRET_KEY", "ALLOWED_HOSTS", "DATABASE_URL", "CELERY_BROKER_URL", 
 
 
 def run(command, env, timeout=60):
-    """Run with only the given variables (and PATH/HOME), so nothing leaks in from the test's own environment."""
+    """Run with only the given variables (and PATH/HOME), so nothing leaks in from the test's own
+    environment, nor from a .env file (the demo writes one)."""
     base = {key: os.environ[key] for key in ("PATH", "HOME", "LANG") if key in os.environ}
+    base["ROSETTA_ENV_FILE"] = ""
     return subprocess.run(
         command, cwd=ROOT, env={**base, **env}, capture_output=True, text=True, timeout=timeout
     )

@@ -32,9 +32,11 @@ def test_health_reports_every_component_without_authentication():
 
 
 @pytest.mark.django_db
-def test_health_says_degraded_when_the_broker_is_down(settings):
+def test_health_says_degraded_when_the_broker_is_down(settings, monkeypatch):
     from rosetta.celery import app
 
+    # Celery reads the environment's CELERY_BROKER_URL before its settings.
+    monkeypatch.setenv("CELERY_BROKER_URL", "redis://127.0.0.1:1/0")
     app.conf.broker_url = "redis://127.0.0.1:1/0"
     try:
         response = APIClient().get("/api/health/")
@@ -62,6 +64,7 @@ def test_swagger_ui_uses_local_assets(admin_browser):
 def run_manage(*args, **env):
     full_env = {key: value for key, value in os.environ.items() if not key.startswith("ROSETTA_")}
     full_env.pop("SECRET_KEY", None)
+    full_env["ROSETTA_ENV_FILE"] = ""  # not the demo's .env either
     full_env.update(env)
     return subprocess.run(
         [sys.executable, "manage.py", *args], cwd=ROOT, env=full_env, capture_output=True, text=True
@@ -125,3 +128,12 @@ def test_env_example_documents_every_variable_the_settings_read():
     documented = set(re.findall(r"^#?\s*([A-Z_]+)=", (ROOT / ".env.example").read_text(), re.MULTILINE))
     assert read, "no env reads found: the pattern is out of date"
     assert read - documented == set()
+
+
+def test_tasks_go_to_the_tests_broker_even_when_a_demo_env_file_names_another():
+    """After `bash scripts/demo.sh`, .env names the demo's Redis database; a task the tests
+    enqueue must still reach the tests' worker, not the demo's."""
+    from conftest import TEST_BROKER_URL
+    from rosetta.celery import app
+
+    assert app.connection_for_write().as_uri(include_password=True) == TEST_BROKER_URL
