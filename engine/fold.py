@@ -153,7 +153,10 @@ class BatchBuilder:
             raise ValueError(f"fast_path: {self.fast_path!r} is not compiled, python or none")
         self._fast = self.text_values and self.fast_path != "none"
         if self._fast and self.fast_path == "compiled" and _fastfold is not None:
-            self.feed = _fastfold.feed.__get__(self)
+            # The class, not a bound method kept on the instance: that would be a reference
+            # cycle, and the runner folds with the garbage collector off, so every part
+            # would stay in memory until the end of the run.
+            self.__class__ = _CompiledBatchBuilder
         self._relations: dict[int, _RelationState | None] = self.relations
         self._in_transaction = False
         self._skip = False
@@ -424,3 +427,10 @@ class BatchBuilder:
             batch.last_commit_time = message.commit_time
         self._in_transaction = False
         self._skip = False
+
+
+class _CompiledBatchBuilder(BatchBuilder):
+    """BatchBuilder whose feed is the compiled one (engine/_fastfold.pyx): same steps."""
+
+    if _fastfold is not None:
+        feed = _fastfold.feed

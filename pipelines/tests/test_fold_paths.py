@@ -2,6 +2,9 @@
 general path, on pgoutput bytes a real server produced in this test run: the same bytes
 and the same fold cases must give the same batch, whichever path read them."""
 
+import gc
+import weakref
+
 import psycopg
 import pytest
 
@@ -107,6 +110,21 @@ def test_compiled_module_is_built_and_used():
     assert builder.feed.__func__ is fold._fastfold.feed
     typed = BatchBuilder(0, SPECS)  # typed values (Snowflake) always take the general path
     assert typed.feed.__func__ is BatchBuilder.feed
+
+
+def test_a_builder_is_freed_without_the_garbage_collector(cases):
+    """The runner folds with gc off: a builder (and the part it holds) must go when dropped."""
+    gc.disable()
+    try:
+        for path in PATHS:
+            builder = BatchBuilder(0, SPECS, text_values=True, fast_path=path)
+            for data in cases["changes"]:
+                builder.feed(data)
+            gone = weakref.ref(builder.finish())
+            del builder
+            assert gone() is None, path
+    finally:
+        gc.enable()
 
 
 def test_fold_cases_give_the_same_batch_on_every_path(cases):
