@@ -16,8 +16,13 @@ jsonb, two timestamptz), then prints, for the PostgreSQL and DuckDB destinations
   transactions of 1,000) caught up one run per batch as pipelines.services
   runs them (new connections, read + decode + fold, apply_batch, advance),
   beside one `pg_logical_slot_peek_binary_changes` of the whole backlog read
-  and discarded, with where the time went; then the client's share alone
-  (decode + fold of the whole backlog, nothing applied). --changes 0 skips CDC.
+  and discarded, with where the time went, and beside PostgreSQL's own logical
+  replication catching up the same backlog (a subscription in a third database,
+  holding the same rows, with copy_data = false on a slot created before the
+  changes, enabled after them, timed until its slot confirms the end); then the
+  client's share alone (decode + fold of the whole backlog, nothing applied).
+  Rosetta's CDC rates are printed as a ratio to the peek and to the subscription.
+  --changes 0 skips CDC.
 """
 
 import argparse
@@ -34,6 +39,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import psycopg  # noqa: E402
+from psycopg import sql  # noqa: E402
 
 from engine.fold import BatchBuilder, TableSpec  # noqa: E402
 from engine.runner import Engine  # noqa: E402
@@ -195,6 +201,41 @@ def peek_discarded(kwargs: dict, slot: str) -> tuple[int, int, float]:
         return count, nbytes, time.perf_counter() - started
 
 
+def copy_table(source_kwargs: dict, target_kwargs: dict) -> None:
+    """The source table's rows into the same table of another database (binary COPY)."""
+    with (
+        psycopg.connect(**source_kwargs) as src,
+        psycopg.connect(**target_kwargs) as dst,
+        src.cursor().copy("COPY orders TO STDOUT (FORMAT binary)") as out,
+        dst.cursor().copy("COPY orders FROM STDIN (FORMAT binary)") as into,
+    ):
+        for block in out:
+            into.write(block)
+
+
+def native_subscription(source_kwargs: dict, native_kwargs: dict, slot: str, end_lsn: str) -> float:
+    """Enable the subscription on `slot` and time it until the slot confirms `end_lsn`."""
+    with (
+        psycopg.connect(**native_kwargs, autocommit=True) as native,
+        psycopg.connect(**source_kwargs, autocommit=True) as source,
+    ):
+        started = time.perf_counter()
+        native.execute("ALTER SUBSCRIPTION native ENABLE")
+        while True:
+            (done,) = source.execute(
+                "SELECT confirmed_flush_lsn >= %s::pg_lsn FROM pg_replication_slots WHERE slot_name = %s",
+                [end_lsn, slot],
+            ).fetchone()
+            if done:
+                seconds = time.perf_counter() - started
+                break
+            if time.perf_counter() - started > 3600:
+                raise RuntimeError("the native subscription did not catch up within an hour")
+            time.sleep(0.05)
+        native.execute("ALTER SUBSCRIPTION native DISABLE")
+    return seconds
+
+
 def decode_only(kwargs: dict, slot: str) -> tuple[int, float]:
     """Decode and fold one peek of the backlog, without applying it (the client's share)."""
     with psycopg.connect(**kwargs, autocommit=True) as conn, conn.cursor(binary=True) as cur:
@@ -221,6 +262,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=1_000_000)  # the Pipeline default
     parser.add_argument("--read-path", choices=["stream", "peek"], default="stream")
     parser.add_argument("--dlt-backend", choices=["pyarrow", "sqlalchemy", "none"], default="pyarrow")
+    # Only the peek limit and the decode + fold line: the client's share, which a shared
+    # machine's load disturbs less than the end-to-end figures.
+    parser.add_argument("--decode-only", action="store_true")
     args = parser.parse_args()
     rss = PeakRSS()
 
@@ -230,7 +274,9 @@ def main() -> None:
         with psycopg.connect(cluster.dsn(), autocommit=True) as admin:
             admin.execute("CREATE DATABASE bench_src")
             admin.execute("CREATE DATABASE bench_dst")
+            admin.execute("CREATE DATABASE bench_native")  # PostgreSQL's own subscription
         source_kwargs = {"host": "127.0.0.1", "port": cluster.port, "dbname": "bench_src", "user": "postgres"}
+        native_kwargs = {**source_kwargs, "dbname": "bench_native"}
         writers = {
             "PostgreSQL": PostgresWriter(
                 {
@@ -245,22 +291,37 @@ def main() -> None:
             "DuckDB": DuckDBWriter({"path": str(work / "bench.duckdb")}),
         }
         slots = {"PostgreSQL": "bench_pg", "DuckDB": "bench_duck"}
+        table_ddl = """
+            CREATE TABLE orders (
+                id bigint PRIMARY KEY, customer int, amount numeric(12,2), note text,
+                details jsonb, created_at timestamptz, updated_at timestamptz)
+        """
         with psycopg.connect(**source_kwargs, autocommit=True) as conn:
-            conn.execute(
-                """
-                CREATE TABLE orders (
-                    id bigint PRIMARY KEY, customer int, amount numeric(12,2), note text,
-                    details jsonb, created_at timestamptz, updated_at timestamptz)
-                """
-            )
+            conn.execute(table_ddl)
             for start in range(0, args.rows, 100_000):
                 fill(conn, start + 1, min(start + 100_000, args.rows))
             conn.execute("VACUUM ANALYZE orders")
             conn.execute("CREATE PUBLICATION bench FOR TABLE orders")
-            for slot in [*slots.values(), "bench_decode"]:  # the last for the decode-only figure
+            for slot in [*slots.values(), "bench_decode", "bench_native"]:  # decode-only figure, subscription
                 conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", [slot])
+        if args.changes and not args.decode_only:
+            # The subscriber starts from the same rows, so its updates and deletes find them.
+            with psycopg.connect(**native_kwargs, autocommit=True) as conn:
+                conn.execute(table_ddl)
+            copy_table(source_kwargs, native_kwargs)
+            with psycopg.connect(**native_kwargs, autocommit=True) as conn:
+                conn.execute("VACUUM ANALYZE orders")
+                conn.execute(
+                    sql.SQL(
+                        "CREATE SUBSCRIPTION native CONNECTION {} PUBLICATION bench WITH (copy_data = false, "
+                        "create_slot = false, slot_name = 'bench_native', enabled = false)"
+                    ).format(sql.Literal(cluster.dsn("bench_src")))
+                )
 
-        print(f"Snapshot of {args.rows:,} rows")
+        if args.decode_only:
+            writers, args.dlt_backend = {}, "none"
+        else:
+            print(f"Snapshot of {args.rows:,} rows")
         count, copy_bytes, seconds = copy_discarded(source_kwargs, "binary")
         copy_limit = count / seconds
         line("limit: COPY TO STDOUT binary, discarded", count, copy_bytes, seconds)
@@ -319,12 +380,19 @@ def main() -> None:
                 **source_kwargs, autocommit=True, options="-c synchronous_commit=on"
             ) as conn:
                 changes = workload(conn, args.rows, args.changes)
+                (end_lsn,) = conn.execute("SELECT pg_current_wal_flush_lsn()::text").fetchone()
             print(
                 f"\nCDC catch-up of {changes:,} changes (batch size {args.batch_size:,}, read path {args.read_path})"
             )
             count, nbytes, seconds = peek_discarded(source_kwargs, slots["DuckDB"])
             peek_limit = count / seconds
             line("limit: one peek of everything, discarded", count, nbytes, seconds)
+            native_rate = None
+            if not args.decode_only:
+                gc.collect()
+                seconds = native_subscription(source_kwargs, native_kwargs, "bench_native", end_lsn)
+                native_rate = changes / seconds
+                line("PostgreSQL's own subscription (apply worker)", changes, nbytes, seconds, peek_limit)
             for name, writer in writers.items():
                 totals = {}
                 applied = 0
@@ -352,6 +420,7 @@ def main() -> None:
                         break
                 seconds = time.perf_counter() - started
                 line(f"Rosetta CDC into {name} ({runs} runs)", applied, nbytes, seconds, peek_limit)
+                print(f"    {applied / seconds / native_rate:.2f}x the rate of PostgreSQL's own subscription")
                 print(
                     "    time went to: "
                     + ", ".join(
@@ -365,6 +434,8 @@ def main() -> None:
             # process (Python keeps the memory), which would blur the RSS figures above.
             decoded, seconds = decode_only(source_kwargs, "bench_decode")
             line("decode + fold only, text values (client side)", decoded, nbytes, seconds, peek_limit)
+            if native_rate:
+                print(f"    {decoded / seconds / native_rate:.2f}x the rate of PostgreSQL's own subscription")
         for writer in writers.values():
             writer.close()
     finally:

@@ -16,6 +16,15 @@ from .pgtypes import converter, fast_converter
 
 log = logging.getLogger(__name__)
 
+_ROW_CHANGES = frozenset(b"IUD")
+_oid = pgoutput._uint32.unpack_from
+text_row = pgoutput.text_row
+
+try:  # the compiled fast path (engine/_fastfold.pyx, built by scripts/setup.sh)
+    from . import _fastfold
+except ImportError:  # not built: the pure-Python path below does the same, slower
+    _fastfold = None
+
 
 @dataclass
 class TableSpec:
@@ -59,6 +68,8 @@ class _RelationState:
         "key_getter",
         "predates_copy",
         "generated",
+        "key_of_values",
+        "fast",
     )
 
     def __init__(self, relation: Relation, spec: TableSpec):
@@ -83,6 +94,17 @@ class _RelationState:
         # row dict -> key tuple (text values are hashable as they are)
         getter = itemgetter(*self.key_names) if self.key_names else None
         self.key_getter = (lambda row: (getter(row),)) if len(self.key_names) == 1 else getter
+        # The fast path (BatchBuilder._fast_change, text values): the key straight from a
+        # tuple's value list, by the key columns' positions, without a row dict.
+        positions = [i for i, column in enumerate(relation.columns) if column.is_key]
+        self.fast = bool(positions) and not self.generated
+        if not positions:
+            self.key_of_values = None
+        elif len(positions) == 1:
+            (position,) = positions
+            self.key_of_values = lambda values: (values[position],)
+        else:
+            self.key_of_values = itemgetter(*positions)
         # a shape older than the copy made in this run: see TableSpec.copied_shape
         # (or one whose replica identity lacks a column of the key the copy was made with)
         self.predates_copy = spec.copied_shape is not None and (
@@ -128,7 +150,20 @@ class BatchBuilder:
     # partition's name (a publication without publish_via_partition_root).
     partitions: dict[tuple[str, str], TableSpec] = field(default_factory=dict)
 
+    # How Insert/Update/Delete with text values are read: "compiled" (engine/_fastfold.pyx,
+    # when built; else "python"), "python" (_fast_change), or "none" (every message through
+    # pgoutput.decode: the reference the fast paths are tested against).
+    fast_path: str = "compiled"
+
     def __post_init__(self):
+        if self.fast_path not in ("compiled", "python", "none"):
+            raise ValueError(f"fast_path: {self.fast_path!r} is not compiled, python or none")
+        self._fast = self.text_values and self.fast_path != "none"
+        if self._fast and self.fast_path == "compiled" and _fastfold is not None:
+            # The class, not a bound method kept on the instance: that would be a reference
+            # cycle, and the runner folds with the garbage collector off, so every part
+            # would stay in memory until the end of the run.
+            self.__class__ = _CompiledBatchBuilder
         self._relations: dict[int, _RelationState | None] = self.relations
         self._in_transaction = False
         self._skip = False
@@ -139,8 +174,16 @@ class BatchBuilder:
     # -- messages -------------------------------------------------------------
 
     def feed(self, data) -> None:
+        """One message. The compiled module's feed (the same steps) replaces this one
+        when it is built."""
         self.messages += 1
         self.batch.bytes_read += len(data)
+        if self._fast and data[0] in _ROW_CHANGES and self._fast_change(data):
+            return
+        self._feed_message(data)
+
+    def _feed_message(self, data) -> None:
+        """Every message, every case: decoded to its message object, then folded."""
         message = pgoutput.decode(data, self.text_values)
         kind = type(message)
         if kind is pgoutput.Insert:
@@ -260,6 +303,54 @@ class BatchBuilder:
 
     # -- changes --------------------------------------------------------------
 
+    def _fast_change(self, data) -> bool:
+        """Insert, Update or Delete with text values, read from the wire in one go: no
+        message object, the key taken from the value list, no row dict for a delete or
+        an update's old key. The common case only (a primary key, nothing unchanged
+        or generated, no REPLICA IDENTITY FULL old row); False hands the message to
+        the general path, which does the same with every case covered."""
+        if self._skip or not self._in_transaction:
+            return False
+        state = self._relations.get(_oid(data, 1)[0])
+        if (
+            state is None
+            or not state.fast
+            or (state.predates_copy and self._lsn < state.spec.copied_below_lsn)
+        ):
+            return False
+        kind = data[0]
+        if kind == 68:  # 'D'
+            if data[5] != 75:  # 'K': only the key; 'O' goes the general way
+                return False
+            values, _, unchanged = text_row(data, 6)
+            key = state.key_of_values(values)
+            if unchanged or None in key:
+                return False
+            changes = self._changes(state)
+            changes.upserts.pop(key, None)
+            changes.deletes[key] = self._lsn
+            changes.deleted += 1
+            return True
+        if kind == 85:  # 'U'
+            if data[5] != 78:  # an old key or row: the general path
+                return False
+            values, _, unchanged = text_row(data, 6)
+        else:  # 'I'
+            if data[5] != 78:
+                return False
+            values, _, unchanged = text_row(data, 6)
+        key = state.key_of_values(values)
+        if unchanged or None in key:
+            return False
+        changes = self._changes(state)
+        changes.deletes.pop(key, None)
+        changes.upserts[key] = (dict(zip(state.names, values, strict=False)), self._lsn)
+        if kind == 73:
+            changes.inserted += 1
+        else:
+            changes.updated += 1
+        return True
+
     def _insert(self, message: pgoutput.Insert) -> None:
         state = self._state(message.relation_oid)
         if state is None:
@@ -343,3 +434,10 @@ class BatchBuilder:
             batch.last_commit_time = message.commit_time
         self._in_transaction = False
         self._skip = False
+
+
+class _CompiledBatchBuilder(BatchBuilder):
+    """BatchBuilder whose feed is the compiled one (engine/_fastfold.pyx): same steps."""
+
+    if _fastfold is not None:
+        feed = _fastfold.feed

@@ -44,3 +44,11 @@ if ! .venv/bin/pip install -q --disable-pip-version-check -r requirements.txt; t
   echo "setup: pip install -r requirements.txt failed" >&2
   exit 1
 fi
+
+# The fold's compiled fast path (engine/_fastfold.pyx) with this machine's C compiler; if it
+# cannot be built, the engine runs the pure-Python path (same batches, slower).
+if command -v "${CC:-cc}" >/dev/null 2>&1; then
+  scripts/build_fastfold.sh || echo "setup: engine/_fastfold could not be built; CDC uses the pure-Python fold"
+else
+  echo "setup: no C compiler (cc): CDC uses the pure-Python fold (apt-get install gcc to build it)"
+fi

@@ -10,7 +10,7 @@ import pytest
 
 from engine import pgoutput
 from engine.batch import UNCHANGED
-from engine.fold import BatchBuilder, TableSpec
+from engine.fold import BatchBuilder, TableSpec, _fastfold
 
 BIG = "x" * 5000 + "".join(chr(65 + i % 26) for i in range(20000))  # compresses badly: TOASTed
 
@@ -208,3 +208,17 @@ def test_unknown_message_types_are_skipped_with_a_log_line(captured, caplog):
     batch = builder.finish()
     assert len(batch.tables[("public", "t")].upserts) == 1
     assert "unknown type 'Z'" in caplog.text
+
+
+def test_the_fold_paths_give_the_same_batch_on_these_bytes(captured):
+    """Every column type, TOAST, key changes, FULL identity, origins: the fast paths
+    (pipelines/tests/test_fold_paths.py) fold them as the general path does."""
+    from pipelines.tests.test_fold_paths import folded
+
+    if _fastfold is None:
+        pytest.skip("engine/_fastfold is not built")
+    specs = {("public", "t"): TableSpec("public", "t", "t"), ("public", "f"): TableSpec("public", "f", "f")}
+    for name, raw in captured.items():
+        reference = folded(raw, "none", specs=specs)
+        for path in ("python", "compiled"):
+            assert folded(raw, path, specs=specs) == reference, (name, path)

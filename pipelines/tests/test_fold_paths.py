@@ -1,0 +1,177 @@
+"""The fold's fast paths (pure Python and compiled, engine/_fastfold.pyx) against the
+general path, on pgoutput bytes a real server produced in this test run: the same bytes
+and the same fold cases must give the same batch, whichever path read them."""
+
+import gc
+import weakref
+
+import psycopg
+import pytest
+
+from engine import fold
+from engine.batch import UNCHANGED, Column
+from engine.fold import BatchBuilder, TableSpec
+from pipelines.tests.test_pgoutput import peek
+
+PATHS = ["none", "python", "compiled"]
+SPECS = {
+    ("public", "k"): TableSpec("public", "k", "k"),
+    ("public", "c"): TableSpec("public", "c", "c"),
+    ("public", "fl"): TableSpec("public", "fl", "fl"),
+    ("public", "g"): TableSpec("public", "g", "g", generated=[Column("y", 23)]),
+}
+BIG = "".join(chr(65 + (i * 7) % 26) for i in range(30000))  # TOASTed, stored uncompressed
+
+
+@pytest.fixture(scope="module")
+def cases(pg_cluster):
+    """Transactions that exercise each fold rule, captured as pgoutput bytes."""
+    dbname = "fold_paths"
+    with psycopg.connect(pg_cluster.dsn(), autocommit=True) as admin:
+        admin.execute(f"DROP DATABASE IF EXISTS {dbname} WITH (FORCE)")
+        admin.execute(f"CREATE DATABASE {dbname}")
+    conn = psycopg.connect(pg_cluster.dsn(dbname), autocommit=True)
+    conn.execute("SET synchronous_commit = on")
+    conn.execute("CREATE TABLE k (id int PRIMARY KEY, v text, big text)")
+    conn.execute("ALTER TABLE k ALTER COLUMN big SET STORAGE EXTERNAL")
+    conn.execute("CREATE TABLE c (a int, b text, v text, PRIMARY KEY (a, b))")
+    conn.execute("CREATE TABLE fl (id int, v text)")
+    conn.execute("ALTER TABLE fl REPLICA IDENTITY FULL")
+    conn.execute("CREATE TABLE g (id int PRIMARY KEY, x int, y int GENERATED ALWAYS AS (x * 2) STORED)")
+    conn.execute("CREATE TABLE other (id int PRIMARY KEY)")  # published, not copied
+    conn.execute("CREATE PUBLICATION p FOR TABLE k, c, fl, g, other")
+    conn.execute("SELECT pg_create_logical_replication_slot('fold_paths', 'pgoutput')")
+    cases = {}
+    conn.execute(
+        "INSERT INTO k SELECT g, 'v' || g, CASE WHEN g = 5 THEN %s END FROM generate_series(1, 6) g", [BIG]
+    )
+    with conn.transaction():
+        conn.execute("UPDATE k SET v = 'two' WHERE id = 2")
+        conn.execute("DELETE FROM k WHERE id = 3")
+        conn.execute("INSERT INTO k VALUES (3, 'three again', NULL)")
+        conn.execute("UPDATE k SET id = 10 WHERE id = 4")  # a key change: old key sent
+        conn.execute("UPDATE k SET v = 'five' WHERE id = 5")  # big stays UNCHANGED
+        conn.execute("UPDATE k SET id = 50 WHERE id = 5")  # a key change with big unchanged
+        conn.execute("INSERT INTO k VALUES (7, NULL, 'tab\there, newline\nthere, back\\slash, é')")
+        conn.execute("DELETE FROM k WHERE id = 7")
+        conn.execute("INSERT INTO other VALUES (1)")
+    with conn.transaction():
+        conn.execute("INSERT INTO c VALUES (1, 'x', 'one'), (2, 'y', 'two')")
+        conn.execute("UPDATE c SET b = 'z' WHERE a = 1")
+        conn.execute("DELETE FROM c WHERE a = 2")
+        conn.execute("INSERT INTO fl VALUES (1, 'one'), (2, 'two')")
+        conn.execute("UPDATE fl SET v = 'uno' WHERE id = 1")
+        conn.execute("DELETE FROM fl WHERE id = 2")
+        conn.execute("INSERT INTO g VALUES (1, 5)")
+        conn.execute("UPDATE g SET x = 6")
+    cases["changes"] = peek(conn, slot="fold_paths")
+    conn.execute("INSERT INTO k VALUES (100, 'before truncate', NULL)")
+    conn.execute("TRUNCATE k")
+    conn.execute("INSERT INTO k VALUES (101, 'after truncate', NULL)")
+    cases["truncate"] = peek(conn, slot="fold_paths")
+    conn.close()
+    yield cases
+    with psycopg.connect(pg_cluster.dsn(), autocommit=True) as admin:
+        admin.execute("SELECT pg_drop_replication_slot('fold_paths')")
+        admin.execute(f"DROP DATABASE {dbname} WITH (FORCE)")
+
+
+def folded(raw, fast_path: str, checkpoint: int = 0, specs=SPECS):
+    """Everything a fold produces that a run uses, comparable across paths."""
+    builder = BatchBuilder(checkpoint, specs, text_values=True, fast_path=fast_path)
+    for data in raw:
+        builder.feed(data)
+    batch = builder.finish()
+    tables = {
+        key: (
+            changes.relation,
+            changes.truncated,
+            list(changes.upserts.items()),  # the order too: the writers stage rows in it
+            list(changes.deletes.items()),
+            (changes.inserted, changes.updated, changes.deleted),
+            changes.reshaped,
+        )
+        for key, changes in batch.tables.items()
+    }
+    counts = (batch.start_lsn, batch.end_lsn, batch.transactions, batch.changes, batch.bytes_read)
+    progress = (
+        builder.messages,
+        builder.skipped_transactions,
+        builder.skipped_end_lsn,
+        builder.read_position,
+    )
+    return tables, counts, progress, builder.moved_keys
+
+
+def test_compiled_module_is_built_and_used():
+    if fold._fastfold is None:
+        pytest.skip("engine/_fastfold is not built (scripts/setup.sh or scripts/build_fastfold.sh builds it)")
+    builder = BatchBuilder(0, SPECS, text_values=True)
+    assert builder.feed.__func__ is fold._fastfold.feed
+    typed = BatchBuilder(0, SPECS)  # typed values (Snowflake) always take the general path
+    assert typed.feed.__func__ is BatchBuilder.feed
+
+
+def test_a_builder_is_freed_without_the_garbage_collector(cases):
+    """The runner folds with gc off: a builder (and the part it holds) must go when dropped."""
+    gc.disable()
+    try:
+        for path in PATHS:
+            builder = BatchBuilder(0, SPECS, text_values=True, fast_path=path)
+            for data in cases["changes"]:
+                builder.feed(data)
+            gone = weakref.ref(builder.finish())
+            del builder
+            assert gone() is None, path
+    finally:
+        gc.enable()
+
+
+def test_fold_cases_give_the_same_batch_on_every_path(cases):
+    if fold._fastfold is None:
+        pytest.skip("engine/_fastfold is not built")
+    reference = folded(cases["changes"], "none")
+    for path in PATHS[1:]:
+        assert folded(cases["changes"], path) == reference, path
+    tables = reference[0]
+    k_upserts = dict(tables[("public", "k")][2])
+    assert sorted(k_upserts) == [("1",), ("10",), ("2",), ("3",), ("50",), ("6",)]
+    assert k_upserts[("2",)][0]["v"] == "two"
+    assert k_upserts[("3",)][0]["v"] == "three again"
+    assert k_upserts[("50",)][0] == {"id": "50", "v": "five", "big": BIG}  # filled from the insert
+    assert sorted(dict(tables[("public", "k")][3])) == [("4",), ("5",), ("7",)]
+    assert dict(tables[("public", "c")][2]).keys() == {("1", "z")}
+    assert dict(tables[("public", "c")][3]).keys() == {("1", "x"), ("2", "y")}
+    assert dict(tables[("public", "fl")][2])[("1", "uno")][0] == {"id": "1", "v": "uno"}
+    assert dict(tables[("public", "g")][2])[("1",)][0] == {"id": "1", "x": "6", "y": UNCHANGED}
+    assert ("public", "other") not in tables
+    assert reference[3] == {("public", "g"): {("1",)}}  # its generated column is read from the source
+
+
+def test_checkpoint_skip_and_truncate_are_the_same_on_every_path(cases):
+    if fold._fastfold is None:
+        pytest.skip("engine/_fastfold is not built")
+    first = folded(cases["changes"], "none")
+    second_commit = first[1][1]  # end of the last transaction: skip everything before it
+    for path in PATHS:
+        skipped = folded(cases["changes"], path, checkpoint=second_commit)
+        assert skipped[0] == {} and skipped[2][1] == 3, path
+    reference = folded(cases["truncate"], "none")
+    assert reference[0][("public", "k")][1] is True
+    assert list(dict(reference[0][("public", "k")][2])) == [("101",)]
+    for path in PATHS[1:]:
+        assert folded(cases["truncate"], path) == reference, path
+
+
+def test_a_truncated_message_fails_alike_on_every_path(cases):
+    if fold._fastfold is None:
+        pytest.skip("engine/_fastfold is not built")
+    raw = list(cases["changes"])
+    position = next(i for i, data in enumerate(raw) if data[:1] == b"I")
+    raw[position] = raw[position][:-3]
+    errors = set()
+    for path in PATHS:
+        with pytest.raises(Exception) as caught:
+            folded(raw, path)
+        errors.add((type(caught.value), str(caught.value)))
+    assert len(errors) == 1, errors
