@@ -332,6 +332,41 @@ def test_a_snapshot_copies_values_larger_than_the_csv_reader_block(source_db, ta
     assert len(rows[0][1]) == 18_000_000 and len(rows[0][2]) == 2_200_000
 
 
+def test_a_300_column_table_with_an_identity_key_takes_50_mb_text_and_20_mb_bytea_by_cdc(
+    source_db, target, make_pipeline
+):
+    columns = ", ".join(f"c{n} int" for n in range(300))
+    source_db.execute(
+        f"CREATE TABLE wide (id int GENERATED ALWAYS AS IDENTITY PRIMARY KEY, {columns}, body text, raw bytea);"
+        "INSERT INTO wide (c0, c299, body) VALUES (1, 299, 'snapshot')"
+    )
+    pipeline = make_pipeline(["public.wide"])
+    ok(services.run_until_caught_up(pipeline))
+    source_db.execute(
+        "INSERT INTO wide (c0, c150, body, raw) SELECT 2, 150, repeat('ab\"c,' || chr(10), 8333334), "
+        "decode(repeat('00ff', 10000000), 'hex')"
+    )
+    source_db.execute("UPDATE wide SET c299 = -1 WHERE id = 1")  # the big columns left alone
+    ok(services.run_until_caught_up(pipeline))
+
+    query = "SELECT id, c0, c150, c299, length(body), md5(body), length(raw), md5(raw) FROM {} ORDER BY id"
+    expected = [tuple(row) for row in source_db.execute(query.format("wide")).fetchall()]
+    assert [row[4] for row in expected] == [8, 50_000_004] and expected[1][6] == 20_000_000
+    destination = target.destination
+    if destination.kind == "duckdb":
+        with duckdb.connect(destination.duckdb_path, read_only=True) as conn:
+            stored = conn.execute(query.format("wide").replace("length(raw)", "octet_length(raw)")).fetchall()
+    else:
+        with psycopg.connect(
+            host=destination.pg_host,
+            port=destination.pg_port,
+            dbname=destination.pg_database,
+            user="postgres",
+        ) as conn:
+            stored = conn.execute(query.format(f"{destination.pg_schema}.wide")).fetchall()
+    assert [tuple(row) for row in stored] == expected
+
+
 # -- values: BC dates and times, infinity; what still cannot be stored is named ----------------
 
 
