@@ -11,6 +11,7 @@ import math
 
 import pytest
 
+from engine.writers.base import UnstorableValue
 from engine.writers.snowflake import SnowflakeWriter
 
 from .batches import cdc_row, copy_chunks, make_batch, relation_of, table_changes
@@ -137,3 +138,22 @@ def test_each_type_lands_in_snowflake_the_same_by_snapshot_and_by_cdc(
         finally:
             writer.close()
     assert stored == [expected, expected]
+
+
+def test_a_snapshot_value_snowflake_cannot_hold_fails_naming_table_column_and_value(source_conn):
+    source_conn.execute("CREATE TABLE priced (id int PRIMARY KEY, amount numeric(10,2))")
+    source_conn.execute("INSERT INTO priced VALUES (1, 2.5), (2, 'NaN')")
+    relation = relation_of(source_conn, "public", "priced")
+    settings = snowflake_settings()
+    with fake_snowflake(settings) as analyst:
+        writer = SnowflakeWriter(settings)
+        try:
+            with pytest.raises(UnstorableValue) as failure:
+                writer.load_snapshot(relation, "priced", copy_chunks(source_conn, relation, writer), 5)
+        finally:
+            writer.close()
+        tables = analyst.cursor().execute("SELECT table_name FROM information_schema.tables").fetchall()
+    assert str(failure.value).startswith(
+        "public.priced: column amount (NUMBER(10,2)) has the value 'NaN', which Snowflake cannot store"
+    )
+    assert ("priced",) not in tables  # the target was never swapped in
