@@ -4,7 +4,9 @@ Target tables live in the file's `main` schema (or settings["schema"]) under
 the pipeline table's target name, with the types of
 engine.writers.types.duckdb_type (DECIMAL(p,s) up to 38 digits, VARCHAR
 for a wider or unconstrained numeric, JSON for json/jsonb, LISTs for arrays,
-VARCHAR for user-defined types), and Rosetta's columns:
+VARCHAR for user-defined types; a DECIMAL, TIMESTAMP or LIST column that meets a
+value it cannot hold takes the value's exact form, see EXACT_FORM_COMMENT), and
+Rosetta's columns:
 
 - `_rosetta_lsn BIGINT`: commit LSN of the row's last change, as a number (the
   snapshot LSN for rows from a snapshot); lsn_to_str() shows it as '16/B374D848'.
