@@ -63,7 +63,10 @@ def checks_for(source_database, source_row, tables):
     "setup, words",
     [
         ("CREATE TABLE bag (a int, b text)", "no primary key and no replica identity"),
-        ("CREATE TABLE bag (a int, b text); ALTER TABLE bag REPLICA IDENTITY FULL", "REPLICA IDENTITY FULL"),
+        (
+            "CREATE TABLE bag (a int, b text); ALTER TABLE bag REPLICA IDENTITY FULL",
+            "REPLICA IDENTITY FULL but no primary key: Rosetta cannot tell identical rows apart",
+        ),
         (
             "CREATE TABLE bag (a int PRIMARY KEY, b text); ALTER TABLE bag REPLICA IDENTITY NOTHING",
             "REPLICA IDENTITY NOTHING",
