@@ -318,11 +318,22 @@ def arrow_text_column(values: list, duck_type: str, type_oid: int) -> tuple[pa.A
     cannot read) are converted to Python lists first, and for a JSON column (an
     array's exact form) to JSON as the snapshot's array_to_json writes it."""
     if duck_type.endswith("[]") or (duck_type == "JSON" and types.is_array(type_oid)):
+        # An array with explicit bounds ('[0:1]={1,2}') goes as a JSON string of its text,
+        # as the snapshot sends it (see snapshot_columns): a list would lose the bounds.
         convert = pgtypes.converter(type_oid)
-        values = [None if v is None else convert(v.encode()) for v in values]
         if duck_type == "JSON":
-            texts = [None if v is None else _json_like_postgres(v) for v in values]
+            texts = [
+                None
+                if v is None
+                else json.dumps(v)
+                if v.startswith("[")
+                else _json_like_postgres(convert(v.encode()))
+                for v in values
+            ]
             return pa.array(texts, pa.string()), "CAST({} AS JSON)"
+        values = [
+            None if v is None else json.dumps(v) if v.startswith("[") else convert(v.encode()) for v in values
+        ]
         return arrow_column(values, duck_type)
     return pa.array(values, pa.string()), from_text("{}", duck_type, csv=True)
 
@@ -411,13 +422,18 @@ class DuckDBWriter(Writer):
     # -- the CDC contract ---------------------------------------------------------
 
     def snapshot_columns(self, relation):
-        """Arrays as JSON, which DuckDB casts to LISTs (PostgreSQL's '{...}' it cannot read)."""
+        """Arrays as JSON, which DuckDB casts to LISTs (PostgreSQL's '{...}' it cannot read).
+        An array with other lower bounds than 1 ('[0:1]={1,2}'), which JSON would lose, as
+        a JSON string of its text form: no LIST takes it, so the column takes the exact form."""
         from psycopg import sql
 
         expressions = super().snapshot_columns(relation)
         for position, column in enumerate(relation.columns):
             if types.duckdb_type(column.type_oid, column.type_modifier).endswith("[]"):
-                expressions[position] = sql.SQL("array_to_json({})").format(sql.Identifier(column.name))
+                expressions[position] = sql.SQL(
+                    "CASE WHEN replace(array_dims({0}), '[1:', '') LIKE '%[%' THEN to_json({0}::text) "
+                    "ELSE array_to_json({0}) END"
+                ).format(sql.Identifier(column.name))
         return expressions
 
     def _connection(self) -> duckdb.DuckDBPyConnection:
