@@ -246,8 +246,7 @@ class SourceTable:
     schema: str
     table: str
     row_estimate: int | None  # pg_class.reltuples; None before the first ANALYZE
-    has_primary_key: bool
-    replica_identity_full: bool
+    identity: TableIdentity  # as table_identity() says, partitions aside
 
     @property
     def name(self) -> str:
@@ -255,16 +254,16 @@ class SourceTable:
 
 
 def list_tables(connect_kwargs: dict, statement_timeout_ms: int = 10_000) -> list[SourceTable]:
-    """The user tables a pipeline could copy, with the planner's row estimate and whether
-    updates and deletes can be matched (a primary key or REPLICA IDENTITY FULL)."""
+    """The user tables a pipeline could copy, with the planner's row estimate and how
+    updates and deletes are matched or why they cannot be (the same words as the
+    preflight check and the run; a partitioned table's partitions are checked there)."""
     with psycopg.connect(**connect_kwargs, autocommit=True) as conn:
         conn.execute(f"SET statement_timeout = {int(statement_timeout_ms)}")
         rows = conn.execute(
-            """
-            SELECT n.nspname, c.relname, c.reltuples::bigint,
-                   EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary),
-                   c.relreplident = 'f'
-            FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+            _IDENTITY_QUERY.replace(
+                "SELECT c.oid,", "SELECT n.nspname::text, c.relname::text, c.reltuples::bigint, c.oid,"
+            )
+            + """
             WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
               AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%%'
               AND has_table_privilege(c.oid, 'SELECT')
@@ -272,7 +271,14 @@ def list_tables(connect_kwargs: dict, statement_timeout_ms: int = 10_000) -> lis
             LIMIT 5000
             """
         ).fetchall()
-    return [
-        SourceTable(schema, table, None if estimate is None or estimate < 0 else estimate, pk, full)
-        for schema, table, estimate, pk, full in rows
-    ]
+        return [
+            SourceTable(
+                schema,
+                table,
+                None if estimate is None or estimate < 0 else estimate,
+                _identity(
+                    conn, identity_row, sql.Identifier(schema, table).as_string(conn), f"{schema}.{table}"
+                ),
+            )
+            for schema, table, estimate, *identity_row in rows
+        ]

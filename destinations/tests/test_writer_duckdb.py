@@ -142,6 +142,30 @@ def test_a_wide_numeric_and_json_arrays_keep_their_values(duckdb_writer):
     assert stored["at"] == datetime.max
 
 
+def test_a_value_no_duckdb_column_can_hold_fails_naming_table_column_and_value(duckdb_writer):
+    """Every PostgreSQL value has a DuckDB place (the exact form at worst); a value no
+    column type reads (here a malformed uuid, as a corrupt source would send it) fails
+    the batch, naming the real column, and writes nothing."""
+    from engine.batch import Column, Relation
+    from engine.writers.base import UnstorableValue
+
+    relation = Relation(
+        1, "public", "odd", [Column("id", types.INT4, -1, True), Column("ref", types.UUID), Column("n", 1700)]
+    )
+    changes = table_changes(relation, upserts={("1",): ({"id": "1", "ref": "not-a-uuid", "n": "NaN"}, 5)})
+    changes.text_values = True
+    with pytest.raises(UnstorableValue) as failure:
+        duckdb_writer.apply_batch("p", make_batch(changes, end_lsn=5))
+    message = str(failure.value)
+    assert "public.odd: column ref (UUID) has the value 'not-a-uuid'" in message
+    assert " c1" not in message and "c0" not in message
+    duckdb_writer.close()
+    with duckdb.connect(duckdb_writer.settings["path"]) as conn:
+        assert conn.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'odd'").fetchone() == (
+            0,
+        )
+
+
 def test_the_writer_waits_for_another_process_to_let_go_of_the_file(duckdb_writer):
     duckdb_writer.read_checkpoint("p")  # creates the file
     duckdb_writer.close()

@@ -12,7 +12,7 @@ import sqlglot
 from sqlglot import exp
 
 from engine.batch import UNCHANGED, Column, Relation
-from engine.writers.base import ConnectionProblem, IncompatibleSchemaChange
+from engine.writers.base import IncompatibleSchemaChange, UnstorableValue
 from engine.writers.snowflake import SnowflakeWriter, snowflake_type
 
 from .batches import cdc_row, copy_chunks, make_batch, make_everything_table, relation_of, table_changes
@@ -528,7 +528,11 @@ def test_a_value_snowflake_cannot_hold_fails_the_batch_whole_in_plain_words(writ
         ),
         end_lsn=1010,
     )
-    with pytest.raises(ConnectionProblem, match=r"^Snowflake refused a statement \(error \d+\): .*NaN"):
+    with pytest.raises(
+        UnstorableValue,
+        match=r"^public\.Orders: column Amount \(NUMBER\(12,2\)\) has the value 'NaN', which Snowflake "
+        r"cannot store in RAW\.Orders; nothing of this batch was written",
+    ):
         writer.apply_batch("p", batch)
     assert read_table(analyst, "Orders", '"id"', VARIANTS) == before
     assert writer.read_checkpoint("p") == 0

@@ -4,7 +4,9 @@ Target tables live in the file's `main` schema (or settings["schema"]) under
 the pipeline table's target name, with the types of
 engine.writers.types.duckdb_type (DECIMAL(p,s) up to 38 digits, VARCHAR
 for a wider or unconstrained numeric, JSON for json/jsonb, LISTs for arrays,
-VARCHAR for user-defined types), and Rosetta's columns:
+VARCHAR for user-defined types; a DECIMAL, TIMESTAMP or LIST column that meets a
+value it cannot hold takes the value's exact form, see EXACT_FORM_COMMENT), and
+Rosetta's columns:
 
 - `_rosetta_lsn BIGINT`: commit LSN of the row's last change, as a number (the
   snapshot LSN for rows from a snapshot); format_lsn() shows it as '16/B374D848'.
@@ -26,6 +28,8 @@ process (a query session, say) to let go of the file.
 """
 
 import contextlib
+import datetime
+import decimal
 import json
 import re
 import time
@@ -36,7 +40,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from engine import pgtypes
-from engine.batch import ApplyResult, SchemaAlignment
+from engine.batch import UNCHANGED, ApplyResult, SchemaAlignment
 from engine.lsn import format_lsn
 
 from . import pgcsv, schema_changes, types
@@ -102,10 +106,15 @@ def decimal_precision_scale(duck_type: str) -> tuple[int, int] | None:
 
 class DuckDBDialect(schema_changes.Dialect):
     """DuckDB types as duckdb_columns() spells them (types.duckdb_type); ALTER ... TYPE
-    converts any widening."""
+    converts any widening. `exact_columns`: the columns of one table that hold their
+    values' exact form (see EXACT_FORM_COMMENT)."""
+
+    def __init__(self, exact_columns=frozenset()):
+        self.exact_columns = exact_columns
 
     def column_type(self, column):
-        return types.duckdb_type(column.type_oid, column.type_modifier)
+        duck_type = types.duckdb_type(column.type_oid, column.type_modifier)
+        return exact_form(duck_type) if column.name in self.exact_columns else duck_type
 
     def source_type(self, destination_type):
         if destination_type.endswith("[]"):
@@ -141,6 +150,54 @@ _SOURCE_OIDS = {
 _ARRAY_OF = {element: array for array, element in types.ARRAY_ELEMENT.items()}
 DIALECT = DuckDBDialect()
 
+# DuckDB types narrower than the PostgreSQL type they stand for: DECIMAL(p,s) has no
+# NaN or infinity, TIMESTAMP [WITH TIME ZONE] ends in 294247 AD where PostgreSQL's end
+# in 294276 AD, and a LIST has one number of dimensions where an array has any. A
+# column of one that meets a value it cannot hold becomes a column of the value's
+# exact form (exact_form: PostgreSQL's text form, arrays as JSON), every value of it
+# converted, marked by this comment so every later run keeps it so.
+EXACT_FORM_COMMENT = "Rosetta: holds the exact form of the source values (one did not fit {type})."
+_EXACT_FORM_PREFIX = EXACT_FORM_COMMENT.split("(")[0]
+
+
+def _exact_form_mark(comment: str | None) -> str | None:
+    """The exact-form mark in a column's comment (after its source-column mark, if any)."""
+    start = (comment or "").find(_EXACT_FORM_PREFIX)
+    return comment[start:] if start >= 0 else None
+
+
+def is_narrow(duck_type: str) -> bool:
+    return duck_type.startswith("DECIMAL") or duck_type.endswith("[]") or duck_type in _DATE_TYPES[1:]
+
+
+def exact_form(duck_type: str) -> str:
+    """The type holding every value a column of narrow `duck_type` may receive."""
+    if duck_type.endswith("[]"):
+        return "JSON"
+    return "VARCHAR" if is_narrow(duck_type) else duck_type
+
+
+def _pg_era(text: str, suffix: str = "") -> str:
+    """DuckDB's '0044-03-15 (BC) 12:00:00' spelled as PostgreSQL does ('... 12:00:00 BC')."""
+    return (
+        f"CASE WHEN contains({text}, ' (BC)') THEN replace({text}, ' (BC)', '') || '{suffix} BC' "
+        f"ELSE {text} || '{suffix}' END"
+    )
+
+
+def exact_form_of(column: str, duck_type: str) -> str:
+    """SQL turning a value of the narrow `duck_type` into its exact form: what the
+    source would have sent for it (PostgreSQL's text form in its session settings,
+    arrays as JSON)."""
+    if duck_type.endswith("[]"):
+        return f"to_json({column})"
+    if duck_type == "TIMESTAMP":
+        return _pg_era(f"CAST({column} AS VARCHAR)")
+    if duck_type == "TIMESTAMP WITH TIME ZONE":
+        utc = f"CAST(timezone('UTC', {column}) AS VARCHAR)"
+        return f"CASE WHEN isinf({column}) THEN CAST({column} AS VARCHAR) ELSE {_pg_era(utc, '+00')} END"
+    return f"CAST({column} AS VARCHAR)"
+
 
 def from_text(expression: str, duck_type: str, csv: bool = False) -> str:
     """SQL turning PostgreSQL's text form of a value into `duck_type`.
@@ -164,6 +221,11 @@ def from_text(expression: str, duck_type: str, csv: bool = False) -> str:
     if duck_type == "INTERVAL":
         return f"CAST(replace({expression}, '+', '') AS INTERVAL)"
     if duck_type.endswith("[]"):
+        if duck_type != "JSON[]":
+            # DuckDB would cast a nested array to a list of its texts: make it fail instead
+            # (as a conversion, which TRY and the exact form take care of).
+            x = "{0}" if expression == "{}" else expression
+            expression = f"CASE WHEN starts_with({x}, '[[') THEN 'multi-dimensional' ELSE {x} END"
         return f"CAST(CAST({expression} AS JSON) AS {duck_type})"
     if duck_type == "BLOB" and csv:
         return f"unhex(substr({expression}, 3))"
@@ -174,6 +236,7 @@ def unstorable_value(error: duckdb.Error, relation, duck_types: dict, where: str
     """DuckDB names neither the column nor (always) the value of a failed cast: find
     the column(s) of the type it names, and say which value, where and what to do."""
     text = str(error).splitlines()[0].removeprefix("Conversion Error: ")
+    text = re.sub(r" when casting from source column \S+", "", text)  # our positional name, not the column's
     values = re.findall(r'"([^"]*)"', text) or re.findall(r": (\S.*)$", text)
     lowered = text.lower()
     columns = [name for name, duck_type in duck_types.items() if f"to {duck_type.lower()}" in lowered]
@@ -262,11 +325,52 @@ def arrow_column(values: list, duck_type: str) -> tuple[pa.Array, str]:
 def arrow_text_column(values: list, duck_type: str, type_oid: int) -> tuple[pa.Array, str]:
     """arrow_column for PostgreSQL's text form (TableChanges.text_values): a string
     column cast by DuckDB, as the snapshot's CSV is. Arrays ('{1,2}', which DuckDB
-    cannot read) are converted to Python lists first."""
-    if duck_type.endswith("[]"):
+    cannot read) are converted to Python lists first, and for a JSON column (an
+    array's exact form) to JSON as the snapshot's array_to_json writes it."""
+    if duck_type.endswith("[]") or (duck_type == "JSON" and types.is_array(type_oid)):
+        # An array with explicit bounds ('[0:1]={1,2}') goes as a JSON string of its text,
+        # as the snapshot sends it (see snapshot_columns): a list would lose the bounds.
         convert = pgtypes.converter(type_oid)
-        return arrow_column([None if v is None else convert(v.encode()) for v in values], duck_type)
+        if duck_type == "JSON":
+            texts = [
+                None
+                if v is None
+                else json.dumps(v)
+                if v.startswith("[")
+                else _json_like_postgres(convert(v.encode()))
+                for v in values
+            ]
+            return pa.array(texts, pa.string()), "CAST({} AS JSON)"
+        values = [
+            None if v is None else json.dumps(v) if v.startswith("[") else convert(v.encode()) for v in values
+        ]
+        return arrow_column(values, duck_type)
     return pa.array(values, pa.string()), from_text("{}", duck_type, csv=True)
+
+
+_SPECIAL_NUMBERS = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
+
+
+def _json_like_postgres(value) -> str:
+    """JSON of an array (as psycopg loads it) as PostgreSQL's array_to_json writes it:
+    numbers as numbers, NaN and infinities as strings, times in ISO 8601, bytea as '\\x..'."""
+    if value is None:
+        return "null"
+    if isinstance(value, list):
+        return "[" + ",".join(_json_like_postgres(v) for v in value) + "]"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float, decimal.Decimal)):
+        text = str(value)
+        special = _SPECIAL_NUMBERS.get(text.lower().lstrip("+"))
+        return json.dumps(special) if special else text
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return json.dumps("\\x" + bytes(value).hex())
+    if isinstance(value, (datetime.date, datetime.time)):
+        return json.dumps(value.isoformat())
+    if isinstance(value, (str, dict)):
+        return json.dumps(value, ensure_ascii=False)
+    return json.dumps(str(value), ensure_ascii=False)
 
 
 def _recorded_key(relation) -> list[str]:
@@ -274,6 +378,14 @@ def _recorded_key(relation) -> list[str]:
     the schema-change planner. None under REPLICA IDENTITY FULL, where every column is
     part of the key and may hold NULL."""
     return [] if relation.replica_identity == "f" else relation.key_columns
+
+
+class _ValuesDoNotFit(Exception):
+    """A table's changes hold a value its DuckDB column's type cannot (see _make_room)."""
+
+    def __init__(self, changes, error):
+        super().__init__(str(error))
+        self.changes, self.error = changes, error
 
 
 class DuckDBWriter(Writer):
@@ -320,13 +432,18 @@ class DuckDBWriter(Writer):
     # -- the CDC contract ---------------------------------------------------------
 
     def snapshot_columns(self, relation):
-        """Arrays as JSON, which DuckDB casts to LISTs (PostgreSQL's '{...}' it cannot read)."""
+        """Arrays as JSON, which DuckDB casts to LISTs (PostgreSQL's '{...}' it cannot read).
+        An array with other lower bounds than 1 ('[0:1]={1,2}'), which JSON would lose, as
+        a JSON string of its text form: no LIST takes it, so the column takes the exact form."""
         from psycopg import sql
 
         expressions = super().snapshot_columns(relation)
         for position, column in enumerate(relation.columns):
             if types.duckdb_type(column.type_oid, column.type_modifier).endswith("[]"):
-                expressions[position] = sql.SQL("array_to_json({})").format(sql.Identifier(column.name))
+                expressions[position] = sql.SQL(
+                    "CASE WHEN replace(array_dims({0}), '[1:', '') LIKE '%[%' THEN to_json({0}::text) "
+                    "ELSE array_to_json({0}) END"
+                ).format(sql.Identifier(column.name))
         return expressions
 
     def _connection(self) -> duckdb.DuckDBPyConnection:
@@ -424,6 +541,17 @@ class DuckDBWriter(Writer):
         return columns, rows, total
 
     def apply_batch(self, pipeline_key: str, batch, soft_delete: bool = False) -> ApplyResult:
+        notes = []
+        while True:
+            try:
+                result = self._apply_batch(pipeline_key, batch, soft_delete)
+            except _ValuesDoNotFit as unfit:  # rolled back: make room for them, then again
+                notes += self._make_room(unfit.changes, unfit.error)
+                continue
+            result.notes[:0] = notes
+            return result
+
+    def _apply_batch(self, pipeline_key: str, batch, soft_delete: bool) -> ApplyResult:
         result = ApplyResult()
         if batch.is_empty:
             return result
@@ -446,12 +574,7 @@ class DuckDBWriter(Writer):
                 try:
                     self._apply_table(conn, changes, soft_delete, result)
                 except duckdb.ConversionException as error:
-                    relation = changes.relation
-                    duck_types = {
-                        c.name: types.duckdb_type(c.type_oid, c.type_modifier) for c in relation.columns
-                    }
-                    where = f"{self.schema}.{changes.target_table}"
-                    raise unstorable_value(error, relation, duck_types, where) from None
+                    raise _ValuesDoNotFit(changes, error) from None
             conn.execute(
                 f"INSERT INTO {self._table(CHECKPOINTS)} (pipeline_key, lsn, updated_at, state) "
                 "VALUES (?, ?, now(), ?) ON CONFLICT (pipeline_key) DO UPDATE SET lsn = excluded.lsn, "
@@ -467,6 +590,84 @@ class DuckDBWriter(Writer):
             self._rollback(conn)
             raise
         return result
+
+    def _make_room(self, changes, error) -> list[str]:
+        """After a batch failed on values a column's type cannot hold: find each such
+        column and turn it into its exact form (a transaction of its own), with a note
+        per column. A value no column can be made to hold raises UnstorableValue
+        naming the table, the column and the value."""
+        relation = changes.relation
+        where = f"{self.schema}.{changes.target_table}"
+        conn = self._connection()
+        notes = []
+        conn.execute("BEGIN TRANSACTION")
+        try:
+            if not self._table_exists(conn, changes.target_table):
+                self._ensure_table(conn, relation, changes.target_table, notes)
+            duck_types = self._column_types(conn, changes.target_table)
+            unfit = self._unfit_values(conn, changes, duck_types)
+            if not unfit:
+                raise unstorable_value(error, relation, duck_types, where)
+            for name, value in unfit.items():
+                if not is_narrow(duck_types[name]):
+                    raise UnstorableValue(
+                        f"{relation.schema}.{relation.name}: column {name} ({duck_types[name]}) has the value "
+                        f"{value!r}, which DuckDB cannot store in {where}. See the README's type table: "
+                        "store such values in a column of another type on the source (text keeps any "
+                        "value), then refresh the table."
+                    )
+                numbers = {c.name: c.number for c in relation.columns}
+                self._to_exact_form(
+                    conn, self._table(changes.target_table), name, duck_types[name], number=numbers.get(name)
+                )
+                notes.append(
+                    f"Column {name} of {where} now holds {exact_form(duck_types[name])}: "
+                    f"{relation.schema}.{relation.name} sent {value!r}, which DuckDB's "
+                    f"{duck_types[name]} cannot hold; its other values were converted exactly."
+                )
+            conn.execute("COMMIT")
+        except BaseException:
+            self._rollback(conn)
+            raise
+        finally:
+            self._verified.pop(changes.target_table, None)
+        return notes
+
+    def _column_types(self, conn, table: str) -> dict:
+        return dict(
+            conn.execute(
+                "SELECT column_name, data_type FROM duckdb_columns() WHERE schema_name = ? AND table_name = ?",
+                [self.schema, table],
+            ).fetchall()
+        )
+
+    def _unfit_values(self, conn, changes, duck_types: dict) -> dict:
+        """{column: a value of the batch its DuckDB column cannot hold}, for the batch's
+        values of one table (as _stage would cast them)."""
+        relation = changes.relation
+        rows = [row for row, _ in changes.upserts.values()]
+        rows += [dict(zip(relation.key_columns, key, strict=True)) for key in changes.deletes]
+        unfit = {}
+        for column in relation.columns:
+            if column.name not in duck_types:
+                continue
+            values = [row[column.name] for row in rows if row.get(column.name, UNCHANGED) is not UNCHANGED]
+            values = [value for value in values if value is not None]
+            if not values:
+                continue
+            if changes.text_values:
+                array, expression = arrow_text_column(values, duck_types[column.name], column.type_oid)
+            else:
+                array, expression = arrow_column(values, duck_types[column.name])
+            probe = pa.Table.from_arrays([array, pa.array(range(len(values)))], names=["c0", "i"])
+            conn.register("_rosetta_probe", probe)
+            found = conn.execute(
+                f"SELECT i FROM _rosetta_probe WHERE TRY({expression.format('c0')}) IS NULL LIMIT 1"
+            ).fetchall()
+            conn.unregister("_rosetta_probe")
+            if found:
+                unfit[column.name] = _text(values[found[0][0]])
+        return unfit
 
     def _rollback(self, conn) -> None:
         self._verified.clear()  # DDL of the failed transaction is gone
@@ -486,17 +687,29 @@ class DuckDBWriter(Writer):
             "SET memory_limit = ?", [self.settings.get("snapshot_memory_limit") or SNAPSHOT_MEMORY_LIMIT]
         )
         conn.execute("BEGIN TRANSACTION")
+        # A narrow column's values go in through TRY(cast), the text of those that do
+        # not fit into an unfit column beside it; if any, the column takes the exact form.
+        narrow = [position for position, duck_type in enumerate(duck_types) if is_narrow(duck_type)]
+        keys = _recorded_key(relation)
+        narrow_keys = [names[position] for position in narrow if names[position] in keys]
         try:
             self._ensure_schema(conn)
             conn.execute(
                 f"CREATE OR REPLACE TABLE {new_table} "
-                f"({self._column_definitions(names, duck_types, _recorded_key(relation))})"
+                f"({self._column_definitions(names, duck_types, [k for k in keys if k not in narrow_keys])})"
             )
-            positional = [f"c{position}" for position in range(len(names))]
-            selected = ", ".join(
-                from_text(quote(column), duck_type, csv=True)
-                for column, duck_type in zip(positional, duck_types, strict=True)
+            for position in narrow:
+                conn.execute(f"ALTER TABLE {new_table} ADD COLUMN _rosetta_unfit_{position} VARCHAR")
+            casts = [
+                from_text(quote(f"c{position}"), duck_type, csv=True)
+                for position, duck_type in enumerate(duck_types)
+            ]
+            unfit = "".join(
+                f", CASE WHEN c{p} IS NOT NULL AND TRY({casts[p]}) IS NULL THEN c{p} END" for p in narrow
             )
+            for position in narrow:
+                casts[position] = f"TRY({casts[position]})"
+            selected = f"{', '.join(casts)}, {int(snapshot_lsn)}, now(), NULL{unfit}"
             failures, oversized = [], []
             pieces = pgcsv.pieces(chunks, CSV_PIECE_BYTES)
             snapshot_limit = self.settings.get("snapshot_memory_limit") or SNAPSHOT_MEMORY_LIMIT
@@ -510,7 +723,6 @@ class DuckDBWriter(Writer):
                     reader,
                     new_table,
                     selected,
-                    snapshot_lsn,
                     failures,
                     relation,
                     target_table,
@@ -529,13 +741,16 @@ class DuckDBWriter(Writer):
                     table,
                     new_table,
                     selected,
-                    snapshot_lsn,
                     failures,
                     relation,
                     target_table,
                     duck_types,
                 )
                 del table
+            if narrow:
+                self._keep_unfit_values(conn, new_table, names, duck_types, narrow)
+            for name in narrow_keys:  # after the load: a key's unfit value is NULL until then
+                conn.execute(f"ALTER TABLE {new_table} ALTER COLUMN {quote(name)} SET NOT NULL")
             rows = conn.execute(f"SELECT count(*) FROM {new_table}").fetchall()[0][0]
             conn.execute(f"DROP TABLE IF EXISTS {target}")
             conn.execute(f"ALTER TABLE {new_table} RENAME TO {quote(target_table)}")
@@ -549,15 +764,38 @@ class DuckDBWriter(Writer):
             conn.execute("SET memory_limit = ?", [self._memory_limit])
         return rows
 
+    def _keep_unfit_values(self, conn, new_table, names, duck_types, narrow) -> None:
+        """Turn each narrow column that met a value it cannot hold into its exact form,
+        then drop the unfit columns the load filled."""
+        unfit = [f"_rosetta_unfit_{position}" for position in narrow]
+        counts = conn.execute(f"SELECT {', '.join(f'count({c})' for c in unfit)} FROM {new_table}").fetchone()
+        for position, column, count in zip(narrow, unfit, counts, strict=True):
+            if count:
+                self._to_exact_form(conn, new_table, names[position], duck_types[position], column)
+        for column in unfit:
+            conn.execute(f"ALTER TABLE {new_table} DROP COLUMN {column}")
+
+    def _to_exact_form(
+        self, conn, table: str, name: str, duck_type: str, unfit: str | None = None, number: int | None = None
+    ) -> None:
+        """Column `name` of `table` becomes its exact form, its values converted
+        (`unfit`: a column with the text of values the column could not hold)."""
+        form = exact_form(duck_type)
+        converted = exact_form_of(quote(name), duck_type)
+        if unfit:
+            converted = f"COALESCE(CAST({unfit} AS {form}), {converted})"
+        conn.execute(f"ALTER TABLE {table} ALTER COLUMN {quote(name)} TYPE {form} USING {converted}")
+        comment = EXACT_FORM_COMMENT.format(type=duck_type)
+        if number:  # the column's source-column mark stays (see _record_source_column)
+            comment = f"{schema_changes.source_column_comment(number)} {comment}"
+        conn.execute(f"COMMENT ON COLUMN {table}.{quote(name)} IS '{comment}'")
+
     def _insert_snapshot(
-        self, conn, rows, new_table, selected, snapshot_lsn, failures, relation, target_table, duck_types
+        self, conn, rows, new_table, selected, failures, relation, target_table, duck_types
     ) -> None:
         conn.register("_rosetta_snapshot", rows)
         try:
-            conn.execute(
-                f"INSERT INTO {new_table} SELECT {selected}, {int(snapshot_lsn)}, now(), NULL "
-                "FROM _rosetta_snapshot"
-            )
+            conn.execute(f"INSERT INTO {new_table} SELECT {selected} FROM _rosetta_snapshot")
         except duckdb.Error as error:
             if failures:  # the source's stream failed (DuckDB read it): raise that error
                 raise failures[0] from None
@@ -757,16 +995,20 @@ class DuckDBWriter(Writer):
         schema-change planner says (engine/writers/schema_changes.py).
         Returns ({column: DuckDB type} of the relation's columns, why the table must
         be copied again or None)."""
-        wanted = {c.name: DIALECT.column_type(c) for c in relation.columns}
         signature = (relation.schema, relation.name, tuple(relation.columns))
-        if self._verified.get(target_table) == signature:
-            return wanted, None
+        verified = self._verified.get(target_table)
+        if verified and verified[0] == signature:
+            return verified[1], None
         target = self._table(target_table)
         existing = conn.execute(
             "SELECT column_name, data_type, is_nullable, comment FROM duckdb_columns() "
             "WHERE schema_name = ? AND table_name = ? ORDER BY column_index",
             [self.schema, target_table],
         ).fetchall()
+        exact = frozenset(name for name, _, _, comment in existing if _exact_form_mark(comment))
+        comments = {name: comment for name, _, _, comment in existing}
+        dialect = DuckDBDialect(exact) if exact else DIALECT
+        wanted = {c.name: dialect.column_type(c) for c in relation.columns}
         if not existing:
             if not create:  # align_table: a table not there yet is left to its snapshot
                 return wanted, None
@@ -775,8 +1017,8 @@ class DuckDBWriter(Writer):
                 list(wanted), list(wanted.values()), _recorded_key(relation)
             )
             conn.execute(f"CREATE TABLE {target} ({definitions})")
-            self._record_source_columns(conn, target, relation)
-            self._verified[target_table] = signature
+            self._record_source_columns(conn, target_table, relation)
+            self._verified[target_table] = (signature, wanted)
             return wanted, None
 
         columns = [
@@ -788,7 +1030,7 @@ class DuckDBWriter(Writer):
         plan = schema_changes.plan(
             relation,
             columns,
-            DIALECT,
+            dialect,
             where=f"{self.schema}.{target_table}",
             existing_key=[c.name for c in columns if not c.nullable and c.name not in META_COLUMNS],
             fills=fills,
@@ -797,37 +1039,67 @@ class DuckDBWriter(Writer):
         )
         source_columns = {c.name: c for c in relation.columns}
         for action in plan.actions:
-            self._render(conn, target, action, wanted | META_COLUMNS, source_columns)
+            self._render(conn, target, action, wanted | META_COLUMNS, source_columns, dialect, comments)
         notes += plan.notes
         if replaced is not None:
             replaced += plan.replaced
-        self._verified[target_table] = signature
+        self._verified[target_table] = (signature, wanted)
         return wanted, plan.recopy
 
-    def _render(self, conn, target: str, action, duck_types: dict, source_columns: dict) -> None:
-        """One planned schema change, in DuckDB's SQL."""
+    def _render(
+        self,
+        conn,
+        target: str,
+        action,
+        duck_types: dict,
+        source_columns: dict,
+        dialect=DIALECT,
+        comments=None,
+    ) -> None:
+        """One planned schema change, in DuckDB's SQL (`comments`: the columns' comments now)."""
+        if isinstance(action, schema_changes.RecordSourceColumn):
+            self._record_source_column(
+                conn, target, action.name, action.number, (comments or {}).get(action.name)
+            )
+            return
         for statement in schema_changes.schema_change_ddl(
             action, target, quote(action.name), duck_types.get(action.name)
         ):
             conn.execute(statement)
         if schema_changes.fills_values(action):
-            self._fill(conn, target, source_columns[action.name], action.fill)
+            self._fill(conn, target, source_columns[action.name], action.fill, dialect)
 
-    def _record_source_columns(self, conn, target: str, relation) -> None:
+    def _record_source_columns(self, conn, target_table: str, relation) -> None:
         """Each column's comment names the source column it holds (schema_changes.py)."""
+        comments = dict(
+            conn.execute(
+                "SELECT column_name, comment FROM duckdb_columns() WHERE schema_name = ? AND table_name = ?",
+                [self.schema, target_table],
+            ).fetchall()
+        )
+        target = self._table(target_table)
         for column in relation.columns:
             if column.number:
-                self._render(
-                    conn, target, schema_changes.RecordSourceColumn(column.name, column.number), {}, {}
+                self._record_source_column(
+                    conn, target, column.name, column.number, comments.get(column.name)
                 )
 
-    def _fill(self, conn, target: str, column, text: str | None) -> None:
+    def _record_source_column(self, conn, target: str, name: str, number: int, comment: str | None) -> None:
+        """Both marks in a column's comment are Rosetta's: the source column it holds, then
+        (if it has one) that it holds the values' exact form; setting one keeps the other."""
+        text = schema_changes.source_column_comment(number)
+        exact = _exact_form_mark(comment)
+        if exact:
+            text = f"{text} {exact}"
+        conn.execute(f"COMMENT ON COLUMN {target}.{quote(name)} IS '{text}'")
+
+    def _fill(self, conn, target: str, column, text: str | None, dialect=DIALECT) -> None:
         """Every row's `column` := the value whose PostgreSQL text form is `text` (cast as CDC values are)."""
         name = column.name
         if text is None:
             conn.execute(f"UPDATE {target} SET {quote(name)} = NULL")
             return
-        array, expression = arrow_text_column([text], DIALECT.column_type(column), column.type_oid)
+        array, expression = arrow_text_column([text], dialect.column_type(column), column.type_oid)
         conn.register("_rosetta_fill", pa.Table.from_arrays([array], names=["c0"]))
         conn.execute(
             f"UPDATE {target} SET {quote(name)} = (SELECT {expression.format(quote('c0'))} FROM _rosetta_fill)"

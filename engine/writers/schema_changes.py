@@ -35,7 +35,7 @@ from .base import IncompatibleSchemaChange
 
 DROPPED_COMMENT = "Rosetta: dropped on the source; kept here, no longer updated."
 SOURCE_COLUMN_COMMENT = "Rosetta: source column {}."
-_SOURCE_COLUMN = re.compile(r"^Rosetta: source column (\d+)\.$")
+_SOURCE_COLUMN = re.compile(r"^Rosetta: source column (\d+)\.")  # other marks may follow
 
 
 def source_column_comment(number: int) -> str:

@@ -52,6 +52,7 @@ from .base import (
     SYNCED_AT,
     ConnectionProblem,
     IncompatibleSchemaChange,
+    UnstorableValue,
     Writer,
     dump_state,
     like_pattern,
@@ -114,6 +115,10 @@ def snowflake_type(oid: int, typmod: int = -1) -> str:
         precision, scale = precision_scale
         return f"NUMBER({precision},{scale})"
     return _SCALAR_TYPES.get(oid, "VARCHAR")
+
+
+# Column types whose cast from the staged text can refuse a value (see _unfit_value).
+_CAST_FAMILIES = {"NUMBER", "FLOAT", "BOOLEAN", "DATE", "TIME", "TIMESTAMP_NTZ", "TIMESTAMP_TZ"}
 
 
 def quote(name: str) -> str:
@@ -387,6 +392,32 @@ class SnowflakeWriter(Writer):
 
     def _problem(self, error) -> ConnectionProblem:
         return ConnectionProblem(describe_snowflake_error(error, self.settings))
+
+    def _unfit_value(self, relation, target_table: str, staging: str, sql_types: list[str]):
+        """After Snowflake refused a statement: the first staged value that a column's type
+        cannot hold (NaN in a NUMBER, infinity in a TIMESTAMP ...), as an UnstorableValue
+        naming the table, the column and the value; None if there is none (or the
+        connection cannot tell)."""
+        import snowflake.connector
+
+        checked = [(i, t) for i, t in enumerate(sql_types) if _type_signature(t)[0] in _CAST_FAMILIES]
+        if not checked:
+            return None
+        firsts = ", ".join(f"MIN(CASE WHEN TRY_CAST(c{i} AS {t}) IS NULL THEN c{i} END)" for i, t in checked)
+        try:
+            row = self._run(f"SELECT {firsts} FROM {quote(staging)}").fetchone()
+        except snowflake.connector.errors.Error:
+            return None
+        for (position, sql_type), value in zip(checked, row or (), strict=False):
+            if value is not None:
+                name = relation.columns[position].name
+                return UnstorableValue(
+                    f"{relation.schema}.{relation.name}: column {name} ({sql_type}) has the value {value!r}, "
+                    f"which Snowflake cannot store in {self.settings.get('schema')}.{target_table}; nothing of "
+                    "this batch was written. See the README's Snowflake type table: give the source column a "
+                    "type stored as text (numeric without precision, text), then refresh the table."
+                )
+        return None
 
     def test_connection(self) -> str:
         import snowflake.connector
@@ -700,7 +731,8 @@ class SnowflakeWriter(Writer):
             else:
                 self._run(f"ALTER TABLE {quote(new_table)} RENAME TO {quote(target_table)}")
         except snowflake.connector.errors.Error as error:
-            raise self._problem(error) from error
+            unfit = self._unfit_value(relation, target_table, staging, sql_types) if rows else None
+            raise unfit or self._problem(error) from error
         finally:
             self._columns.pop(target_table, None)
         return rows
@@ -804,6 +836,7 @@ class SnowflakeWriter(Writer):
         result = ApplyResult()
         if batch.is_empty:
             return result
+        staged = []
         try:
             checkpoint = self.read_checkpoint(pipeline_key)
             if batch.end_lsn <= checkpoint:
@@ -832,6 +865,12 @@ class SnowflakeWriter(Writer):
                 if staging:
                     self._run(f"DROP TABLE IF EXISTS {quote(staging)}")
         except snowflake.connector.errors.Error as error:
+            for changes, sql_types, staging, _ in staged:
+                unfit = staging and self._unfit_value(
+                    changes.relation, changes.target_table, staging, sql_types
+                )
+                if unfit:
+                    raise unfit from error
             raise self._problem(error) from error
         return result
 

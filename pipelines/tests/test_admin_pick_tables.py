@@ -21,6 +21,11 @@ def source_row(source_row, source_database):
         conn.execute("CREATE TABLE audit_log (line text)")
         conn.execute("CREATE TABLE events (id int)")
         conn.execute("ALTER TABLE events REPLICA IDENTITY FULL")
+        conn.execute(
+            "CREATE TABLE coded (code text NOT NULL); CREATE UNIQUE INDEX coded_code ON coded (code)"
+        )
+        conn.execute("ALTER TABLE coded REPLICA IDENTITY USING INDEX coded_code")
+        conn.execute("CREATE TABLE muted (id int PRIMARY KEY); ALTER TABLE muted REPLICA IDENTITY NOTHING")
         conn.execute("ANALYZE orders")
     return source_row
 
@@ -50,20 +55,22 @@ def test_a_new_pipeline_goes_on_to_pick_tables_from_the_sources_list(admin_brows
     assert response["Location"] == reverse("admin:pipelines_pipeline_tables", args=[pipeline.pk])
     page = admin_browser.get(response["Location"]).content.decode()
     rows = page.split('id="source-tables"')[1]
-    assert "public.orders</label></td>\n<td>1200</td>\n<td>primary key" in rows
+    # the same words as the preflight check and the run (engine.preflight.table_identity)
+    assert "public.orders</label></td>\n<td>1200</td>\n<td>a primary key (id)" in rows
     assert (
-        "public.events</label></td>\n<td>not analysed yet</td>\n<td><strong>nothing: REPLICA IDENTITY FULL without a primary key"
+        "public.coded</label></td>\n<td>not analysed yet</td>\n<td>REPLICA IDENTITY USING INDEX coded_code"
         in rows
     )
-    assert (
-        "public.audit_log</label></td>\n<td>not analysed yet</td>\n<td><strong>nothing: no primary key"
-        in rows
-    )
+    nothing = "</label></td>\n<td>not analysed yet</td>\n<td><strong>nothing</strong>: Table "
+    assert f"public.events{nothing}public.events has REPLICA IDENTITY FULL but no primary key" in rows
+    assert f"public.audit_log{nothing}public.audit_log has no primary key and no replica identity" in rows
+    assert f"public.muted{nothing}public.muted has REPLICA IDENTITY NOTHING" in rows
+    assert "ALTER TABLE &quot;public&quot;.&quot;muted&quot; REPLICA IDENTITY DEFAULT" in rows  # and the fix
 
     admin_browser.post(response["Location"], {"table": ["public.orders", "public.events"]})
     assert sorted(t.qualified_name for t in pipeline.tables.all()) == ["public.events", "public.orders"]
     again = admin_browser.get(response["Location"]).content.decode()
-    assert 'value="public.orders" id="table-3" checked' in again
+    assert 'value="public.orders" id="table-5" checked' in again
 
 
 def test_an_unreachable_source_is_said_in_one_line_without_the_password(admin_browser):

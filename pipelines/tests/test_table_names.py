@@ -66,6 +66,27 @@ def test_the_api_stores_a_quoted_name_without_its_quotes(admin_api):
 
 
 @pytest.mark.django_db
+def test_the_pipeline_shows_where_a_name_taken_in_another_schema_goes(admin_api):
+    source, destination = SourceFactory(), DestinationFactory()
+    response = admin_api.post(
+        "/api/pipelines/",
+        {
+            "name": "dups",
+            "source": source.pk,
+            "destination": destination.pk,
+            "tables": ["public.dup", "other.dup"],
+        },
+        format="json",
+    )
+    assert response.status_code == 201, response.data
+    shown = admin_api.get(f"/api/pipelines/{response.data['id']}/").data["table_progress"]
+    assert sorted((t["schema_name"], t["table_name"], t["target_table"]) for t in shown) == [
+        ("other", "dup", "other__dup"),
+        ("public", "dup", "dup"),
+    ]
+
+
+@pytest.mark.django_db
 def test_the_admin_accepts_the_names_the_api_accepts(admin_browser):
     pipeline = PipelineFactory()
     kept = PipelineTableFactory(pipeline=pipeline, schema_name="public", table_name="a.b")
