@@ -754,7 +754,7 @@ class DuckDBWriter(Writer):
             rows = conn.execute(f"SELECT count(*) FROM {new_table}").fetchall()[0][0]
             conn.execute(f"DROP TABLE IF EXISTS {target}")
             conn.execute(f"ALTER TABLE {new_table} RENAME TO {quote(target_table)}")
-            self._record_source_columns(conn, target, relation)
+            self._record_source_columns(conn, target_table, relation)
             conn.execute("COMMIT")
         except BaseException:
             self._rollback(conn)
