@@ -226,3 +226,32 @@ def test_key_columns_are_recorded_as_not_null_except_under_replica_identity_full
     )
     assert nullable == {"keyed.id": False, "keyed.v": True, "full.a": True, "full.b": True}
     assert conn.execute('SELECT a, b FROM main."full"').fetchall() == [(1, None)]
+
+
+def test_a_column_in_its_exact_form_keeps_its_source_column_record_and_needs_no_copy(duckdb_writer):
+    """Both of Rosetta's marks live in a DuckDB column's comment: the source column it holds
+    (issue 11) and that it holds the values' exact form (issue 17). Setting one must keep the
+    other, or the next run would take the column for a new one and copy the table again, or
+    turn the column back into a DECIMAL that cannot hold NaN."""
+    from engine.batch import Column, Relation
+    from engine.writers.schema_changes import source_number
+
+    numeric_10_2 = ((10 << 16) | 2) + 4
+    relation = Relation(
+        1, "public", "m", [Column("id", types.INT4, -1, True, 1), Column("n", 1700, numeric_10_2, False, 2)]
+    )
+    duckdb_writer.load_snapshot(relation, "m", iter([]), 10)
+    changes = table_changes(relation, upserts={("1",): ({"id": "1", "n": "NaN"}, 15)})
+    changes.text_values = True
+    result = duckdb_writer.apply_batch("p", make_batch(changes, end_lsn=15))
+    assert any("Column n of" in note for note in result.notes)
+
+    alignment = duckdb_writer.align_table(relation, "m")
+    assert alignment.recopy is None
+    duckdb_writer.close()
+    with duckdb.connect(duckdb_writer.settings["path"]) as conn:
+        (data_type, comment), *_ = conn.execute(
+            "SELECT data_type, comment FROM duckdb_columns() WHERE table_name = 'm' AND column_name = 'n'"
+        ).fetchall()
+        assert conn.execute("SELECT n FROM main.m").fetchall() == [("NaN",)]
+    assert data_type == "VARCHAR" and source_number(comment) == 2 and "exact form" in comment
