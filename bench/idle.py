@@ -10,9 +10,8 @@ get no writes; starts `celery beat` and `celery worker` as the deployment does
 counts for --seconds:
 
 - PipelineRun rows written (inserted; the pruning task deletes none in so short a window);
-- sessions opened on each database (pg_stat_database.sessions, PostgreSQL 14+),
-  walsender connections included (they count against the source database);
-- replication connections (walsenders) seen by polling pg_stat_replication,
+- connections opened to each database, and replication (walsender) connections,
+  counted in the server log (log_connections = on for the window),
 
 each scaled to one pipeline and one hour.
 """
@@ -22,7 +21,6 @@ import contextlib
 import os
 import sys
 import tempfile
-import threading
 import time
 import warnings
 from pathlib import Path
@@ -75,34 +73,17 @@ def setup_pipelines(cluster: Cluster, count: int) -> list:
     return pipelines
 
 
-def sessions(conn) -> dict[str, int]:
-    conn.execute("SELECT pg_stat_clear_snapshot()")
-    return dict(
-        conn.execute(
-            "SELECT datname, sessions FROM pg_stat_database WHERE datname = ANY(%s)",
-            [[METADATA_DB, SOURCE_DB, TARGET_DB]],
-        ).fetchall()
-    )
-
-
-class WalsenderCounter(threading.Thread):
-    """Counts distinct walsender processes (by pid and start time) seen in pg_stat_activity."""
-
-    def __init__(self, conninfo: str):
-        super().__init__(daemon=True)
-        self.conninfo = conninfo
-        self.seen: set[tuple] = set()
-        self.stopping = threading.Event()
-
-    def run(self):
-        with psycopg.connect(self.conninfo, autocommit=True) as conn:
-            while not self.stopping.is_set():
-                conn.execute("SELECT pg_stat_clear_snapshot()")
-                rows = conn.execute(
-                    "SELECT pid, backend_start FROM pg_stat_activity WHERE backend_type = 'walsender'"
-                ).fetchall()
-                self.seen.update(rows)
-                self.stopping.wait(0.05)
+def connections_logged(log_text: str) -> dict[str, int]:
+    """Connections per database, and replication (walsender) connections, from the server
+    log written with log_connections = on."""
+    counts = {"replication": 0}
+    for line in log_text.splitlines():
+        if "replication connection authorized" in line:
+            counts["replication"] += 1
+        elif "connection authorized" in line and "database=" in line:
+            name = line.split("database=", 1)[1].split()[0]
+            counts[name] = counts.get(name, 0) + 1
+    return counts
 
 
 def main() -> None:
@@ -149,28 +130,32 @@ def main() -> None:
             "every pipeline's first run (slot, publication, snapshot)",
         )
         time.sleep(6)  # let the first runs end
-        counter = WalsenderCounter(cluster.dsn())
+        server_log = cluster.base_dir / "server.log"
         with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
-            runs_before = PipelineRun.objects.count()
-            before = sessions(conn)
-            counter.start()
-            print(f"{args.pipelines} idle pipelines, measuring for {args.seconds:.0f} s ...", flush=True)
-            time.sleep(args.seconds)
-            counter.stopping.set()
-            counter.join()
-            time.sleep(1.5)  # backends flush their statistics at least once a second
-            after = sessions(conn)
-            runs = PipelineRun.objects.count() - runs_before
+            conn.execute("ALTER SYSTEM SET log_connections = on")
+            conn.execute("SELECT pg_reload_conf()")
+        time.sleep(1)
+        runs_before = PipelineRun.objects.count()
+        offset = server_log.stat().st_size
+        print(f"{args.pipelines} idle pipelines, measuring for {args.seconds:.0f} s ...", flush=True)
+        time.sleep(args.seconds)
+        with server_log.open("rb") as log:
+            log.seek(offset)
+            opened = connections_logged(log.read().decode("utf-8", "replace"))
+        runs = PipelineRun.objects.count() - runs_before
         scale = 3600 / args.seconds / args.pipelines
         print(
             f"\nPer idle pipeline per hour ({args.pipelines} pipelines, {args.seconds:.0f} s, dispatch every 5 s)"
         )
         print(f"  PipelineRun rows written                {runs * scale:8,.0f}")
-        for name, label in ((METADATA_DB, "metadata"), (SOURCE_DB, "source"), (TARGET_DB, "destination")):
-            opened = after.get(name, 0) - before.get(name, 0)
-            print(f"  sessions opened on the {label:<12}     {opened * scale:8,.0f}")
-        print(f"  of which replication (walsender)        {len(counter.seen) * scale:8,.0f}")
-        print("  (metadata sessions include the worker's and beat's own, shared by all pipelines)")
+        for name, label in (
+            (METADATA_DB, "metadata database"),
+            (SOURCE_DB, "source database"),
+            ("replication", "source, replication"),
+            (TARGET_DB, "destination database"),
+        ):
+            print(f"  connections to the {label:<20} {opened.get(name, 0) * scale:8,.0f}")
+        print("  (metadata connections include the worker's and beat's own, shared by all pipelines)")
     finally:
         for process in processes:
             stop(process)

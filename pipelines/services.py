@@ -253,6 +253,7 @@ class RunHooks:
     """Fault and timing injection for tests; every hook is optional."""
 
     after_lock: Callable[[], None] | None = None  # the lock is held, nothing done yet
+    before_apply: Callable[[object], None] | None = None  # a part was read, not handed to the writer yet
     before_commit: Callable[[], None] | None = None  # inside the destination transaction
     after_apply: Callable[[object], None] | None = None  # destination committed, slot not advanced
     # Around a slot's (re)creation, with the step just done: "tables_marked_for_recopy",
@@ -461,7 +462,7 @@ def _run_locked(pipeline, run, snapshot_only, observer, hooks, record_run, deadl
                 max_changes_per_transaction=pipeline.max_changes_per_transaction,
                 soft_delete=pipeline.soft_delete,
                 after_apply=hooks.after_apply,
-                before_apply=lambda part: record_run(),
+                before_apply=lambda part: _before_apply(part, record_run, hooks),
                 after_part=lambda part: _record_progress(pipeline, part),
                 recopy_incompatible=(
                     pipeline.on_incompatible_schema_change == Pipeline.SchemaChangePolicy.RECOPY
@@ -516,6 +517,12 @@ def _run_locked(pipeline, run, snapshot_only, observer, hooks, record_run, deadl
             rows_deleted=F("rows_deleted") + changes.deleted,
         )
     return outcome
+
+
+def _before_apply(part, record_run, hooks: RunHooks) -> None:
+    record_run()
+    if hooks.before_apply:
+        hooks.before_apply(part)
 
 
 def _record_progress(pipeline: Pipeline, part) -> None:
