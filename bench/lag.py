@@ -17,7 +17,7 @@ poller reads the highest transaction number visible in the destination every
 source commit (an upper bound by at most one poll interval). The lag from
 `_rosetta_synced_at` (the destination transaction's start) is printed beside it.
 
-Goal (issue 6): p99 under 10 s.
+Goal (issue 13): p99 under 2 s (issue 6 asked for 10 s).
 """
 
 import argparse
@@ -41,7 +41,7 @@ from cryptography.fernet import Fernet  # noqa: E402
 
 from rosetta.pgcluster import Cluster  # noqa: E402
 
-GOAL_P99_S = 10.0
+GOAL_P99_S = 2.0  # issue 13 (issue 6 asked for 10 s)
 BROKER_URL = "redis://127.0.0.1:6379/13"
 METADATA_DB, SOURCE_DB, TARGET_DB = "rosetta_lag", "lag_source", "lag_target"
 
@@ -217,7 +217,8 @@ def main() -> None:
         processes = [start_celery("worker", env, log_dir), start_celery("beat", env, log_dir)]
         print(
             f"Beat dispatches every 5 s (migration default); ROSETTA_RUN_BUDGET_SECONDS="
-            f"{settings.ROSETTA_RUN_BUDGET_SECONDS}; batch_size {pipeline.batch_size:,}; worker and beat logs in "
+            f"{settings.ROSETTA_RUN_BUDGET_SECONDS}; max_changes_per_transaction {pipeline.max_changes_per_transaction:,}; "
+            f"worker and beat logs in "
             f"{log_dir}"
         )
         wait_for(

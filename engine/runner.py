@@ -39,6 +39,9 @@ log = logging.getLogger(__name__)
 # max_changes_per_transaction changes, each its own destination transaction (cut
 # between source transactions, with its checkpoint, acknowledged after its commit),
 # one part applied while the next is read and decoded: memory holds two parts.
+# A pipeline's max_changes_per_transaction unless set: chosen by measurement (bench/README.md,
+# "Choosing max_changes_per_transaction").
+DEFAULT_MAX_CHANGES_PER_TRANSACTION = 20_000
 # Keys per source query when reading values pgoutput did not send (bind parameters
 # are limited to 65,535 per statement).
 FETCH_KEYS_PER_QUERY = 2_000

@@ -9,10 +9,8 @@ from django_celery_beat.models import CrontabSchedule, IntervalSchedule
 
 from destinations.models import Destination
 from engine.names import TableNameError, format_table_name, parse_identifier
+from engine.runner import DEFAULT_MAX_CHANGES_PER_TRANSACTION
 from sources.models import Source
-
-# Chosen by measurement (bench/README.md, "Choosing max_changes_per_transaction").
-DEFAULT_MAX_CHANGES_PER_TRANSACTION = 20_000
 
 
 class IllegalTransition(Exception):
