@@ -114,7 +114,7 @@ class Engine:
         self.before_apply = before_apply
         self.after_part = after_part
         # "stream": a walsender connection, kept open across parts and batches (stream.py);
-        # "peek": pg_logical_slot_peek_binary_changes, one SQL call per batch.
+        # "peek": pg_logical_slot_peek_binary_changes, one SQL call per part (per run_batch call).
         if read_path not in ("stream", "peek"):
             raise ValueError(f"unknown read path {read_path!r}")
         self.read_path = read_path

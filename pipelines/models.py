@@ -368,7 +368,9 @@ class PipelineTable(models.Model):
 
 
 class PipelineRun(models.Model):
-    """One batch run of a pipeline: what it read, what it applied, how it ended."""
+    """One run of a pipeline that did work (or failed, or was skipped): its LSN range, what it
+    read and applied, how it ended. A run that finds nothing to do leaves no row; the
+    pipeline's last_checked_at and quiet_checks record it. Pruned by services.prune_runs."""
 
     class Outcome(models.TextChoices):
         RUNNING = "running"

@@ -1,8 +1,9 @@
 """Operations on pipelines that the API, the admin, tasks and commands share.
 
 run_pipeline() is the batch CDC protocol of DESIGN.md around the engine
-(engine/runner.py): it takes the lock, loads the configuration,
-calls the engine and records a PipelineRun.
+(engine/runner.py): it takes the lock, loads the configuration, opens one source
+stream and one destination writer, lets the engine apply part after part, and
+records a PipelineRun when the run did work.
 """
 
 import logging
@@ -57,6 +58,7 @@ LOCK_CLASS = 0x524F5345  # "ROSE"
 RETRY_FIRST_SECONDS = 10
 RETRY_MAX_SECONDS = 15 * 60
 ACTIVE = (Pipeline.Status.RUNNING, Pipeline.Status.REFRESHING)
+PROGRESS_EVERY_SECONDS = 1.0
 
 
 @transaction.atomic
@@ -463,7 +465,7 @@ def _run_locked(pipeline, run, snapshot_only, observer, hooks, record_run, deadl
                 soft_delete=pipeline.soft_delete,
                 after_apply=hooks.after_apply,
                 before_apply=lambda part: _before_apply(part, record_run, hooks),
-                after_part=lambda part: _record_progress(pipeline, part),
+                after_part=_ProgressRecorder(pipeline),
                 recopy_incompatible=(
                     pipeline.on_incompatible_schema_change == Pipeline.SchemaChangePolicy.RECOPY
                 ),
@@ -525,16 +527,23 @@ def _before_apply(part, record_run, hooks: RunHooks) -> None:
         hooks.before_apply(part)
 
 
-def _record_progress(pipeline: Pipeline, part) -> None:
-    """After each part's commit: the pipeline shows how far the destination is, even
-    while a long run goes on."""
-    fields = {}
-    if part.end_lsn:
-        fields["last_applied_lsn"] = lsn_to_str(part.end_lsn)
-    if part.last_commit_time:
-        fields["last_applied_commit_at"] = part.last_commit_time
-    if fields:
-        Pipeline.objects.filter(pk=pipeline.pk).update(**fields)
+class _ProgressRecorder:
+    """After a part's commit: the pipeline shows how far the destination is while a long
+    run goes on, written at most once a second (the run's end writes the final figures)."""
+
+    def __init__(self, pipeline: Pipeline):
+        self.pipeline = pipeline
+        self.written = 0.0
+
+    def __call__(self, part) -> None:
+        now = time.monotonic()
+        if now - self.written < PROGRESS_EVERY_SECONDS or not part.end_lsn:
+            return
+        self.written = now
+        fields = {"last_applied_lsn": lsn_to_str(part.end_lsn)}
+        if part.last_commit_time:
+            fields["last_applied_commit_at"] = part.last_commit_time
+        Pipeline.objects.filter(pk=self.pipeline.pk).update(**fields)
 
 
 class SlotLost(SourceProblem):
