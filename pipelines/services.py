@@ -9,7 +9,7 @@ records a PipelineRun when the run did work.
 import logging
 import time
 from collections.abc import Callable
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -373,15 +373,19 @@ def run_pipeline(
         run.caught_up = False
         run.deadline_reached = False
 
+        context = ExitStack()
+
         def record_run() -> None:
-            """The run does work: save its row now (outcome RUNNING until it ends)."""
+            """The run does work: save its row now (outcome RUNNING until it ends); log lines
+            name it from here on."""
             if run.pk is None:
                 run.save()
+                context.enter_context(log_context(run=run.pk))
+                log.info("Run started")
 
-        if interrupted or pipeline.source.is_batch:
-            record_run()
-        with log_context(pipeline=pipeline.name):
-            log.debug("Run started")
+        with log_context(pipeline=pipeline.name), context:
+            if interrupted or pipeline.source.is_batch:
+                record_run()
             try:
                 if pipeline.source.is_batch:
                     outcome = batch.run_batch_locked(pipeline, run, hooks)
