@@ -120,10 +120,11 @@ def test_a_transaction_larger_than_max_changes_per_transaction_is_applied_whole(
 
     insert_orders(source_db, range(1, 101))  # one transaction of 100 changes
     insert_orders(source_db, range(101, 103))
-    run = services.run_pipeline(pipeline)
+    parts = []
+    run = services.run_pipeline(pipeline, hooks=services.RunHooks(after_apply=parts.append))
 
     assert run.outcome == PipelineRun.Outcome.SUCCEEDED, run.error
-    assert run.changes_read == 102  # one run reads until caught up
-    assert run.rows_inserted == 102  # the whole transaction, not 10 of it, then the next one
+    assert [part.changes for part in parts] == [100, 2]  # the whole transaction, not 10 of it
+    assert run.changes_read == 102 and run.rows_inserted == 102  # one run reads until caught up
     assert target.count("orders") == 102
     assert target.checkpoint(pipeline.checkpoint_key) > 0
