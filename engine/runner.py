@@ -16,7 +16,7 @@ keeps one walsender stream and one destination writer open and applies part
 after part, each at most `max_changes_per_transaction` changes in one
 destination transaction cut between source transactions and carrying its own
 checkpoint, each acknowledged only after its commit. A run ends when it has
-caught up and a read finds nothing new, or when its deadline passes.
+caught up and no change has arrived for QUIET_SECONDS, or when its deadline passes.
 """
 
 import gc
@@ -39,6 +39,11 @@ log = logging.getLogger(__name__)
 # max_changes_per_transaction changes, each its own destination transaction (cut
 # between source transactions, with its checkpoint, acknowledged after its commit),
 # one part applied while the next is read and decoded: memory holds two parts.
+# With a deadline, a run that has applied changes stays on, caught up, until none has
+# arrived for this long, polling this often while the source is quiet; a run that finds
+# nothing at all ends at its first read.
+QUIET_SECONDS = 1.0
+QUIET_POLL_SECONDS = 0.05
 # A pipeline's max_changes_per_transaction unless set: chosen by measurement (bench/README.md,
 # "Choosing max_changes_per_transaction").
 DEFAULT_MAX_CHANGES_PER_TRANSACTION = 20_000
@@ -232,8 +237,8 @@ class Engine:
 
         Without `until`: until caught up (everything the source had flushed when
         a part's read began is applied). With `until` (a time.monotonic() deadline):
-        on past catching up, applying changes as they arrive, until a read finds
-        nothing new or the deadline passes. `max_changes` stops earlier (tests).
+        on past catching up, applying changes as they arrive, until none has arrived
+        for QUIET_SECONDS (at once if none came at all) or the deadline passes. `max_changes` stops earlier (tests).
         The peek path reads one part per call."""
         try:
             return self._run_batch(until, max_changes)
@@ -321,6 +326,7 @@ class Engine:
         messages = 0
         caught_up = False
         deadline_reached = False
+        last_change = None  # when a part last brought transactions (none: a quiet run ends at once)
         pending = None  # (future, part, builder) being applied
         gc_was_enabled = gc.isenabled()
         gc.disable()  # a part is many young objects that all live on: scanning them is waste
@@ -347,17 +353,22 @@ class Engine:
                     if part.transactions and self.before_apply:
                         self.before_apply(part)
                     pending = (applier.submit(self._apply_part, part), part, builder)
-                    quiet = not part.transactions and not builder.skipped_transactions
+                    now = time.monotonic()
+                    if part.transactions or builder.skipped_transactions:
+                        last_change = now
                     if max_changes is not None and messages >= max_changes:
                         break
                     if until is None:
                         if caught_up:
                             break
-                    elif caught_up and quiet:
-                        break
-                    elif time.monotonic() >= until:
+                        continue
+                    if caught_up and (last_change is None or now - last_change >= QUIET_SECONDS):
+                        break  # quiet: nothing arrived for a while (or at all: an idle pipeline)
+                    if now >= until:
                         deadline_reached = True
                         break
+                    if caught_up and not part.transactions:
+                        time.sleep(QUIET_POLL_SECONDS)  # reads outpace commits: wait for the next
                 if pending:
                     self._finish_part(pending, total, seconds)
         finally:

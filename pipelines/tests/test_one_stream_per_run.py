@@ -3,7 +3,9 @@ part, each its own destination transaction, until caught up; the run task goes o
 changes arrive, within its time budget, and is queued again at once if still busy."""
 
 import threading
+import time
 
+import psycopg
 import pytest
 from django.test import override_settings
 
@@ -107,3 +109,37 @@ def test_a_run_still_busy_when_its_budget_ends_is_queued_again_at_once(source_db
     services.run_scheduled(pipeline.pk, requeue=queued.append)  # nothing left: the dispatcher decides
     assert queued == []
     assert Pipeline.objects.get(pk=pipeline.pk).run_enqueued_at is None
+
+
+def test_a_busy_run_keeps_its_stream_while_changes_keep_coming(
+    source_db, source_database, target, make_pipeline, opened
+):
+    """Reads outpace commits (a read often finds nothing new yet): the run stays on until
+    its budget ends, instead of ending at the first empty read and waiting for a dispatch."""
+    create_tables(source_db)
+    pipeline = make_pipeline(["public.orders"])
+    services.run_pipeline(pipeline)
+    stop = threading.Event()
+
+    def write():
+        with psycopg.connect(**source_database, autocommit=True, options="-c synchronous_commit=on") as conn:
+            n = 0
+            while not stop.is_set():
+                n += 1
+                conn.execute("INSERT INTO orders (region, id, amount) VALUES ('eu', %s, 1)", [n])
+                time.sleep(0.005)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    opened.update(streams=0, writers=0)
+    try:
+        run = services.run_pipeline(pipeline, budget_seconds=3)
+    finally:
+        stop.set()
+        writer.join()
+
+    assert run.outcome == PipelineRun.Outcome.SUCCEEDED, run.error
+    assert run.deadline_reached and run.duration_seconds >= 3
+    assert opened == {"streams": 1, "writers": 1}
+    services.run_until_caught_up(pipeline)
+    assert target.count("orders") == source_db.execute("SELECT count(*) FROM orders").fetchone()[0]
