@@ -114,7 +114,7 @@ def test_a_run_still_busy_when_its_budget_ends_is_queued_again_at_once(source_db
 def test_a_busy_run_keeps_its_stream_while_changes_keep_coming(
     source_db, source_database, target, make_pipeline, opened
 ):
-    """Reads outpace commits (a read often finds nothing new yet): the run stays on until
+    """Reads outpace commits (a read finds nothing new between two): the run stays on until
     its budget ends, instead of ending at the first empty read and waiting for a dispatch."""
     create_tables(source_db)
     pipeline = make_pipeline(["public.orders"])
@@ -127,7 +127,7 @@ def test_a_busy_run_keeps_its_stream_while_changes_keep_coming(
             while not stop.is_set():
                 n += 1
                 conn.execute("INSERT INTO orders (region, id, amount) VALUES ('eu', %s, 1)", [n])
-                time.sleep(0.005)
+                time.sleep(0.2)  # gaps a read outpaces, shorter than QUIET_SECONDS
 
     writer = threading.Thread(target=write)
     writer.start()
