@@ -17,7 +17,7 @@ poller reads the highest transaction number visible in the destination every
 source commit (an upper bound by at most one poll interval). The lag from
 `_rosetta_synced_at` (the destination transaction's start) is printed beside it.
 
-Goal (issue 6): p99 under 10 s.
+Goal (issue 13): p99 under 2 s (issue 6 asked for 10 s).
 """
 
 import argparse
@@ -41,7 +41,7 @@ from cryptography.fernet import Fernet  # noqa: E402
 
 from rosetta.pgcluster import Cluster  # noqa: E402
 
-GOAL_P99_S = 10.0
+GOAL_P99_S = 2.0  # issue 13 (issue 6 asked for 10 s)
 BROKER_URL = "redis://127.0.0.1:6379/13"
 METADATA_DB, SOURCE_DB, TARGET_DB = "rosetta_lag", "lag_source", "lag_target"
 
@@ -185,6 +185,13 @@ def main() -> None:
     parser.add_argument("--rows-per-tx", type=int, default=5)
     parser.add_argument("--poll-ms", type=float, default=100, help="how often the destination is read")
     parser.add_argument("--keep-logs", action="store_true", help="keep the worker and beat logs")
+    parser.add_argument(
+        "--warmup",
+        type=float,
+        default=10,
+        help="seconds at the start left out of the steady-state line (the pipeline was idle, so its "
+        "first changes wait for the next dispatch)",
+    )
     args = parser.parse_args()
 
     log_dir = Path(tempfile.mkdtemp(prefix="rosetta-bench-lag-"))
@@ -217,7 +224,9 @@ def main() -> None:
         processes = [start_celery("worker", env, log_dir), start_celery("beat", env, log_dir)]
         print(
             f"Beat dispatches every 5 s (migration default); ROSETTA_RUN_BUDGET_SECONDS="
-            f"{settings.ROSETTA_RUN_BUDGET_SECONDS}; batch_size {pipeline.batch_size:,}; worker and beat logs in "
+            f"{settings.ROSETTA_RUN_BUDGET_SECONDS}; max_changes_per_transaction "
+            f"{getattr(pipeline, 'max_changes_per_transaction', None) or pipeline.batch_size:,}; "
+            f"worker and beat logs in "
             f"{log_dir}"
         )
         wait_for(
@@ -282,10 +291,13 @@ def main() -> None:
             )
         seen_times = [t for t, _ in poller.samples]
         seen_highest = [h for _, h in poller.samples]
-        visible_lags, synced_lags = [], []
+        visible_lags, synced_lags, steady_lags = [], [], []
+        warm_until = min(committed.values()) + args.warmup
         for tx, commit_time in committed.items():
             position = bisect.bisect_left(seen_highest, tx)
             visible_lags.append(seen_times[position] - commit_time)
+            if commit_time >= warm_until:
+                steady_lags.append(seen_times[position] - commit_time)
             if tx in synced:
                 synced_lags.append(synced[tx] - commit_time)
         missing = len(committed) - len(synced)
@@ -293,13 +305,14 @@ def main() -> None:
         print(f"\nLag per transaction ({len(visible_lags):,} transactions; goal p99 < {GOAL_P99_S:.0f} s)")
         for label, lags in (
             ("source commit -> visible in the destination", visible_lags),
+            (f"the same, after the first {args.warmup:.0f} s (steady state)", steady_lags),
             ("source commit -> _rosetta_synced_at", synced_lags),
         ):
             p50, p95, p99 = (percentile(lags, f) for f in (0.5, 0.95, 0.99))
             verdict = "ok" if p99 < GOAL_P99_S else f"MISSED ({p99 / GOAL_P99_S:.1f}x the goal)"
             print(
                 f"  {label:<46} p50 {p50:6.2f} s  p95 {p95:6.2f} s  p99 {p99:6.2f} s  max {max(lags):6.2f} s"
-                f"  {verdict if 'visible' in label else ''}"
+                f"  {verdict if 'synced' not in label else ''}"
             )
         if missing:
             print(f"  {missing} transactions missing in the destination")

@@ -1,6 +1,6 @@
 """End-to-end snapshot and CDC throughput of the engine, beside the raw limits of the same run.
 
-    .venv/bin/python bench/throughput.py [--rows 300000] [--changes 300000] [--batch-size 1000000]
+    .venv/bin/python bench/throughput.py [--rows 300000] [--changes 300000] [--max-changes-per-transaction N]
         [--read-path stream|peek] [--dlt-backend pyarrow|sqlalchemy|none]
 
 Starts a throwaway PostgreSQL cluster (rosetta/pgcluster.py) and a source table
@@ -13,8 +13,8 @@ jsonb, two timestamptz), then prints, for the PostgreSQL and DuckDB destinations
   dlt is installed (bench/requirements.txt), dlt's sql_database source into
   DuckDB on the same table, with Rosetta's rate as a ratio to dlt's;
 - CDC: a backlog of --changes changes (70% inserts, 25% updates, 5% deletes, in
-  transactions of 1,000) caught up one run per batch as pipelines.services
-  runs them (new connections, read + decode + fold, apply_batch, advance),
+  transactions of 1,000) caught up by one run as pipelines.services runs it (one
+  stream and one writer, read + decode + fold, apply_batch per part, advance),
   beside one `pg_logical_slot_peek_binary_changes` of the whole backlog read
   and discarded, with where the time went, and beside PostgreSQL's own logical
   replication catching up the same backlog (a subscription in a third database,
@@ -42,7 +42,7 @@ import psycopg  # noqa: E402
 from psycopg import sql  # noqa: E402
 
 from engine.fold import BatchBuilder, TableSpec  # noqa: E402
-from engine.runner import Engine  # noqa: E402
+from engine.runner import DEFAULT_MAX_CHANGES_PER_TRANSACTION, Engine  # noqa: E402
 from engine.source import SourceDatabase  # noqa: E402
 from engine.writers.duckdb import DuckDBWriter  # noqa: E402
 from engine.writers.postgres import PostgresWriter  # noqa: E402
@@ -259,7 +259,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=300_000)
     parser.add_argument("--changes", type=int, default=300_000)
-    parser.add_argument("--batch-size", type=int, default=1_000_000)  # the Pipeline default
+    parser.add_argument(
+        "--max-changes-per-transaction", type=int, default=DEFAULT_MAX_CHANGES_PER_TRANSACTION
+    )  # the Pipeline default
     parser.add_argument("--read-path", choices=["stream", "peek"], default="stream")
     parser.add_argument("--dlt-backend", choices=["pyarrow", "sqlalchemy", "none"], default="pyarrow")
     # Only the peek limit and the decode + fold line: the client's share, which a shared
@@ -332,7 +334,7 @@ def main() -> None:
             with SourceDatabase(source_kwargs) as source:
                 engine = Engine(
                     source, writer, pipeline_key="bench", slot=slots[name], publication="bench",
-                    tables=[TableSpec("public", "orders", "orders")], batch_size=args.batch_size,
+                    tables=[TableSpec("public", "orders", "orders")], max_changes_per_transaction=args.max_changes_per_transaction,
                 )  # fmt: skip
                 engine.prepare()
                 writer.read_checkpoint("bench")  # connected before the clock starts
@@ -382,7 +384,8 @@ def main() -> None:
                 changes = workload(conn, args.rows, args.changes)
                 (end_lsn,) = conn.execute("SELECT pg_current_wal_flush_lsn()::text").fetchone()
             print(
-                f"\nCDC catch-up of {changes:,} changes (batch size {args.batch_size:,}, read path {args.read_path})"
+                f"\nCDC catch-up of {changes:,} changes (max changes per transaction "
+                f"{args.max_changes_per_transaction:,}, read path {args.read_path})"
             )
             count, nbytes, seconds = peek_discarded(source_kwargs, slots["DuckDB"])
             peek_limit = count / seconds
@@ -401,14 +404,15 @@ def main() -> None:
                 started = time.perf_counter()
                 runs = 0
                 while True:
-                    # One run per batch, as pipelines.services does it: a new source
-                    # connection (and stream) and a new writer connection each time.
+                    # As pipelines.services runs it: one source connection, one stream and
+                    # one writer connection for the run, part after part until caught up
+                    # (the peek path reads one part per call, so it loops here).
                     runs += 1
                     with SourceDatabase(source_kwargs) as source:
                         engine = Engine(
                             source, writer, pipeline_key="bench", slot=slots[name], publication="bench",
-                            tables=[TableSpec("public", "orders", "orders")], batch_size=args.batch_size,
-                            read_path=args.read_path,
+                            tables=[TableSpec("public", "orders", "orders")],
+                            max_changes_per_transaction=args.max_changes_per_transaction, read_path=args.read_path,
                         )  # fmt: skip
                         engine.prepare()
                         outcome = engine.run_batch()
@@ -419,7 +423,13 @@ def main() -> None:
                     if outcome.caught_up:
                         break
                 seconds = time.perf_counter() - started
-                line(f"Rosetta CDC into {name} ({runs} runs)", applied, nbytes, seconds, peek_limit)
+                line(
+                    f"Rosetta CDC into {name} ({runs} run{'s' if runs > 1 else ''})",
+                    applied,
+                    nbytes,
+                    seconds,
+                    peek_limit,
+                )
                 print(f"    {applied / seconds / native_rate:.2f}x the rate of PostgreSQL's own subscription")
                 print(
                     "    time went to: "

@@ -2,7 +2,7 @@
 
 Plain Python: the caller (pipelines.services) holds the pipeline's lock, loads
 the configuration and records the outcome. The order of steps is the batch
-CDC protocol of DESIGN.md; a crash between any two of them loses nothing and
+CDC protocol of docs/architecture.md; a crash between any two of them loses nothing and
 duplicates nothing:
 
     checkpoint = writer.read_checkpoint()      # what the destination has
@@ -11,10 +11,12 @@ duplicates nothing:
     writer.apply_batch()                       # ONE destination transaction
     advance the slot                           # only after that commit
 
-The streaming read path (the default) follows the same order per part: it
-applies a batch in parts of STREAM_PART_CHANGES changes, each a destination
-transaction cut between source transactions and carrying its own checkpoint,
-and acknowledges each part only after its commit.
+The streaming read path (the default) follows the same order per part: a run
+keeps one walsender stream and one destination writer open and applies part
+after part, each at most `max_changes_per_transaction` changes in one
+destination transaction cut between source transactions and carrying its own
+checkpoint, each acknowledged only after its commit. A run ends when it has
+caught up and no change has arrived for QUIET_SECONDS, or when its deadline passes.
 """
 
 import gc
@@ -33,12 +35,18 @@ from .source import SlotState, SourceDatabase, SourceProblem, TableShape
 
 log = logging.getLogger(__name__)
 
-# The streaming path applies a batch in parts of about this many changes, each
-# its own destination transaction (cut between source transactions, with its
-# checkpoint, acknowledged after its commit), one part applied while the next is
-# read and decoded. Memory holds two parts whatever the batch size, so a run may
-# read a large batch: each new stream re-reads the WAL from the slot's restart_lsn.
-STREAM_PART_CHANGES = 50_000
+# The streaming path applies what it reads in parts of at most
+# max_changes_per_transaction changes, each its own destination transaction (cut
+# between source transactions, with its checkpoint, acknowledged after its commit),
+# one part applied while the next is read and decoded: memory holds two parts.
+# With a deadline, a run that has applied changes stays on, caught up, until none has
+# arrived for this long, polling this often while the source is quiet; a run that finds
+# nothing at all ends at its first read.
+QUIET_SECONDS = 1.0
+QUIET_POLL_SECONDS = 0.05
+# A pipeline's max_changes_per_transaction unless set: chosen by measurement (bench/README.md,
+# "Choosing max_changes_per_transaction").
+DEFAULT_MAX_CHANGES_PER_TRANSACTION = 20_000
 # Keys per source query when reading values pgoutput did not send (bind parameters
 # are limited to 65,535 per statement).
 FETCH_KEYS_PER_QUERY = 2_000
@@ -53,6 +61,7 @@ class BatchOutcome:
     caught_up: bool  # the peek read everything the source had flushed
     advanced_to: int  # the slot's new confirmed position (0: not moved)
     slot: SlotState | None
+    deadline_reached: bool = False  # stopped by its deadline, not because the source went quiet
     seconds: dict[str, float] = field(default_factory=dict)  # where the time went
 
     @property
@@ -85,9 +94,11 @@ class Engine:
         slot: str,
         publication: str,
         tables: list[TableSpec],
-        batch_size: int,
+        max_changes_per_transaction: int,
         soft_delete: bool = False,
         after_apply: Callable[[Batch], None] | None = None,
+        before_apply: Callable[[Batch], None] | None = None,
+        after_part: Callable[[Batch], None] | None = None,
         read_path: str = "stream",
         recopy_incompatible: bool = False,
     ):
@@ -97,13 +108,18 @@ class Engine:
         self.slot = slot
         self.publication = publication
         self.tables = {spec.key: spec for spec in tables}
-        self.batch_size = batch_size
+        self.max_changes_per_transaction = max_changes_per_transaction
         self.soft_delete = soft_delete
         # Fault injection for tests: runs after the destination commit, before
-        # the slot advance.
+        # the slot advance (in the applier thread).
         self.after_apply = after_apply
-        # "stream": a walsender connection, kept open across batches (stream.py);
-        # "peek": pg_logical_slot_peek_binary_changes, one SQL call per batch.
+        # In the caller's thread: before a part with transactions is handed to the
+        # writer (the caller records that the run does work), and after a part is
+        # committed and acknowledged (the caller stores the progress).
+        self.before_apply = before_apply
+        self.after_part = after_part
+        # "stream": a walsender connection, kept open across parts and batches (stream.py);
+        # "peek": pg_logical_slot_peek_binary_changes, one SQL call per part (per run_batch call).
         if read_path not in ("stream", "peek"):
             raise ValueError(f"unknown read path {read_path!r}")
         self.read_path = read_path
@@ -221,19 +237,25 @@ class Engine:
         spec.copied_below_lsn = self.source.last_snapshot_position
         return rows
 
-    def run_batch(self) -> BatchOutcome:
-        """Read one batch from the slot, apply it, then advance the slot."""
+    def run_batch(self, until: float | None = None, max_changes: int | None = None) -> BatchOutcome:
+        """Read from the slot, apply, then advance the slot, part after part.
+
+        Without `until`: until caught up (everything the source had flushed when
+        a part's read began is applied). With `until` (a time.monotonic() deadline):
+        on past catching up, applying changes as they arrive, until none has arrived
+        for QUIET_SECONDS (at once if none came at all) or the deadline passes. `max_changes` stops earlier (tests).
+        The peek path reads one part per call."""
         try:
-            return self._run_batch()
+            return self._run_batch(until, max_changes)
         except BaseException:
             # An open stream has moved past this batch, the slot has not: the
             # next read must start over from the slot, or the batch would be lost.
             self.source.close_stream()
             raise
 
-    def _run_batch(self) -> BatchOutcome:
+    def _run_batch(self, until: float | None, max_changes: int | None) -> BatchOutcome:
         if self.read_path == "stream":
-            return self._run_stream_batch()
+            return self._run_stream_batch(until, max_changes)
         seconds = {}
         started = time.perf_counter()
         checkpoint = self.writer.read_checkpoint(self.pipeline_key)
@@ -242,13 +264,14 @@ class Engine:
         gc_was_enabled = gc.isenabled()
         gc.disable()  # a batch is many young objects that all live on: scanning them is waste
         try:
-            peek = self.source.peek(self.slot, self.publication, self.batch_size)
+            limit = self.max_changes_per_transaction
+            peek = self.source.peek(self.slot, self.publication, limit)
             seconds["read"] = time.perf_counter() - started
             started = time.perf_counter()
             for message in peek.messages:
                 builder.feed(message)
             messages = len(peek.messages)
-            caught_up = messages < self.batch_size
+            caught_up = messages < limit
             del peek
             batch = builder.finish()
         finally:
@@ -261,6 +284,8 @@ class Engine:
         result = None
         started = time.perf_counter()
         if batch.transactions:
+            if self.before_apply:
+                self.before_apply(batch)
             result = self.writer.apply_batch(self.pipeline_key, batch, soft_delete=self.soft_delete)
             if self.after_apply:
                 self.after_apply(batch)
@@ -271,6 +296,8 @@ class Engine:
         started = time.perf_counter()
         target = max(batch.end_lsn, builder.read_position, builder.skipped_end_lsn)
         advanced = target if target and self.source.advance(self.slot, target) else 0
+        if self.after_part:
+            self.after_part(batch)
         if caught_up:
             # Leave a marker that the next peek returns: the slot can then move past
             # the WAL written meanwhile for other tables and databases, so that an
@@ -289,26 +316,28 @@ class Engine:
             seconds=seconds,
         )
 
-    def _run_stream_batch(self) -> BatchOutcome:
-        """run_batch over the stream, in parts of STREAM_PART_CHANGES: a thread applies part n
-        (its own destination transaction with its checkpoint) while this one reads
-        and decodes part n + 1; part n is acknowledged once its commit is done.
-        Source transactions are never cut, so a part may exceed its share."""
+    def _run_stream_batch(self, until: float | None, max_changes: int | None) -> BatchOutcome:
+        """run_batch over the stream: a thread applies part n (its own destination
+        transaction with its checkpoint) while this one reads and decodes part n + 1;
+        part n is acknowledged once its commit is done. Source transactions are never
+        cut, so a part may exceed max_changes_per_transaction."""
         seconds = {"read + decode": 0.0, "apply": 0.0, "waiting for apply": 0.0, "advance": 0.0}
         checkpoint = self.writer.read_checkpoint(self.pipeline_key)
         text_values = getattr(self.writer, "accepts_text_values", False)
         if not self.source.streaming(self.slot):
             self._relations = {}  # a new stream sends every relation again
-        part_size = STREAM_PART_CHANGES
+        part_size = self.max_changes_per_transaction
         total = _Totals()
         messages = 0
         caught_up = False
+        deadline_reached = False
+        last_change = None  # when a part last brought transactions (none: a quiet run ends at once)
         pending = None  # (future, part, builder) being applied
         gc_was_enabled = gc.isenabled()
-        gc.disable()  # a batch is many young objects that all live on: scanning them is waste
+        gc.disable()  # a part is many young objects that all live on: scanning them is waste
         try:
             with ThreadPoolExecutor(1, thread_name_prefix="rosetta-apply") as applier:
-                while messages < self.batch_size and not caught_up:
+                while True:
                     started = time.perf_counter()
                     builder = BatchBuilder(
                         checkpoint,
@@ -317,9 +346,8 @@ class Engine:
                         relations=self._relations,
                         partitions=self.partition_of,
                     )
-                    read, caught_up = self.source.stream(
-                        self.slot, self.publication, min(part_size, self.batch_size - messages), builder.feed
-                    )
+                    want = part_size if max_changes is None else min(part_size, max_changes - messages)
+                    read, caught_up = self.source.stream(self.slot, self.publication, want, builder.feed)
                     messages += read
                     part = builder.finish()
                     self._fill_moved_rows(part, builder.moved_keys, text_values)
@@ -327,7 +355,25 @@ class Engine:
                     seconds["read + decode"] += time.perf_counter() - started
                     if pending:
                         self._finish_part(pending, total, seconds)
+                    if part.transactions and self.before_apply:
+                        self.before_apply(part)
                     pending = (applier.submit(self._apply_part, part), part, builder)
+                    now = time.monotonic()
+                    if part.transactions or builder.skipped_transactions:
+                        last_change = now
+                    if max_changes is not None and messages >= max_changes:
+                        break
+                    if until is None:
+                        if caught_up:
+                            break
+                        continue
+                    if caught_up and (last_change is None or now - last_change >= QUIET_SECONDS):
+                        break  # quiet: nothing arrived for a while (or at all: an idle pipeline)
+                    if now >= until:
+                        deadline_reached = True
+                        break
+                    if caught_up and not part.transactions:
+                        time.sleep(QUIET_POLL_SECONDS)  # reads outpace commits: wait for the next
                 if pending:
                     self._finish_part(pending, total, seconds)
         finally:
@@ -347,6 +393,7 @@ class Engine:
             advanced_to=total.advanced_to,
             slot=slot,
             seconds=seconds,
+            deadline_reached=deadline_reached,
         )
 
     def _apply_part(self, part: Batch) -> tuple[ApplyResult | None, float]:
@@ -373,6 +420,8 @@ class Engine:
             total.advanced_to = target
         seconds["advance"] += time.perf_counter() - started
         total.add(part, result, builder.skipped_transactions)
+        if self.after_part and part.transactions:
+            self.after_part(part)
 
     def _fill_moved_rows(self, batch: Batch, moved_keys: dict, text_values: bool) -> None:
         """A primary-key change that left a TOASTed column unchanged (the value sits

@@ -128,6 +128,8 @@ class PipelineAdmin(AuditedAdminMixin, admin.ModelAdmin):
         "consecutive_failures",
         "next_run_at",
         "lag",
+        "last_checked_at",
+        "quiet_checks",
         "last_applied_lsn",
         "last_applied_commit_at",
         "recent_runs",
@@ -140,7 +142,7 @@ class PipelineAdmin(AuditedAdminMixin, admin.ModelAdmin):
         "name",
         "source",
         "destination",
-        "batch_size",
+        "max_changes_per_transaction",
         "soft_delete",
         "on_incompatible_schema_change",
         "on_slot_lost",
@@ -185,7 +187,7 @@ class PipelineAdmin(AuditedAdminMixin, admin.ModelAdmin):
 
     def formfield_for_dbfield(self, db_field, request, **kwargs):
         field = super().formfield_for_dbfield(db_field, request, **kwargs)
-        if db_field.name == "batch_size":
+        if db_field.name == "max_changes_per_transaction":
             field.widget.attrs["style"] = "width: 10em"  # the default box shows "100000" of 1000000
         return field
 

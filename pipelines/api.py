@@ -89,7 +89,7 @@ class PipelineSerializer(StrictModelSerializer):
             "source",
             "destination",
             "status",
-            "batch_size",
+            "max_changes_per_transaction",
             "soft_delete",
             "on_slot_lost",
             "on_incompatible_schema_change",
@@ -104,6 +104,8 @@ class PipelineSerializer(StrictModelSerializer):
             "consecutive_failures",
             "next_run_at",
             "last_run_at",
+            "last_checked_at",
+            "quiet_checks",
             "lag_bytes",
             "lag_measured_at",
             "last_applied_lsn",
@@ -119,11 +121,27 @@ class PipelineSerializer(StrictModelSerializer):
             "last_alert_at",
             "consecutive_failures",
             "next_run_at",
+            "last_checked_at",
+            "quiet_checks",
             "lag_bytes",
             "lag_measured_at",
             "last_applied_lsn",
             "last_applied_commit_at",
         ]
+
+    def to_internal_value(self, data):
+        if hasattr(data, "keys") and "batch_size" in data:
+            # Renamed, not aliased: the old name meant changes per run, the new one per
+            # destination transaction; a client still sending it must hear so.
+            raise serializers.ValidationError(
+                {
+                    "batch_size": [
+                        "Renamed max_changes_per_transaction: the most changes applied in one destination "
+                        "transaction (a run now reads until caught up)."
+                    ]
+                }
+            )
+        return super().to_internal_value(data)
 
     def get_seconds_since_last_applied_commit(self, pipeline) -> float | None:
         if pipeline.last_applied_commit_at is None:
@@ -223,15 +241,28 @@ class PipelineViewSet(AuditedViewSetMixin, viewsets.ModelViewSet):
         )
 
     @extend_schema(
-        description="The pipeline, with its lag measured on the source now (lag_error says why "
-        "not, and the figures are then those of the last run)."
+        request=None,
+        responses={200: PipelineSerializer, 409: TransitionResult, 503: TransitionResult},
     )
-    def retrieve(self, request, *args, **kwargs):
+    @action(detail=True, methods=["post"], url_path="measure-lag", permission_classes=[CanChangeObject])
+    def measure_lag(self, request, pk=None):
+        """Measure the slot's lag on the source now and store it (a GET only returns what was
+        stored, by the last run or the last measurement): 503 with the reason when the source
+        does not answer, 409 for a CSV or HTTP JSON source (no slot)."""
         pipeline = self.get_object()
+        action_body(request)
+        if pipeline.source.is_batch:
+            return Response(
+                {"detail": f"{pipeline.name} reads a CSV or HTTP JSON source: it has no replication slot."},
+                status=status.HTTP_409_CONFLICT,
+            )
         error = services.measure_lag(pipeline)
-        data = self.get_serializer(self.get_queryset().get(pk=pipeline.pk)).data
-        data["lag_error"] = error
-        return Response(data)
+        if error:
+            return Response(
+                {"detail": f"The lag of {pipeline.name} was not measured: {error}"},
+                status=status.HTTP_503_SERVICE_UNAVAILABLE,
+            )
+        return Response(self.get_serializer(self.get_queryset().get(pk=pipeline.pk)).data)
 
     @extend_schema(
         parameters=[

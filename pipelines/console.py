@@ -1,4 +1,4 @@
-"""The pipeline page's buttons: Start, Pause, Refresh (all tables or one), Run now.
+"""The pipeline page's buttons: Start, Pause, Refresh (all tables or one), Run now, Measure lag.
 
 Each button opens a confirmation page that says what the action does to the source's
 WAL; the POST calls the same service as the list actions and the API.
@@ -40,6 +40,11 @@ WAL_EFFECT = {
         "Run now",
         "Runs now instead of at the next dispatch: reads the changes waiting in slot {slot}, applies "
         "them to the destination, and only then advances the slot, releasing that WAL on {source}.",
+    ),
+    "measure_lag": (
+        "Measure lag",
+        "Reads slot {slot}'s position on {source} now (one short connection, nothing written there) "
+        "and stores the lag shown on this page. Runs store it too, each time they end.",
     ),
 }
 # The same buttons on a pipeline whose source is CSV files or an HTTP JSON API: no slot, no WAL.
@@ -93,6 +98,11 @@ def action_view(model_admin, request, object_id, action):
                 table = request.POST.get("table") or ""
                 copied = services.refresh_pipeline(pipeline, [table] if table else None)
                 done = f"Refreshing {pipeline.name}: {', '.join(copied)} will be copied again."
+            elif action == "measure_lag":
+                error = services.measure_lag(pipeline)
+                if error:
+                    raise ValueError(f"the source did not answer: {error}")
+                done = f"{pipeline.name} is {pipeline.lag_bytes:,} bytes of WAL behind its source."
             else:
                 run_now(pipeline)
                 done = f"A run of {pipeline.name} is queued."
@@ -120,6 +130,8 @@ def action_view(model_admin, request, object_id, action):
 def _refusal(pipeline, action):
     if action == "run":
         return None if pipeline.status in RUNNABLE else f"{pipeline.status}; start it first"
+    if action == "measure_lag":
+        return "a CSV or HTTP JSON source has no replication slot" if pipeline.source.is_batch else None
     return pipeline.refusal_reason(action)
 
 

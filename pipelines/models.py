@@ -9,6 +9,7 @@ from django_celery_beat.models import CrontabSchedule, IntervalSchedule
 
 from destinations.models import Destination
 from engine.names import TableNameError, format_table_name, parse_identifier
+from engine.runner import DEFAULT_MAX_CHANGES_PER_TRANSACTION
 from sources.models import Source
 
 
@@ -56,13 +57,14 @@ class Pipeline(models.Model):
     source = models.ForeignKey(Source, on_delete=models.PROTECT, related_name="pipelines")
     destination = models.ForeignKey(Destination, on_delete=models.PROTECT, related_name="pipelines")
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.CREATED, editable=False)
-    batch_size = models.PositiveIntegerField(
-        default=1_000_000,
+    max_changes_per_transaction = models.PositiveIntegerField(
+        default=DEFAULT_MAX_CHANGES_PER_TRANSACTION,
         validators=[MinValueValidator(1)],
         help_text=(
-            "The most changes one run reads from the replication slot. They are applied in parts "
-            "of 50,000 (each its own destination transaction), so memory does not grow with it; "
-            "a large value saves re-reading the WAL at the start of every run."
+            "The most changes applied in one destination transaction (with its checkpoint); a source "
+            "transaction is never cut, so a larger one is applied whole. A run applies one such part "
+            "while it reads the next, so memory holds about two. Smaller: less memory and shorter "
+            "destination transactions; larger: fewer commits. Formerly batch_size."
         ),
     )
     soft_delete = models.BooleanField(
@@ -133,7 +135,15 @@ class Pipeline(models.Model):
     # Set by the dispatcher when it enqueues a run, cleared when the run ends:
     # a pipeline is never queued twice (see services.dispatch_pipeline_runs).
     run_enqueued_at = models.DateTimeField(null=True, blank=True, editable=False)
-    # Measured after each run (and live on GET /api/pipelines/{id}/).
+    # When a run last looked at the source, and how many runs found nothing to do (those
+    # leave no PipelineRun: these two fields are their whole record).
+    last_checked_at = models.DateTimeField(
+        null=True, blank=True, editable=False, help_text="When a run last read the source, busy or not."
+    )
+    quiet_checks = models.PositiveBigIntegerField(
+        default=0, editable=False, help_text="Runs that found nothing to do (they leave no run record)."
+    )
+    # Measured after each run, or on request (the measure-lag action); reads never measure.
     lag_bytes = models.BigIntegerField(
         null=True,
         blank=True,
@@ -363,7 +373,9 @@ class PipelineTable(models.Model):
 
 
 class PipelineRun(models.Model):
-    """One batch run of a pipeline: what it read, what it applied, how it ended."""
+    """One run of a pipeline that did work (or failed, or was skipped): its LSN range, what it
+    read and applied, how it ended. A run that finds nothing to do leaves no row; the
+    pipeline's last_checked_at and quiet_checks record it. Pruned by services.prune_runs."""
 
     class Outcome(models.TextChoices):
         RUNNING = "running"

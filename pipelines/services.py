@@ -1,26 +1,27 @@
 """Operations on pipelines that the API, the admin, tasks and commands share.
 
-run_pipeline() is the batch CDC protocol of DESIGN.md around the engine
-(engine/runner.py): it takes the lock, loads the configuration,
-calls the engine and records a PipelineRun.
+run_pipeline() is the batch CDC protocol of docs/architecture.md around the engine
+(engine/runner.py): it takes the lock, loads the configuration, opens one source
+stream and one destination writer, lets the engine apply part after part, and
+records a PipelineRun when the run did work.
 """
 
 import logging
 import time
 from collections.abc import Callable
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 
 import psycopg
 from django.conf import settings
 from django.db import connections, transaction
-from django.db.models import F, Q
+from django.db.models import F, OuterRef, Q, Subquery
 from django.utils import timezone
 
 from engine.backoff import backoff_seconds
 from engine.fold import TableSpec
-from engine.lsn import format_lsn as lsn_to_str  # one LSN codec: engine/lsn.py
+from engine.lsn import format_lsn
 from engine.names import MAX_IDENTIFIER_BYTES, format_table_name, parse_table_name
 from engine.runner import BatchOutcome, Engine
 from engine.source import SourceDatabase, SourceProblem
@@ -48,6 +49,7 @@ __all__ = [
     "run_scheduled",
     "dispatch_pipeline_runs",
     "measure_lag",
+    "prune_runs",
 ]
 
 # pg_try_advisory_lock(LOCK_CLASS, source id) on the metadata database. A source
@@ -57,6 +59,7 @@ LOCK_CLASS = 0x524F5345  # "ROSE"
 RETRY_FIRST_SECONDS = 10
 RETRY_MAX_SECONDS = 15 * 60
 ACTIVE = (Pipeline.Status.RUNNING, Pipeline.Status.REFRESHING)
+PROGRESS_EVERY_SECONDS = 1.0
 
 
 @transaction.atomic
@@ -253,6 +256,7 @@ class RunHooks:
     """Fault and timing injection for tests; every hook is optional."""
 
     after_lock: Callable[[], None] | None = None  # the lock is held, nothing done yet
+    before_apply: Callable[[object], None] | None = None  # a part was read, not handed to the writer yet
     before_commit: Callable[[], None] | None = None  # inside the destination transaction
     after_apply: Callable[[object], None] | None = None  # destination committed, slot not advanced
     # Around a slot's (re)creation, with the step just done: "tables_marked_for_recopy",
@@ -340,9 +344,17 @@ def run_pipeline(
     snapshot_only: bool = False,
     observer: RunObserver | None = None,
     hooks: RunHooks | None = None,
+    budget_seconds: float | None = None,
 ) -> PipelineRun:
-    """One run: snapshot what needs it, then one CDC batch, under the pipeline's lock.
-    Returns the recorded PipelineRun (outcome SKIPPED when another run held the lock)."""
+    """One run under the pipeline's lock, over one source stream and one destination
+    writer: snapshot what needs it, then apply changes part after part (each part its
+    own destination transaction with its checkpoint) until caught up; with
+    budget_seconds, on as changes arrive until the source goes quiet or the budget ends.
+
+    Returns the PipelineRun. A run that does work is recorded (saved when the work
+    begins, so a killed run is found by the next one); a run that finds nothing to do
+    is not saved (its pk is None): the pipeline's last_checked_at and quiet_checks
+    say it looked. Outcome SKIPPED (recorded) when another run held the lock."""
     observer = observer or RunObserver()
     hooks = hooks or RunHooks()
     with pipeline_lock(pipeline) as locked:
@@ -355,18 +367,33 @@ def run_pipeline(
             )
         if hooks.after_lock:
             hooks.after_lock()
+        deadline = None if budget_seconds is None else time.monotonic() + budget_seconds
         pipeline.refresh_from_db()
         interrupted = close_interrupted_runs(pipeline)
-        run = PipelineRun.objects.create(pipeline=pipeline)
+        run = PipelineRun(pipeline=pipeline, started_at=timezone.now())
         run.caught_up = False
-        with log_context(pipeline=pipeline.name, run=run.pk):
-            log.info("Run started")
+        run.deadline_reached = False
+
+        context = ExitStack()
+
+        def record_run() -> None:
+            """The run does work: save its row now (outcome RUNNING until it ends); log lines
+            name it from here on."""
+            if run.pk is None:
+                run.save()
+                context.enter_context(log_context(run=run.pk))
+                log.info("Run started")
+
+        with log_context(pipeline=pipeline.name), context:
+            if interrupted or pipeline.source.is_batch:
+                record_run()
             try:
                 if pipeline.source.is_batch:
                     outcome = batch.run_batch_locked(pipeline, run, hooks)
                 else:
-                    outcome = _run_locked(pipeline, run, snapshot_only, observer, hooks)
+                    outcome = _run_locked(pipeline, run, snapshot_only, observer, hooks, record_run, deadline)
             except Exception as error:
+                record_run()
                 run.outcome = PipelineRun.Outcome.FAILED
                 run.error = describe_error(error)
                 # The worded error (never a DSN); the traceback only when debugging.
@@ -375,12 +402,21 @@ def run_pipeline(
             else:
                 run.outcome = PipelineRun.Outcome.SUCCEEDED
                 run.caught_up = outcome is None or outcome.caught_up
-                _record_success(pipeline, outcome)
+                run.deadline_reached = outcome is not None and getattr(outcome, "deadline_reached", False)
+                _record_success(pipeline, outcome, worked=run.pk is not None)
                 if pipeline.source.is_batch:
                     batch.schedule_next(pipeline)
-                log.info(
-                    "Run succeeded: %s changes read, %s snapshot rows", run.changes_read, run.snapshot_rows
-                )
+                if run.pk is None:
+                    log.debug("Nothing to do")
+                else:
+                    log.info(
+                        "Run succeeded: %s changes read, %s snapshot rows",
+                        run.changes_read,
+                        run.snapshot_rows,
+                    )
+            if run.pk is None:
+                run.finished_at = timezone.now()
+                return run  # nothing done: no row
             if interrupted:
                 run.notes = "\n".join(
                     filter(
@@ -411,7 +447,10 @@ def close_interrupted_runs(pipeline: Pipeline) -> int:
     return closed
 
 
-def _run_locked(pipeline, run, snapshot_only, observer, hooks) -> BatchOutcome | None:
+def _run_locked(pipeline, run, snapshot_only, observer, hooks, record_run, deadline) -> BatchOutcome | None:
+    """The run's work with one source connection, one replication stream and one writer,
+    all opened here once and closed at the end. Calls record_run() before anything is
+    written, so the run is on record if its process dies from then on."""
     destination = pipeline.destination
     writer = writer_for(
         destination.kind, destination.writer_settings(), connect_timeout=settings.ROSETTA_CONNECT_TIMEOUT
@@ -427,33 +466,41 @@ def _run_locked(pipeline, run, snapshot_only, observer, hooks) -> BatchOutcome |
                 slot=pipeline.source.slot_name,
                 publication=pipeline.source.publication_name,
                 tables=_table_specs(pipeline),
-                batch_size=pipeline.batch_size,
+                max_changes_per_transaction=pipeline.max_changes_per_transaction,
                 soft_delete=pipeline.soft_delete,
                 after_apply=hooks.after_apply,
+                before_apply=lambda part: _before_apply(part, record_run, hooks),
+                after_part=_ProgressRecorder(pipeline),
                 recopy_incompatible=(
                     pipeline.on_incompatible_schema_change == Pipeline.SchemaChangePolicy.RECOPY
                 ),
             )
-            changed, _ = engine.prepare(
-                before_new_slot=lambda lost: _before_new_slot(pipeline, run, lost),
-                at_step=hooks.at_slot_step,
-            )
+
+            def before_new_slot(lost):
+                record_run()
+                _before_new_slot(pipeline, run, lost)
+
+            changed, _ = engine.prepare(before_new_slot=before_new_slot, at_step=hooks.at_slot_step)
             notes += changed
             notes += _align_schemas(pipeline, engine)
+            if notes or pipeline.tables.exclude(snapshot_state=PipelineTable.SnapshotState.DONE).exists():
+                record_run()
             run.snapshot_rows = _snapshot_pending(pipeline, engine, observer)
             if snapshot_only:
                 run.notes = "\n".join(notes)
                 return None
-            outcome = engine.run_batch()
+            outcome = engine.run_batch(until=deadline)
     finally:
         writer.close()
     batch = outcome.batch
     result = outcome.result
+    if batch.transactions or outcome.skipped_transactions or outcome.recopy or batch.notes:
+        record_run()
     _mark_for_recopy(pipeline, outcome.recopy)
     if batch.start_lsn:
-        run.start_lsn = lsn_to_str(batch.start_lsn)
+        run.start_lsn = format_lsn(batch.start_lsn)
     if batch.end_lsn:
-        run.end_lsn = lsn_to_str(batch.end_lsn)
+        run.end_lsn = format_lsn(batch.end_lsn)
     run.changes_read = batch.changes
     run.bytes_read = batch.bytes_read
     if result is not None:
@@ -477,6 +524,31 @@ def _run_locked(pipeline, run, snapshot_only, observer, hooks) -> BatchOutcome |
             rows_deleted=F("rows_deleted") + changes.deleted,
         )
     return outcome
+
+
+def _before_apply(part, record_run, hooks: RunHooks) -> None:
+    record_run()
+    if hooks.before_apply:
+        hooks.before_apply(part)
+
+
+class _ProgressRecorder:
+    """After a part's commit: the pipeline shows how far the destination is while a long
+    run goes on, written at most once a second (the run's end writes the final figures)."""
+
+    def __init__(self, pipeline: Pipeline):
+        self.pipeline = pipeline
+        self.written = 0.0
+
+    def __call__(self, part) -> None:
+        now = time.monotonic()
+        if now - self.written < PROGRESS_EVERY_SECONDS or not part.end_lsn:
+            return
+        self.written = now
+        fields = {"last_applied_lsn": format_lsn(part.end_lsn)}
+        if part.last_commit_time:
+            fields["last_applied_commit_at"] = part.last_commit_time
+        Pipeline.objects.filter(pk=self.pipeline.pk).update(**fields)
 
 
 class SlotLost(SourceProblem):
@@ -600,14 +672,16 @@ def _snapshot_pending(pipeline: Pipeline, engine: Engine, observer: RunObserver)
     return total
 
 
-def _record_success(pipeline: Pipeline, outcome: BatchOutcome | None) -> None:
+def _record_success(pipeline: Pipeline, outcome: BatchOutcome | None, worked: bool) -> None:
     now = timezone.now()
-    fields = {"consecutive_failures": 0, "next_run_at": None, "last_error": "", "updated_at": now}
+    fields = {"consecutive_failures": 0, "next_run_at": None, "last_error": "", "last_checked_at": now}
+    if not worked:
+        fields["quiet_checks"] = F("quiet_checks") + 1
     if outcome is not None:
         if outcome.slot is not None:
             fields.update(lag_bytes=outcome.slot.lag_bytes, lag_measured_at=now)
         if outcome.batch.end_lsn:
-            fields["last_applied_lsn"] = lsn_to_str(outcome.batch.end_lsn)
+            fields["last_applied_lsn"] = format_lsn(outcome.batch.end_lsn)
         if outcome.batch.last_commit_time:
             fields["last_applied_commit_at"] = outcome.batch.last_commit_time
     Pipeline.objects.filter(pk=pipeline.pk).update(**fields)
@@ -647,32 +721,35 @@ def run_until_caught_up(
     on_run: Callable[[PipelineRun], None] | None = None,
     **options,
 ) -> list[PipelineRun]:
-    """Run batches until one reads everything the source has flushed, a run fails or
-    is skipped, or max_seconds have passed."""
-    deadline = None if max_seconds is None else time.monotonic() + max_seconds
-    runs = []
-    while True:
-        run = run_pipeline(pipeline, **options)
-        runs.append(run)
-        if on_run:
-            on_run(run)
-        if run.outcome != PipelineRun.Outcome.SUCCEEDED or getattr(run, "caught_up", True):
-            return runs
-        if deadline is not None and time.monotonic() > deadline:
-            return runs
+    """One run (run_pipeline) that reads until caught up; with max_seconds, one that goes
+    on applying changes as they arrive for that long. Returns [the run] (unsaved when
+    there was nothing to do)."""
+    run = run_pipeline(pipeline, budget_seconds=max_seconds, **options)
+    if on_run:
+        on_run(run)
+    return [run]
 
 
-def run_scheduled(pipeline_id: int) -> None:
-    """What the run task does: catch up for a while, then let the dispatcher requeue."""
+def run_scheduled(pipeline_id: int, requeue: Callable[[int], object] | None = None) -> None:
+    """What the run task does: one run of up to ROSETTA_RUN_BUDGET_SECONDS. A run that
+    was still busy when its budget ended is queued again at once (through `requeue`),
+    so a busy pipeline's changes never wait for the next dispatch; otherwise the
+    dispatcher queues the next run."""
     pipeline = Pipeline.objects.select_related("source", "destination").filter(pk=pipeline_id).first()
     if pipeline is None:
         return
+    busy = False
     try:
         runnable = pipeline.status in ACTIVE or pipeline.status == Pipeline.Status.FAILED
         if runnable:
-            run_until_caught_up(pipeline, max_seconds=settings.ROSETTA_RUN_BUDGET_SECONDS)
+            (run,) = run_until_caught_up(pipeline, max_seconds=settings.ROSETTA_RUN_BUDGET_SECONDS)
+            busy = run.outcome == PipelineRun.Outcome.SUCCEEDED and run.deadline_reached
     finally:
-        Pipeline.objects.filter(pk=pipeline_id).update(run_enqueued_at=None)
+        still_active = Pipeline.objects.filter(pk=pipeline_id, status__in=ACTIVE)
+        if busy and requeue is not None and still_active.update(run_enqueued_at=timezone.now()):
+            requeue(pipeline_id)
+        else:
+            Pipeline.objects.filter(pk=pipeline_id).update(run_enqueued_at=None)
 
 
 def dispatch_pipeline_runs(enqueue: Callable[[int], object]) -> list[int]:
@@ -733,3 +810,36 @@ def measure_lag(pipeline: Pipeline) -> str | None:
     Pipeline.objects.filter(pk=pipeline.pk).update(lag_bytes=state.lag_bytes, lag_measured_at=now)
     pipeline.lag_bytes, pipeline.lag_measured_at = state.lag_bytes, now
     return None
+
+
+PRUNE_CHUNK = 10_000
+FAILURES = (PipelineRun.Outcome.FAILED, PipelineRun.Outcome.INTERRUPTED)
+
+
+def prune_runs(now=None) -> int:
+    """Delete runs older than ROSETTA_RUN_HISTORY_DAYS (failed and interrupted ones older
+    than ROSETTA_FAILED_RUN_HISTORY_DAYS), keeping each pipeline's newest run so its page
+    still says when it last worked. Deletes in chunks, each its own short transaction.
+    Returns the runs deleted."""
+    now = now or timezone.now()
+    kept_days = timedelta(days=settings.ROSETTA_RUN_HISTORY_DAYS)
+    failed_days = timedelta(days=settings.ROSETTA_FAILED_RUN_HISTORY_DAYS)
+    newest = PipelineRun.objects.filter(pipeline=OuterRef("pk")).order_by("-started_at").values("pk")[:1]
+    old = (
+        PipelineRun.objects.filter(
+            (Q(started_at__lt=now - kept_days) & ~Q(outcome__in=FAILURES))
+            | Q(started_at__lt=now - failed_days)
+        )
+        .exclude(outcome=PipelineRun.Outcome.RUNNING)
+        .exclude(
+            pk__in=Pipeline.objects.annotate(newest=Subquery(newest))
+            .filter(newest__isnull=False)
+            .values("newest")
+        )
+    )
+    deleted = 0
+    while True:
+        chunk = list(old.values_list("pk", flat=True)[:PRUNE_CHUNK])
+        if not chunk:
+            return deleted
+        deleted += PipelineRun.objects.filter(pk__in=chunk).delete()[0]

@@ -121,7 +121,8 @@ ROSETTA_CONNECT_TIMEOUT = env.int("ROSETTA_CONNECT_TIMEOUT", default=5)
 ROSETTA_STATEMENT_TIMEOUT_MS = env.int("ROSETTA_STATEMENT_TIMEOUT_MS", default=10_000)
 
 # Pipeline runs: the longest one peek of the replication slot may take, and how long one
-# run task keeps reading batches before it leaves the worker to other pipelines.
+# run task keeps its stream open, applying changes as they arrive, before it leaves the
+# worker to other pipelines (a run still busy then is queued again at once).
 ROSETTA_PEEK_TIMEOUT_SECONDS = env.int("ROSETTA_PEEK_TIMEOUT_SECONDS", default=30 * 60)
 ROSETTA_RUN_BUDGET_SECONDS = env.int("ROSETTA_RUN_BUDGET_SECONDS", default=50)
 # A queued run whose pipeline lock nobody holds after this long was lost with its
@@ -130,6 +131,10 @@ ROSETTA_RUN_LEASE_SECONDS = env.int("ROSETTA_RUN_LEASE_SECONDS", default=60)
 # A run task may snapshot a large table: its time limit is this (not Celery's default
 # task limit), so a long snapshot finishes instead of restarting from zero forever.
 ROSETTA_SNAPSHOT_TIME_LIMIT_SECONDS = env.int("ROSETTA_SNAPSHOT_TIME_LIMIT_SECONDS", default=24 * 60 * 60)
+# Run history: the prune task (hourly, Beat) deletes runs older than this many days, failed
+# and interrupted runs after the second number; each pipeline's newest run stays.
+ROSETTA_RUN_HISTORY_DAYS = env.int("ROSETTA_RUN_HISTORY_DAYS", default=14)
+ROSETTA_FAILED_RUN_HISTORY_DAYS = env.int("ROSETTA_FAILED_RUN_HISTORY_DAYS", default=90)
 # CSV and HTTP JSON sources: records per destination transaction (each with its checkpoint).
 ROSETTA_BATCH_PART_ROWS = env.int("ROSETTA_BATCH_PART_ROWS", default=50_000)
 # CSV sources may read only files under these directories (comma-separated); empty: anywhere

@@ -45,7 +45,7 @@ def engine(source_database, source_conn):
             slot="rosetta_sf_test",
             publication="rosetta_sf_test",
             tables=[TableSpec("public", "Orders", "Orders"), TableSpec("public", "line_items", "line_items")],
-            batch_size=100_000,
+            max_changes_per_transaction=100_000,
         )
         engine.prepare()
         for spec in engine.tables.values():
@@ -197,7 +197,7 @@ def test_table_shapes_replicate_into_snowflake(source_database, source_conn):
             slot="rosetta_sf_shapes",
             publication="rosetta_sf_shapes",
             tables=[TableSpec("public", "priced", "priced"), TableSpec("public", "events", "events")],
-            batch_size=100_000,
+            max_changes_per_transaction=100_000,
         )
         try:
             engine.prepare()

@@ -170,12 +170,12 @@ def target(destination):
 
 @pytest.fixture
 def make_pipeline(source_row, destination):
-    def make(tables, batch_size=100_000, start=True, **fields):
+    def make(tables, max_changes_per_transaction=100_000, start=True, **fields):
         pipeline = Pipeline.objects.create(
             name=f"p-{uuid.uuid4().hex[:8]}",
             source=source_row,
             destination=destination,
-            batch_size=batch_size,
+            max_changes_per_transaction=max_changes_per_transaction,
             **fields,
         )
         services.set_pipeline_tables(pipeline, tables)

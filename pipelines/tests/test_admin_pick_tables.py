@@ -40,7 +40,7 @@ def test_a_new_pipeline_goes_on_to_pick_tables_from_the_sources_list(admin_brows
             "name": "shop",
             "source": source_row.pk,
             "destination": destination.pk,
-            "batch_size": 1000,
+            "max_changes_per_transaction": 1000,
             "on_slot_lost": "recopy",
             "on_incompatible_schema_change": "fail",
             "max_reject_share": 0.1,

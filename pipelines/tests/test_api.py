@@ -3,7 +3,7 @@ from django.contrib.auth.models import Permission
 from rest_framework.test import APIClient
 
 from destinations.tests.factories import DestinationFactory
-from pipelines.models import Pipeline
+from pipelines.models import DEFAULT_MAX_CHANGES_PER_TRANSACTION, Pipeline
 from sources.tests.factories import SourceFactory
 
 from .factories import PipelineFactory, PipelineRunFactory, PipelineTableFactory
@@ -25,7 +25,7 @@ def test_a_pipeline_is_created_with_its_tables_as_strings(admin_api):
     )
     assert response.status_code == 201, response.data
     assert response.data["status"] == "created"
-    assert response.data["batch_size"] == 1_000_000
+    assert response.data["max_changes_per_transaction"] == DEFAULT_MAX_CHANGES_PER_TRANSACTION
     assert sorted(response.data["tables"]) == ["public.orders", "sales.customers"]
     pipeline = Pipeline.objects.get(name="orders-to-duck")
     assert {(t.schema_name, t.table_name, t.target_table) for t in pipeline.tables.all()} == {

@@ -40,7 +40,7 @@ def test_a_walsender_terminated_between_two_reads_ends_the_read_with_the_servers
         slot="s_term",
         publication="pub_term",
         tables=[TableSpec("public", "items", "items")],
-        batch_size=100,
+        max_changes_per_transaction=100,
     )
     try:
         engine.prepare()

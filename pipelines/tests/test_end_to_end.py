@@ -111,18 +111,20 @@ def test_snapshot_then_changes_leave_the_destination_equal_to_the_source(source_
     assert progress.rows_inserted == 20 + 10 + 1 and progress.rows_deleted == 6 + 1
 
 
-def test_a_transaction_larger_than_batch_size_is_applied_whole(source_db, target, make_pipeline):
+def test_a_transaction_larger_than_max_changes_per_transaction_is_applied_whole(
+    source_db, target, make_pipeline
+):
     create_tables(source_db)
-    pipeline = make_pipeline(["public.orders"], batch_size=10)
+    pipeline = make_pipeline(["public.orders"], max_changes_per_transaction=10)
     services.run_pipeline(pipeline)  # snapshot of the empty table
 
     insert_orders(source_db, range(1, 101))  # one transaction of 100 changes
     insert_orders(source_db, range(101, 103))
-    run = services.run_pipeline(pipeline)
+    parts = []
+    run = services.run_pipeline(pipeline, hooks=services.RunHooks(after_apply=parts.append))
 
     assert run.outcome == PipelineRun.Outcome.SUCCEEDED, run.error
-    assert run.changes_read == 100  # the whole transaction, not 10 of it
-    assert target.count("orders") == 100
-    assert target.checkpoint(pipeline.checkpoint_key) > 0
-    services.run_until_caught_up(pipeline)
+    assert [part.changes for part in parts] == [100, 2]  # the whole transaction, not 10 of it
+    assert run.changes_read == 102 and run.rows_inserted == 102  # one run reads until caught up
     assert target.count("orders") == 102
+    assert target.checkpoint(pipeline.checkpoint_key) > 0

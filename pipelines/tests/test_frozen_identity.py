@@ -82,7 +82,7 @@ def pipeline_form(pipeline, **changes):
         "name": pipeline.name,
         "source": pipeline.source_id,
         "destination": pipeline.destination_id,
-        "batch_size": pipeline.batch_size,
+        "max_changes_per_transaction": pipeline.max_changes_per_transaction,
         "on_slot_lost": pipeline.on_slot_lost,
         "on_incompatible_schema_change": pipeline.on_incompatible_schema_change,
         "max_reject_share": pipeline.max_reject_share,

@@ -6,7 +6,6 @@ slot is free again once the run ends."""
 import psycopg
 import pytest
 
-from engine import runner
 from engine.fold import TableSpec
 from engine.runner import Engine
 from engine.source import SourceDatabase
@@ -26,13 +25,8 @@ def source(source_database):
     conn.close()
 
 
-@pytest.fixture(autouse=True)
-def small_parts(monkeypatch):
+def make_engine(source_database, tmp_path, read_path="stream", writer=None):
     """Parts of 2 changes: a batch of 5 is applied as several destination transactions."""
-    monkeypatch.setattr(runner, "STREAM_PART_CHANGES", 2)
-
-
-def make_engine(source_database, tmp_path, read_path="stream", batch_size=5, writer=None):
     db = SourceDatabase(source_database)
     writer = writer or DuckDBWriter({"path": str(tmp_path / f"{read_path}.duckdb")})
     engine = Engine(
@@ -42,7 +36,7 @@ def make_engine(source_database, tmp_path, read_path="stream", batch_size=5, wri
         slot="s_" + read_path,
         publication="pub",
         tables=[TableSpec("public", "items", "items")],
-        batch_size=batch_size,
+        max_changes_per_transaction=2,
         read_path=read_path,
     )
     engine.prepare()
@@ -64,7 +58,7 @@ def workload(conn):
 def catch_up(engine):
     batches = 0
     while True:
-        outcome = engine.run_batch()
+        outcome = engine.run_batch(max_changes=5)
         batches += 1
         if outcome.caught_up:
             return batches
@@ -108,16 +102,16 @@ def test_a_batch_that_fails_after_its_read_is_read_again_by_the_same_engine(
     db, writer, engine = make_engine(source_database, tmp_path)
     try:
         workload(source)
-        engine.run_batch()  # the stream is open now, positioned after the first batch
+        engine.run_batch(max_changes=5)  # the stream is open now, positioned after the first batch
 
         def fail(batch):
             raise RuntimeError("crash after the destination commit, before the slot moved")
 
         engine.after_apply = fail
         with pytest.raises(RuntimeError):
-            engine.run_batch()
+            engine.run_batch(max_changes=5)
         engine.after_apply = None
-        replay = engine.run_batch()  # read again from the slot; the destination has it already
+        replay = engine.run_batch(max_changes=5)  # read again from the slot; the destination has it already
         assert replay.skipped_transactions > 0
 
         def fail_before_commit():
@@ -125,7 +119,7 @@ def test_a_batch_that_fails_after_its_read_is_read_again_by_the_same_engine(
 
         writer.before_commit_hook = fail_before_commit
         with pytest.raises(RuntimeError):
-            engine.run_batch()
+            engine.run_batch(max_changes=5)
         writer.before_commit_hook = None
         catch_up(engine)
         assert normal(destination_rows(writer)) == source_rows(source)
@@ -137,7 +131,7 @@ def test_a_batch_that_fails_after_its_read_is_read_again_by_the_same_engine(
 def test_the_slot_is_free_as_soon_as_the_run_ends(source, source_database, tmp_path):
     db, writer, engine = make_engine(source_database, tmp_path)
     workload(source)
-    engine.run_batch()
+    engine.run_batch(max_changes=5)
     assert db.streaming(engine.slot)
     db.close()
     writer.close()

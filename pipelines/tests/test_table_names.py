@@ -97,7 +97,7 @@ def test_the_admin_accepts_the_names_the_api_accepts(admin_browser):
         "name": pipeline.name,
         "source": pipeline.source_id,
         "destination": pipeline.destination_id,
-        "batch_size": pipeline.batch_size,
+        "max_changes_per_transaction": pipeline.max_changes_per_transaction,
         "on_slot_lost": pipeline.on_slot_lost,
         "on_incompatible_schema_change": pipeline.on_incompatible_schema_change,
         "max_reject_share": pipeline.max_reject_share,

@@ -27,7 +27,7 @@ class ProgressBar(services.RunObserver):
 
 class Command(BaseCommand):
     help = (
-        "Run a pipeline now, as the scheduler would: snapshot what needs it, then CDC batches; "
+        "Run a pipeline now, as the scheduler would: snapshot what needs it, then apply changes; "
         "for a CSV or HTTP JSON source, load what is new."
     )
 
@@ -36,7 +36,7 @@ class Command(BaseCommand):
         parser.add_argument(
             "--until-caught-up",
             action="store_true",
-            help="Keep running batches until one reads everything the source has flushed.",
+            help="Read changes until the run has applied everything the source had flushed (one run, one stream).",
         )
         parser.add_argument(
             "--snapshot-only", action="store_true", help="Snapshot the tables that need it; read no changes."

@@ -1,0 +1,145 @@
+"""A run holds one replication stream and one destination writer, and applies part after
+part, each its own destination transaction, until caught up; the run task goes on while
+changes arrive, within its time budget, and is queued again at once if still busy."""
+
+import threading
+import time
+
+import psycopg
+import pytest
+from django.test import override_settings
+
+from engine import stream
+from pipelines import services
+from pipelines.models import Pipeline, PipelineRun
+
+from .test_end_to_end import create_tables, insert_orders
+
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.parametrize("destination", ["duckdb"], indirect=True),
+]
+
+
+@pytest.fixture
+def opened(monkeypatch):
+    """Counts the walsender streams and destination writers opened."""
+    counts = {"streams": 0, "writers": 0}
+    open_stream = stream.ReplicationStream.open
+    make_writer = services.writer_for
+
+    def counting_open(self):
+        counts["streams"] += 1
+        return open_stream(self)
+
+    def counting_writer(*args, **kwargs):
+        counts["writers"] += 1
+        return make_writer(*args, **kwargs)
+
+    monkeypatch.setattr(stream.ReplicationStream, "open", counting_open)
+    monkeypatch.setattr(services, "writer_for", counting_writer)
+    return counts
+
+
+def test_a_backlog_is_applied_in_parts_over_one_stream_and_one_writer(
+    source_db, target, make_pipeline, opened
+):
+    create_tables(source_db)
+    pipeline = make_pipeline(["public.orders"], max_changes_per_transaction=10)
+    services.run_pipeline(pipeline)  # slot, snapshot of the empty table
+    for start in range(1, 61, 10):
+        insert_orders(source_db, range(start, start + 10))  # six transactions of 10 changes
+    opened.update(streams=0, writers=0)
+    parts = []
+
+    (run,) = services.run_until_caught_up(pipeline, hooks=services.RunHooks(after_apply=parts.append))
+
+    assert run.outcome == PipelineRun.Outcome.SUCCEEDED, run.error
+    assert opened == {"streams": 1, "writers": 1}
+    assert [part.changes for part in parts] == [10] * 6  # six destination transactions
+    assert run.changes_read == 60 and run.rows_inserted == 60
+    assert run.start_lsn and run.end_lsn and run.start_lsn != run.end_lsn
+    assert target.count("orders") == 60
+    assert PipelineRun.objects.filter(pipeline=pipeline).count() == 2  # the snapshot's run and this one
+
+
+def test_the_run_task_applies_changes_that_arrive_while_it_runs(source_db, target, make_pipeline, opened):
+    create_tables(source_db)
+    pipeline = make_pipeline(["public.orders"], max_changes_per_transaction=10)
+    services.run_pipeline(pipeline)
+    insert_orders(source_db, range(1, 11))
+    late = threading.Event()
+
+    def write_more(part):
+        if not late.is_set():
+            late.set()
+            insert_orders(source_db, range(11, 21))  # arrives after the run has read its backlog
+
+    opened.update(streams=0, writers=0)
+    run = services.run_pipeline(pipeline, budget_seconds=60, hooks=services.RunHooks(before_apply=write_more))
+
+    assert run.outcome == PipelineRun.Outcome.SUCCEEDED, run.error
+    assert run.changes_read == 20 and target.count("orders") == 20
+    assert opened == {"streams": 1, "writers": 1}
+    assert not run.deadline_reached  # it ended because the source went quiet
+    assert run.duration_seconds < 30
+
+
+@override_settings(ROSETTA_RUN_BUDGET_SECONDS=0)
+def test_a_run_still_busy_when_its_budget_ends_is_queued_again_at_once(source_db, target, make_pipeline):
+    create_tables(source_db)
+    pipeline = make_pipeline(["public.orders"], max_changes_per_transaction=10)
+    services.run_pipeline(pipeline)
+    for start in range(1, 41, 10):
+        insert_orders(source_db, range(start, start + 10))
+    queued = []
+
+    services.run_scheduled(pipeline.pk, requeue=queued.append)
+
+    assert queued == [pipeline.pk]  # not left for the next dispatch
+    assert Pipeline.objects.get(pk=pipeline.pk).run_enqueued_at is not None
+    assert 0 < target.count("orders") < 40
+    for _ in range(10):
+        if target.count("orders") == 40:
+            break
+        services.run_scheduled(pipeline.pk, requeue=queued.append)
+    assert target.count("orders") == 40
+
+    queued.clear()
+    services.run_scheduled(pipeline.pk, requeue=queued.append)  # nothing left: the dispatcher decides
+    assert queued == []
+    assert Pipeline.objects.get(pk=pipeline.pk).run_enqueued_at is None
+
+
+def test_a_busy_run_keeps_its_stream_while_changes_keep_coming(
+    source_db, source_database, target, make_pipeline, opened
+):
+    """Reads outpace commits (a read finds nothing new between two): the run stays on until
+    its budget ends, instead of ending at the first empty read and waiting for a dispatch."""
+    create_tables(source_db)
+    pipeline = make_pipeline(["public.orders"])
+    services.run_pipeline(pipeline)
+    stop = threading.Event()
+
+    def write():
+        with psycopg.connect(**source_database, autocommit=True, options="-c synchronous_commit=on") as conn:
+            n = 0
+            while not stop.is_set():
+                n += 1
+                conn.execute("INSERT INTO orders (region, id, amount) VALUES ('eu', %s, 1)", [n])
+                time.sleep(0.2)  # gaps a read outpaces, shorter than QUIET_SECONDS
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    opened.update(streams=0, writers=0)
+    try:
+        run = services.run_pipeline(pipeline, budget_seconds=3)
+    finally:
+        stop.set()
+        writer.join()
+
+    assert run.outcome == PipelineRun.Outcome.SUCCEEDED, run.error
+    assert run.deadline_reached and run.duration_seconds >= 3
+    assert opened == {"streams": 1, "writers": 1}
+    services.run_until_caught_up(pipeline)
+    assert target.count("orders") == source_db.execute("SELECT count(*) FROM orders").fetchone()[0]
