@@ -11,7 +11,7 @@ from sources.models import Source
 pytestmark = pytest.mark.django_db
 
 PIPELINE_FORM = {
-    "batch_size": 1000,
+    "max_changes_per_transaction": 1000,
     "on_slot_lost": "recopy",
     "on_incompatible_schema_change": "fail",
     "max_reject_share": 0.1,

@@ -234,7 +234,7 @@ def test_the_admin_edits_a_batch_pipelines_schedule_and_refuses_two_at_once(
         "name": "nightly",
         "source": source.pk,
         "destination": destination.pk,
-        "batch_size": 1000,
+        "max_changes_per_transaction": 1000,
         "on_slot_lost": "recopy",
         "on_incompatible_schema_change": "fail",
         "max_reject_share": 0.2,
