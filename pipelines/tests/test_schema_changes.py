@@ -314,3 +314,21 @@ def test_a_run_that_dies_after_copying_again_for_a_key_change_leaves_the_next_ru
 
     run(pipeline)
     assert_equal(source_db, target, "quiet")
+
+
+def test_a_run_whose_budget_ends_before_reading_past_a_copy_leaves_the_next_run_correct(
+    source_db, target, pipeline
+):
+    Pipeline.objects.filter(pk=pipeline.pk).update(max_changes_per_transaction=1)
+    pipeline.refresh_from_db()
+    for id_ in (1, 2, 3):  # the old column's values, one transaction (one part) each
+        source_db.execute("UPDATE quiet SET n = 100 + n WHERE id = %s", [id_])
+    source_db.execute("ALTER TABLE quiet DROP COLUMN n")
+    source_db.execute("ALTER TABLE quiet ADD COLUMN n int DEFAULT 0")
+
+    (first,) = services.run_until_caught_up(pipeline, max_seconds=0.001)
+    assert first.outcome == PipelineRun.Outcome.SUCCEEDED and first.deadline_reached
+    assert PipelineTable.objects.get(pipeline=pipeline, table_name="quiet").copied_below_lsn  # not read past
+
+    run(pipeline)
+    assert_equal(source_db, target, "quiet")
