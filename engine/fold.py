@@ -36,13 +36,17 @@ class TableSpec:
     # The columns rows are matched by (engine.preflight.table_identity). None:
     # use the replica identity columns that the Relation message flags.
     primary_key: list[str] | None = None
-    # Set when the table was copied in this run (Engine.snapshot_table): its shape
-    # then (relation_shape()) and the WAL position of the copy's snapshot. A change
+    # Set when the table is copied (Engine.snapshot_table), and kept by the caller until
+    # a run has confirmed past copied_below_lsn (a run may end before reading that far):
+    # the copy's shape (relation_shape()) and the WAL position of its snapshot. A change
     # committed below that position under another shape predates a schema change
     # the copy already holds (ALTER TABLE waited for it to commit): it is skipped,
     # as its values may no longer fit (a type or key that changed).
     copied_shape: tuple | None = None
     copied_below_lsn: int = 0
+    # Columns dropped and added again under their name that the copy holds anew: a
+    # change below copied_below_lsn keeps the copy's value there (Engine._keep_copied_values).
+    copied_replaced: frozenset[str] = frozenset()
     # Generated (STORED) columns: pgoutput does not send them (PostgreSQL < 18),
     # so the runner reads their values from the source (Engine._fill_generated).
     generated: list[Column] = field(default_factory=list)
@@ -105,7 +109,7 @@ class _RelationState:
             self.key_of_values = lambda values: (values[position],)
         else:
             self.key_of_values = itemgetter(*positions)
-        # a shape older than the copy made in this run: see TableSpec.copied_shape
+        # a shape older than the table's copy: see TableSpec.copied_shape
         # (or one whose replica identity lacks a column of the key the copy was made with)
         self.predates_copy = spec.copied_shape is not None and (
             relation_shape(relation) != spec.copied_shape

@@ -131,7 +131,7 @@ class Engine:
         self._shapes_seen: set[tuple] = set()  # (table, change shape) the catalog was read again for
         self.partition_of: dict[tuple[str, str], TableSpec] = {}  # partition -> its parent's spec
         # Columns align_schemas found dropped and added again under their name (the table is
-        # copied again): see _fit_current_shape.
+        # copied again): snapshot_table hands them to the spec (TableSpec.copied_replaced).
         self._replaced: dict[tuple[str, str], frozenset[str]] = {}
 
     def prepare(
@@ -235,6 +235,7 @@ class Engine:
         shape = self._shapes[spec.key] = self.source.table_shape(spec.schema, spec.table)
         spec.copied_shape = relation_shape(shape.relation)
         spec.copied_below_lsn = self.source.last_snapshot_position
+        spec.copied_replaced = self._replaced.pop(spec.key, frozenset())
         return rows
 
     def run_batch(self, until: float | None = None, max_changes: int | None = None) -> BatchOutcome:
@@ -498,8 +499,8 @@ class Engine:
     def _keep_copied_values(self, key: tuple[str, str], changes: TableChanges) -> None:
         """A column dropped and added again under its name looks the same in the changes
         from before the drop, which carry the old column's values: in a table copied
-        again this run, changes from before the copy keep the copy's value there."""
-        replaced = self._replaced.get(key)
+        again, changes from before the copy keep the copy's value there."""
+        replaced = self.tables[key].copied_replaced
         copied_below = self.tables[key].copied_below_lsn
         if not replaced or not copied_below:
             return

@@ -329,6 +329,12 @@ class PipelineTable(models.Model):
         help_text="CSV and HTTP JSON sources: each field's column name in the destination (normalized).",
     )
     column_types = models.JSONField(default=dict, blank=True, editable=False)
+    # The table's last copy, until a run has confirmed past its position: the changes
+    # from before it that a later run still reads are skipped (another shape) or keep the
+    # copy's value (a replaced column). See TableSpec.copied_shape; saved with "done".
+    copied_below_lsn = models.CharField(max_length=32, blank=True, default="", editable=False)
+    copied_shape = models.JSONField(null=True, blank=True, editable=False)
+    copied_replaced = models.JSONField(default=list, blank=True, editable=False)
 
     class Meta:
         ordering = ["pipeline", "schema_name", "table_name"]

@@ -21,10 +21,10 @@ from django.utils import timezone
 
 from engine.backoff import backoff_seconds
 from engine.fold import TableSpec
-from engine.lsn import format_lsn
+from engine.lsn import format_lsn, parse_lsn
 from engine.names import MAX_IDENTIFIER_BYTES, format_table_name, parse_table_name
 from engine.runner import BatchOutcome, Engine
-from engine.source import SourceDatabase, SourceProblem
+from engine.source import SlotState, SourceDatabase, SourceProblem
 from engine.writers import writer_for
 from rosetta.logs import log_context
 from sources.models import Source
@@ -335,7 +335,31 @@ def describe_error(error: Exception) -> str:
 
 
 def _table_specs(pipeline: Pipeline) -> list[TableSpec]:
-    return [TableSpec(t.schema_name, t.table_name, t.target_table) for t in pipeline.tables.all()]
+    """The tables as the engine needs them, with what an earlier run's copy left to skip
+    or keep (TableSpec.copied_shape): a run may end before reading past its copy."""
+    return [
+        TableSpec(
+            t.schema_name,
+            t.table_name,
+            t.target_table,
+            copied_shape=tuple(tuple(column) for column in t.copied_shape) if t.copied_shape else None,
+            copied_below_lsn=parse_lsn(t.copied_below_lsn) or 0,
+            copied_replaced=frozenset(t.copied_replaced),
+        )
+        for t in pipeline.tables.all()
+    ]
+
+
+def _forget_copies_read_past(pipeline: Pipeline, slot: SlotState | None) -> None:
+    """Once the slot has confirmed past a copy's position, no change from before it can
+    come again: the copy's record is no longer needed (_table_specs)."""
+    if slot is None:
+        return
+    for table in pipeline.tables.exclude(copied_below_lsn=""):
+        if parse_lsn(table.copied_below_lsn) <= slot.confirmed_flush_lsn:
+            PipelineTable.objects.filter(pk=table.pk, copied_below_lsn=table.copied_below_lsn).update(
+                copied_below_lsn="", copied_shape=None, copied_replaced=[]
+            )
 
 
 def run_pipeline(
@@ -492,6 +516,7 @@ def _run_locked(pipeline, run, snapshot_only, observer, hooks, record_run, deadl
             outcome = engine.run_batch(until=deadline)
     finally:
         writer.close()
+    _forget_copies_read_past(pipeline, outcome.slot)
     batch = outcome.batch
     result = outcome.result
     if batch.transactions or outcome.skipped_transactions or outcome.recopy or batch.notes:
@@ -661,11 +686,24 @@ def _snapshot_pending(pipeline: Pipeline, engine: Engine, observer: RunObserver)
             table.snapshot_state = PipelineTable.SnapshotState.FAILED
             table.save(update_fields=["snapshot_state"])
             raise
+        spec = specs[(table.schema_name, table.table_name)]
         table.snapshot_state = PipelineTable.SnapshotState.DONE
         table.snapshot_rows = table.snapshot_rows_copied = rows
         table.snapshot_finished_at = timezone.now()
+        # In the same write as "done": the next run must know what the copy holds.
+        table.copied_below_lsn = format_lsn(spec.copied_below_lsn)
+        table.copied_shape = [list(column) for column in spec.copied_shape]
+        table.copied_replaced = sorted(spec.copied_replaced)
         table.save(
-            update_fields=["snapshot_state", "snapshot_rows", "snapshot_rows_copied", "snapshot_finished_at"]
+            update_fields=[
+                "snapshot_state",
+                "snapshot_rows",
+                "snapshot_rows_copied",
+                "snapshot_finished_at",
+                "copied_below_lsn",
+                "copied_shape",
+                "copied_replaced",
+            ]
         )
         observer.snapshot_done(table.qualified_name, rows)
         total += rows

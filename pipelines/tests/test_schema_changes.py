@@ -266,3 +266,69 @@ def test_a_type_change_that_does_not_widen_is_copied_again_when_the_pipeline_say
     assert_equal(source_db, target, "quiet")
     assert target.rows("quiet", ["id", "name"], ["id"])[0] == (1, 10)
     assert_equal(source_db, target, "busy")
+
+
+class Died(Exception):
+    """The run's process ending, between its copy and its reading past it."""
+
+
+def die_before_applying(part):
+    raise Died
+
+
+def test_a_run_that_dies_after_copying_again_before_reading_past_the_copy_leaves_the_next_run_correct(
+    source_db, target, pipeline
+):
+    source_db.execute("UPDATE quiet SET n = 100 + n WHERE id <= 3")  # the old column's values, read later
+    source_db.execute("ALTER TABLE quiet DROP COLUMN n")
+    source_db.execute("ALTER TABLE quiet ADD COLUMN n int DEFAULT 0")  # same name, same type
+    source_db.execute("UPDATE quiet SET n = 5 WHERE id = 4")
+
+    died = services.run_pipeline(pipeline, hooks=services.RunHooks(before_apply=die_before_applying))
+    assert died.outcome == PipelineRun.Outcome.FAILED
+    assert PipelineTable.objects.get(pipeline=pipeline, table_name="quiet").snapshot_state == "done"
+
+    assert "copied again" not in run(pipeline)
+    assert_equal(source_db, target, "quiet")
+    source_db.execute("UPDATE quiet SET n = 9 WHERE id = 1")
+    run(pipeline)
+    assert_equal(source_db, target, "quiet")
+    table = PipelineTable.objects.get(pipeline=pipeline, table_name="quiet")
+    assert table.copied_below_lsn == ""  # the slot confirmed past the copy: forgotten
+
+
+def test_a_run_that_dies_after_copying_again_for_a_key_change_leaves_the_next_run_correct(
+    source_db, target, pipeline
+):
+    Pipeline.objects.filter(pk=pipeline.pk).update(
+        on_incompatible_schema_change=Pipeline.SchemaChangePolicy.RECOPY
+    )
+    pipeline.refresh_from_db()
+    source_db.execute("DELETE FROM quiet WHERE id = 20")  # changes that carry the old key only
+    source_db.execute("UPDATE quiet SET id = 50 WHERE id = 19")
+    source_db.execute("ALTER TABLE quiet DROP CONSTRAINT quiet_pkey, ADD PRIMARY KEY (id, name)")
+    source_db.execute("UPDATE quiet SET n = 0 WHERE id = 1")
+
+    died = services.run_pipeline(pipeline, hooks=services.RunHooks(before_apply=die_before_applying))
+    assert died.outcome == PipelineRun.Outcome.FAILED
+
+    run(pipeline)
+    assert_equal(source_db, target, "quiet")
+
+
+def test_a_run_whose_budget_ends_before_reading_past_a_copy_leaves_the_next_run_correct(
+    source_db, target, pipeline
+):
+    Pipeline.objects.filter(pk=pipeline.pk).update(max_changes_per_transaction=1)
+    pipeline.refresh_from_db()
+    for id_ in (1, 2, 3):  # the old column's values, one transaction (one part) each
+        source_db.execute("UPDATE quiet SET n = 100 + n WHERE id = %s", [id_])
+    source_db.execute("ALTER TABLE quiet DROP COLUMN n")
+    source_db.execute("ALTER TABLE quiet ADD COLUMN n int DEFAULT 0")
+
+    (first,) = services.run_until_caught_up(pipeline, max_seconds=0.001)
+    assert first.outcome == PipelineRun.Outcome.SUCCEEDED and first.deadline_reached
+    assert PipelineTable.objects.get(pipeline=pipeline, table_name="quiet").copied_below_lsn  # not read past
+
+    run(pipeline)
+    assert_equal(source_db, target, "quiet")
