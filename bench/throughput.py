@@ -7,7 +7,8 @@ Starts a throwaway PostgreSQL cluster (rosetta/pgcluster.py) and a source table
 of --rows rows of ~330 bytes (bigint key, int, numeric(12,2), text, ~230 B
 jsonb, two timestamptz), then prints, for the PostgreSQL and DuckDB destinations:
 
-- snapshot: the engine's snapshot (source COPY -> writer.load_snapshot) beside
+- snapshot: the engine's snapshot (source COPY -> writer.load_snapshot, with the
+  run's progress counting: CSV lines, or the source's pg_stat_progress_copy) beside
   `COPY TO STDOUT` read and discarded (binary and CSV), with the time spent
   waiting for the source's COPY and the peak RSS of this process; and, when
   dlt is installed (bench/requirements.txt), dlt's sql_database source into
