@@ -7,7 +7,8 @@ Starts a throwaway PostgreSQL cluster (rosetta/pgcluster.py) and a source table
 of --rows rows of ~330 bytes (bigint key, int, numeric(12,2), text, ~230 B
 jsonb, two timestamptz), then prints, for the PostgreSQL and DuckDB destinations:
 
-- snapshot: the engine's snapshot (source COPY -> writer.load_snapshot) beside
+- snapshot: the engine's snapshot (source COPY -> writer.load_snapshot, with the
+  run's progress counting: CSV lines, or the source's pg_stat_progress_copy) beside
   `COPY TO STDOUT` read and discarded (binary and CSV), with the time spent
   waiting for the source's COPY and the peak RSS of this process; and, when
   dlt is installed (bench/requirements.txt), dlt's sql_database source into
@@ -42,7 +43,7 @@ import psycopg  # noqa: E402
 from psycopg import sql  # noqa: E402
 
 from engine.fold import BatchBuilder, TableSpec  # noqa: E402
-from engine.runner import DEFAULT_MAX_CHANGES_PER_TRANSACTION, Engine  # noqa: E402
+from engine.runner import DEFAULT_MAX_CHANGES_PER_TRANSACTION, Engine, _counting  # noqa: E402
 from engine.source import SourceDatabase  # noqa: E402
 from engine.writers.duckdb import DuckDBWriter  # noqa: E402
 from engine.writers.postgres import PostgresWriter  # noqa: E402
@@ -341,11 +342,21 @@ def main() -> None:
                 spec = engine.tables[TABLE.key]
                 relation = source.describe_table(spec.schema, spec.table)
                 select_list = writer.snapshot_columns(relation)
+                estimate = source.estimated_rows(spec.schema, spec.table)
+                reported = []  # rows copied as the run's progress callback is told them
                 baseline = rss.reset()
                 started = time.perf_counter()
-                # what Engine.snapshot_table does, with the source's share of the time counted
+                # what Engine.snapshot_table does for a run (progress counted), with the
+                # source's share of the time counted
                 with source.snapshot(relation, writer.snapshot_format, select_list) as chunks:
-                    timed = TimedChunks(chunks)
+                    counted = _counting(
+                        chunks,
+                        writer.snapshot_format,
+                        estimate,
+                        lambda rows, _estimate, reported=reported: reported.append(rows),
+                        source.snapshot_rows_sent,
+                    )
+                    timed = TimedChunks(counted)
                     loaded = writer.load_snapshot(relation, spec.target_table, timed, 0)
                 seconds = time.perf_counter() - started
             rates[name] = loaded / seconds
@@ -360,6 +371,10 @@ def main() -> None:
                 f"    time went to: waiting for the source COPY {timed.seconds:.2f} s, "
                 f"writer (destination load, key/index, swap) {seconds - timed.seconds:.2f} s; "
                 f"RSS {baseline:.0f} -> peak {rss.peak:.0f} MB"
+            )
+            print(
+                f"    progress: {len(reported)} reports, rows copied {reported[len(reported) // 2]:,} "
+                f"mid-copy, {reported[-1]:,} at the last (of ~{estimate:,} estimated)"
             )
         if args.dlt_backend != "none":
             found = dlt_snapshot(cluster.port, work, args.dlt_backend)

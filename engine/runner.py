@@ -230,7 +230,8 @@ class Engine:
         select_list = self.writer.snapshot_columns(relation)
         with self.source.snapshot(relation, self.writer.snapshot_format, select_list) as chunks:
             if progress:
-                chunks = _counting(chunks, self.writer.snapshot_format, estimate, progress)
+                rows_sent = self.source.snapshot_rows_sent
+                chunks = _counting(chunks, self.writer.snapshot_format, estimate, progress, rows_sent)
             rows = self.writer.load_snapshot(relation, spec.target_table, chunks, snapshot_lsn)
         shape = self._shapes[spec.key] = self.source.table_shape(spec.schema, spec.table)
         spec.copied_shape = relation_shape(shape.relation)
@@ -565,12 +566,21 @@ class _Totals:
             self.result.recopy.update(result.recopy)
 
 
-def _counting(chunks, copy_format: str, estimate: int, progress: Callable[[int, int], None]):
+def _counting(
+    chunks,
+    copy_format: str,
+    estimate: int,
+    progress: Callable[[int, int], None],
+    rows_sent: Callable[[], int],
+):
     """Pass chunks through, reporting (rows so far, estimated total). Rows are
-    counted as lines in CSV (close enough for a progress bar)."""
+    counted as lines in CSV (close enough for a progress bar); a binary copy's are
+    the source's own count of rows sent (`rows_sent`, SourceDatabase.snapshot_rows_sent)."""
     rows = 0
     for chunk in chunks:
         if copy_format == "csv":
             rows += chunk.count(b"\n")
+        else:
+            rows = rows_sent()
         progress(rows, estimate)
         yield chunk

@@ -8,7 +8,7 @@ also passed as values where PostgreSQL takes them as text.
 import logging
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 
 import psycopg
@@ -31,6 +31,8 @@ STREAM_IDLE_REOPEN_SECONDS = 20
 STREAM_IDLE_SECONDS = 10  # no message for this long outside a transaction: caught up
 CONFIRM_WAIT_SECONDS = 10
 SLOT_CREATE_TIMEOUT_MS = 5 * 60 * 1000
+COPY_PROGRESS_EVERY_SECONDS = 1.0
+COPY_PROGRESS_TIMEOUT_MS = 2000
 
 
 class SourceProblem(Exception):
@@ -68,6 +70,45 @@ def _options(statement_timeout_ms: int) -> str:
     return " ".join(f"-c {key}={value.replace(' ', chr(92) + ' ')}" for key, value in settings.items())
 
 
+class CopyProgress:
+    """Rows a COPY TO backend has sent so far, as PostgreSQL 14+ reports them in
+    pg_stat_progress_copy: a binary COPY cannot be counted as it passes without parsing
+    every field. Read over a short side connection, opened on the first read, at most once
+    a second; a read that fails keeps the last figure and stops asking, so progress never
+    fails (or stalls) the copy."""
+
+    def __init__(self, source: "SourceDatabase", backend_pid: int):
+        self.source, self.backend_pid = source, backend_pid
+        self.rows, self.read_at, self.failed = 0, None, False
+        self._conn: psycopg.Connection | None = None
+
+    def __call__(self) -> int:
+        now = time.monotonic()
+        if self.failed or (self.read_at is not None and now - self.read_at < COPY_PROGRESS_EVERY_SECONDS):
+            return self.rows
+        self.read_at = now
+        try:
+            if self._conn is None:
+                self._conn = self.source.connect(COPY_PROGRESS_TIMEOUT_MS, autocommit=True, connect_timeout=5)
+            row = self._conn.execute(
+                "SELECT tuples_processed FROM pg_stat_progress_copy WHERE pid = %s", [self.backend_pid]
+            ).fetchone()
+        except Exception as error:  # whatever went wrong, the copy goes on without a count
+            log.info("Snapshot progress not readable (rows copied not shown): %s", error)
+            self.failed = True
+            self.close()
+            return self.rows
+        if row:
+            self.rows = max(self.rows, row[0])
+        return self.rows
+
+    def close(self) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            with suppress(psycopg.Error):
+                conn.close()
+
+
 class SourceDatabase:
     """A connection to the source PostgreSQL, for one run."""
 
@@ -77,6 +118,7 @@ class SourceDatabase:
         self._conn: psycopg.Connection | None = None
         self._stream: ReplicationStream | None = None
         self.last_snapshot_position = 0  # see snapshot()
+        self._copy_progress: CopyProgress | None = None  # while snapshot() copies
 
     # -- connections ----------------------------------------------------------
 
@@ -401,20 +443,30 @@ class SourceDatabase:
                 sql.Identifier(relation.schema, relation.name),
                 sql.SQL(copy_format),
             )
-            with conn.cursor() as cursor, cursor.copy(query) as copy:
+            self._copy_progress = CopyProgress(self, conn.info.backend_pid)
+            try:
+                with conn.cursor() as cursor, cursor.copy(query) as copy:
 
-                def chunks() -> Iterator[bytes]:
-                    buffer = bytearray()
-                    for block in copy:
-                        buffer += block
-                        if len(buffer) >= chunk_bytes:
+                    def chunks() -> Iterator[bytes]:
+                        buffer = bytearray()
+                        for block in copy:
+                            buffer += block
+                            if len(buffer) >= chunk_bytes:
+                                yield bytes(buffer)
+                                buffer.clear()
+                        if buffer:
                             yield bytes(buffer)
-                            buffer.clear()
-                    if buffer:
-                        yield bytes(buffer)
 
-                yield chunks()
+                    yield chunks()
+            finally:
+                progress, self._copy_progress = self._copy_progress, None
+                progress.close()
             conn.rollback()
+
+    def snapshot_rows_sent(self) -> int:
+        """Rows the running snapshot's COPY has sent so far, as the source reports them
+        (CopyProgress: at most one read a second); 0 outside a snapshot or if unknown."""
+        return self._copy_progress() if self._copy_progress is not None else 0
 
     def estimated_rows(self, schema: str, table: str) -> int:
         row = self.conn.execute(

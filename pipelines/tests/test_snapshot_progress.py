@@ -1,9 +1,15 @@
 """While a table is copied, the pipeline's page says how far: rows copied of the planner's
-estimate, stored by the run as the copy goes (at most once a second)."""
+estimate, stored by the run as the copy goes (at most once a second). Into PostgreSQL the
+copy is binary: the rows copied are the source's own count (pg_stat_progress_copy)."""
+
+import re
+import uuid
 
 import pytest
 from django.urls import reverse
+from psycopg import sql
 
+from engine.source import SourceDatabase
 from pipelines import services
 from pipelines.models import PipelineTable
 
@@ -27,7 +33,7 @@ class PageWatcher(services.RunObserver):
         self.pages.append(self.client.get(self.url).content.decode())
 
 
-@pytest.mark.parametrize("destination", ["duckdb"], indirect=True)
+@pytest.mark.parametrize("destination", ["duckdb", "postgres"], indirect=True)
 def test_the_pipeline_page_shows_rows_copied_of_the_estimate_while_a_table_is_copied(
     admin_browser, make_pipeline, source_db
 ):
@@ -48,6 +54,8 @@ def test_the_pipeline_page_shows_rows_copied_of_the_estimate_while_a_table_is_co
     seen = inline_snapshot_cell(watcher.pages[1])
     assert "copying: " in seen and " of ~120,000 rows (" in seen, seen
     assert "<progress" in seen
+    copied = int(re.search(r"copying: ([\d,]+) of", seen).group(1).replace(",", ""))
+    assert 0 < copied <= 120_000, seen
     table = PipelineTable.objects.get(pipeline=pipeline)
     assert (table.snapshot_state, table.snapshot_rows_copied) == ("done", 120_000)
     done = admin_browser.get(reverse("admin:pipelines_pipeline_change", args=[pipeline.pk])).content.decode()
@@ -77,3 +85,27 @@ def test_a_table_being_copied_shows_its_progress_and_a_pending_one_says_pending(
     assert "<p>pending</p>" in cells[1].split("</td>")[0]
     # Rows not counted (yet): the estimate, without a bar stuck at 0 %.
     assert "copying: ~7,000 rows estimated" in cells[2] and "<progress" not in cells[2].split("</td>")[0]
+
+
+def test_a_snapshot_whose_progress_cannot_be_read_still_copies_every_row(source_database, source_db):
+    # A role allowed two connections: the run's own and the copy's; the side connection
+    # that reads the copy's progress is refused.
+    role = f"limited_{uuid.uuid4().hex[:8]}"
+    source_db.execute(
+        "CREATE TABLE events (id int PRIMARY KEY, body text);"
+        "INSERT INTO events SELECT g, repeat('x', 100) FROM generate_series(1, 120000) g"
+    )
+    source_db.execute(sql.SQL("CREATE ROLE {} LOGIN CONNECTION LIMIT 2").format(sql.Identifier(role)))
+    source_db.execute(sql.SQL("GRANT SELECT ON events TO {}").format(sql.Identifier(role)))
+    try:
+        with SourceDatabase({**source_database, "user": role}) as source:
+            relation = source.describe_table("public", "events")
+            with source.snapshot(relation, "binary") as chunks:
+                seen = [(len(chunk), source.snapshot_rows_sent()) for chunk in chunks]
+    finally:
+        source_db.execute(
+            sql.SQL("DROP OWNED BY {}; DROP ROLE {}").format(sql.Identifier(role), sql.Identifier(role))
+        )
+    # 19 bytes of header, then per row: field count, two (length, value) pairs; 2 bytes trailer.
+    assert sum(size for size, _ in seen) == 19 + 120_000 * (2 + 4 + 4 + 4 + 100) + 2
+    assert len(seen) >= 2 and all(rows == 0 for _, rows in seen)
