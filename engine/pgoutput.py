@@ -146,32 +146,9 @@ def _bad_kind(kind: int):
     raise DecodeError(f"unknown tuple value kind {chr(kind)!r}")
 
 
-def _text_tuple(data, pos: int) -> tuple[list, int]:
-    """_bytes_tuple with 't' values decoded to str (a separate loop: this is the hot path)."""
-    (count,) = _int16.unpack_from(data, pos)
-    pos += 2
-    values = []
-    append = values.append
-    unpack = _int32.unpack_from
-    for _ in range(count):
-        kind = data[pos]
-        if kind == 116:  # 't'
-            (length,) = unpack(data, pos + 1)
-            pos += 5 + length
-            append(data[pos - length : pos].decode())
-        elif kind == 110:  # 'n'
-            pos += 1
-            append(None)
-        elif kind == 117:  # 'u'
-            pos += 1
-            append(UNCHANGED)
-        else:
-            _bad_kind(kind)
-    return values, pos
-
-
 def text_row(data, pos: int) -> tuple[list, int, bool]:
-    """_text_tuple that also says whether a value was UNCHANGED ('u'): the fold's fast
+    """A tuple's values with 't' values decoded to str, and whether a value was UNCHANGED
+    ('u'); a separate loop from _bytes_tuple, as this is the hot path. The fold's fast
     path (BatchBuilder with text values) reads Insert/Update/Delete with it directly."""
     (count,) = _int16.unpack_from(data, pos)
     pos += 2
@@ -195,6 +172,12 @@ def text_row(data, pos: int) -> tuple[list, int, bool]:
         else:
             _bad_kind(kind)
     return values, pos, unchanged
+
+
+def _text_tuple(data, pos: int) -> tuple[list, int]:
+    """_bytes_tuple with 't' values decoded to str."""
+    values, pos, _ = text_row(data, pos)
+    return values, pos
 
 
 def _relation(data) -> RelationMessage:
