@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import psycopg  # noqa: E402
 from throughput import TABLE, fill, workload  # noqa: E402
 
-from engine.runner import Engine  # noqa: E402
+from engine.runner import DEFAULT_MAX_CHANGES_PER_TRANSACTION, Engine  # noqa: E402
 from engine.source import SourceDatabase  # noqa: E402
 from engine.writers.duckdb import DuckDBWriter  # noqa: E402
 from engine.writers.postgres import PostgresWriter  # noqa: E402
@@ -72,7 +72,7 @@ def main() -> None:
                 slot="bench",
                 publication="bench",
                 tables=[TABLE],
-                batch_size=1_000_000,
+                max_changes_per_transaction=DEFAULT_MAX_CHANGES_PER_TRANSACTION,
             )
             engine.prepare()
             engine.snapshot_table(engine.tables[TABLE.key])
@@ -91,7 +91,7 @@ def main() -> None:
                     slot="bench",
                     publication="bench",
                     tables=[TABLE],
-                    batch_size=1_000_000,
+                    max_changes_per_transaction=DEFAULT_MAX_CHANGES_PER_TRANSACTION,
                 )
                 engine.prepare()
                 profile.enable()

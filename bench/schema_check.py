@@ -67,7 +67,7 @@ def main():
                     slot="s",
                     publication="p",
                     tables=specs,
-                    batch_size=1,
+                    max_changes_per_transaction=1,
                 )
                 for spec in specs:
                     relation = source.describe_table(spec.schema, spec.table)
