@@ -30,7 +30,9 @@ bash scripts/setup.sh
 PY=.venv/bin/python
 
 # Settings for the demo live in .demo/env, made once, so the encryption key survives restarts.
+NEW_KEY=0
 if [ ! -f "$DEMO/env" ]; then
+  NEW_KEY=1
   cat > "$DEMO/env" <<ENV
 ROSETTA_ENCRYPTION_KEYS=$($PY -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())')
 SECRET_KEY=$($PY -c 'import secrets; print(secrets.token_urlsafe(40))')
@@ -56,6 +58,11 @@ fi
 if ! psql -h 127.0.0.1 -U postgres -Atc "SELECT 1" postgres >/dev/null 2>&1; then
   echo "demo: no PostgreSQL answers on 127.0.0.1:5432 (start it: pg_ctlcluster 15 main start)" >&2
   exit 1
+fi
+# A demo database left by an earlier demo whose .demo/ was deleted holds secrets under a key
+# that is gone: it is the demo's own, so it starts again empty.
+if [ "$NEW_KEY" = 1 ]; then
+  psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE IF EXISTS rosetta_demo WITH (FORCE)" postgres
 fi
 psql -h 127.0.0.1 -U postgres -Atc "SELECT 1 FROM pg_database WHERE datname='rosetta_demo'" postgres | grep -q 1 \
   || psql -h 127.0.0.1 -U postgres -qc "CREATE DATABASE rosetta_demo" postgres
