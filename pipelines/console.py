@@ -83,6 +83,14 @@ def action_view(model_admin, request, object_id, action):
         raise PermissionDenied
     label, effect = WAL_EFFECT[action]
     if pipeline.source.is_batch:
+        if action not in BATCH_EFFECT:  # measuring lag: a CSV or HTTP JSON source has no WAL
+            model_admin.message_user(
+                request,
+                f"{label} is for pipelines from PostgreSQL: {pipeline.name} reads a "
+                f"{pipeline.source.get_kind_display()} source, which has no WAL to lag behind.",
+                messages.ERROR,
+            )
+            return redirect(reverse("admin:pipelines_pipeline_change", args=[pipeline.pk]))
         effect = BATCH_EFFECT[action]
     page = reverse("admin:pipelines_pipeline_change", args=[pipeline.pk])
     tables = [t.qualified_name for t in pipeline.tables.all()]

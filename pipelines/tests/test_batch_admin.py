@@ -121,3 +121,22 @@ def test_the_admin_names_a_bad_setting_of_a_csv_source(admin_browser):
     )
     assert response.status_code == 200
     assert "delimiter: must be exactly one character" in response.content.decode()
+
+
+@pytest.mark.parametrize("destination", ["duckdb"], indirect=True)
+def test_measure_lag_is_not_offered_for_a_csv_pipeline_and_refused_with_the_reason(
+    admin_browser, tmp_path, destination
+):
+    """A CSV source has no WAL: the pipeline page offers no Measure lag button, and the
+    action's URL says why instead of failing with a server error."""
+    from .batch_support import make_batch_pipeline, make_source
+
+    source = make_source("csv", {"path": str(tmp_path / "items.csv")})
+    pipeline = make_batch_pipeline(source, destination)
+    page = admin_browser.get(reverse("admin:pipelines_pipeline_change", args=[pipeline.pk])).content.decode()
+    assert "Measure lag" not in page and "Run now" in page
+
+    url = reverse("admin:pipelines_pipeline_act", args=[pipeline.pk, "measure_lag"])
+    for response in (admin_browser.get(url, follow=True), admin_browser.post(url, follow=True)):
+        assert response.status_code == 200
+        assert "has no WAL to lag behind" in response.content.decode()
