@@ -494,7 +494,7 @@ def _run_locked(pipeline, run, snapshot_only, observer, hooks, record_run, deadl
                 soft_delete=pipeline.soft_delete,
                 after_apply=hooks.after_apply,
                 before_apply=lambda part: _before_apply(part, record_run, hooks),
-                after_part=_ProgressRecorder(pipeline),
+                after_part=_ProgressRecorder(pipeline, run),
                 recopy_incompatible=(
                     pipeline.on_incompatible_schema_change == Pipeline.SchemaChangePolicy.RECOPY
                 ),
@@ -542,12 +542,6 @@ def _run_locked(pipeline, run, snapshot_only, observer, hooks, record_run, deadl
             "(a replay after an interrupted run)."
         )
     run.notes = "\n".join(notes)
-    for (schema, table), changes in batch.tables.items():
-        PipelineTable.objects.filter(pipeline=pipeline, schema_name=schema, table_name=table).update(
-            rows_inserted=F("rows_inserted") + changes.inserted,
-            rows_updated=F("rows_updated") + changes.updated,
-            rows_deleted=F("rows_deleted") + changes.deleted,
-        )
     return outcome
 
 
@@ -558,14 +552,33 @@ def _before_apply(part, record_run, hooks: RunHooks) -> None:
 
 
 class _ProgressRecorder:
-    """After a part's commit: the pipeline shows how far the destination is while a long
-    run goes on, written at most once a second (the run's end writes the final figures)."""
+    """After a part's commit: the tables' row counters take the part's changes at once, and
+    the run record keeps its totals in memory, so a run that fails after committing parts
+    still counts them; the pipeline shows how far the destination is while a long run goes
+    on, written at most once a second (the run's end writes the final figures)."""
 
-    def __init__(self, pipeline: Pipeline):
+    def __init__(self, pipeline: Pipeline, run: PipelineRun):
         self.pipeline = pipeline
+        self.run = run
         self.written = 0.0
 
     def __call__(self, part) -> None:
+        run = self.run
+        for (schema, table), changes in part.tables.items():
+            PipelineTable.objects.filter(pipeline=self.pipeline, schema_name=schema, table_name=table).update(
+                rows_inserted=F("rows_inserted") + changes.inserted,
+                rows_updated=F("rows_updated") + changes.updated,
+                rows_deleted=F("rows_deleted") + changes.deleted,
+            )
+            run.rows_inserted += changes.inserted
+            run.rows_updated += changes.updated
+            run.rows_deleted += changes.deleted
+        if part.start_lsn and not run.start_lsn:
+            run.start_lsn = format_lsn(part.start_lsn)
+        if part.end_lsn:
+            run.end_lsn = format_lsn(part.end_lsn)
+        run.changes_read += part.changes
+        run.bytes_read += part.bytes_read
         now = time.monotonic()
         if now - self.written < PROGRESS_EVERY_SECONDS or not part.end_lsn:
             return

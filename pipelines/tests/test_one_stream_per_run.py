@@ -143,3 +143,28 @@ def test_a_busy_run_keeps_its_stream_while_changes_keep_coming(
     assert opened == {"streams": 1, "writers": 1}
     services.run_until_caught_up(pipeline)
     assert target.count("orders") == source_db.execute("SELECT count(*) FROM orders").fetchone()[0]
+
+
+def test_a_run_that_fails_after_committing_parts_still_counts_them(source_db, target, make_pipeline):
+    """A run now lasts many parts: one that fails late must not lose the record of the parts
+    it committed (the table counters and the run's counts), as the destination has them."""
+    create_tables(source_db)
+    pipeline = make_pipeline(["public.orders"], max_changes_per_transaction=10)
+    services.run_pipeline(pipeline)
+    for start in range(1, 61, 10):
+        insert_orders(source_db, range(start, start + 10))
+    seen = []
+
+    def fail_late(part):
+        seen.append(part)
+        if len(seen) == 5:
+            raise RuntimeError("the destination went away")
+
+    (run,) = services.run_until_caught_up(pipeline, hooks=services.RunHooks(before_apply=fail_late))
+
+    assert run.outcome == PipelineRun.Outcome.FAILED
+    counted = pipeline.tables.get().rows_inserted
+    assert counted >= 10 and counted % 10 == 0
+    assert run.rows_inserted == counted and run.changes_read == counted and run.end_lsn
+    stored = PipelineRun.objects.get(pk=run.pk)
+    assert (stored.rows_inserted, stored.changes_read) == (counted, counted)
