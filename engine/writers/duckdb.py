@@ -616,9 +616,19 @@ class DuckDBWriter(Writer):
                         "store such values in a column of another type on the source (text keeps any "
                         "value), then refresh the table."
                     )
-                numbers = {c.name: c.number for c in relation.columns}
+                # keep the source column the destination column holds now (a relation's
+                # newer number would hide a column dropped and added again from the next run)
+                (comment,) = conn.execute(
+                    "SELECT comment FROM duckdb_columns() WHERE schema_name = ? AND table_name = ? "
+                    "AND column_name = ?",
+                    [self.schema, changes.target_table, name],
+                ).fetchone()
                 self._to_exact_form(
-                    conn, self._table(changes.target_table), name, duck_types[name], number=numbers.get(name)
+                    conn,
+                    self._table(changes.target_table),
+                    name,
+                    duck_types[name],
+                    number=schema_changes.source_number(comment),
                 )
                 notes.append(
                     f"Column {name} of {where} now holds {exact_form(duck_types[name])}: "
