@@ -313,7 +313,7 @@ class BatchBuilder:
         an update's old key. The common case only (a primary key, nothing unchanged
         or generated, no REPLICA IDENTITY FULL old row); False hands the message to
         the general path, which does the same with every case covered."""
-        if self._skip or not self._in_transaction:
+        if self._skip or not self._in_transaction or len(data) < 6:  # short: the general path says why
             return False
         state = self._relations.get(_oid(data, 1)[0])
         if (

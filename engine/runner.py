@@ -16,7 +16,8 @@ keeps one walsender stream and one destination writer open and applies part
 after part, each at most `max_changes_per_transaction` changes in one
 destination transaction cut between source transactions and carrying its own
 checkpoint, each acknowledged only after its commit. A run ends when it has
-caught up and no change has arrived for QUIET_SECONDS, or when its deadline passes.
+caught up and (with a deadline) no change has arrived for QUIET_SECONDS, or when
+its deadline passes; without a deadline, as soon as it has caught up.
 """
 
 import gc

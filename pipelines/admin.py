@@ -79,7 +79,7 @@ class PipelineTableInline(admin.TabularInline):
             return format_html(
                 '<span class="rosetta-snapshot">copying: {} rows so far{}</span>', f"{copied:,}", since
             )
-        if not copied:  # not counted yet (a PostgreSQL destination's binary copy is never counted)
+        if not copied:  # not counted yet (or a PostgreSQL source before 14: no pg_stat_progress_copy)
             return format_html(
                 '<span class="rosetta-snapshot">copying: ~{} rows estimated{}</span>', f"{estimate:,}", since
             )
@@ -188,7 +188,7 @@ class PipelineAdmin(AuditedAdminMixin, admin.ModelAdmin):
     def formfield_for_dbfield(self, db_field, request, **kwargs):
         field = super().formfield_for_dbfield(db_field, request, **kwargs)
         if db_field.name == "max_changes_per_transaction":
-            field.widget.attrs["style"] = "width: 10em"  # the default box shows "100000" of 1000000
+            field.widget.attrs["style"] = "width: 10em"  # Django's default box cuts a seven-digit value
         return field
 
     def get_queryset(self, request):
