@@ -798,7 +798,11 @@ def run_scheduled(pipeline_id: int, requeue: Callable[[int], object] | None = No
     finally:
         still_active = Pipeline.objects.filter(pk=pipeline_id, status__in=ACTIVE)
         if busy and requeue is not None and still_active.update(run_enqueued_at=timezone.now()):
-            requeue(pipeline_id)
+            try:
+                requeue(pipeline_id)
+            except Exception:  # the broker refused: the dispatcher queues it instead, not after a lease
+                Pipeline.objects.filter(pk=pipeline_id).update(run_enqueued_at=None)
+                raise
         else:
             Pipeline.objects.filter(pk=pipeline_id).update(run_enqueued_at=None)
 
