@@ -17,7 +17,6 @@ each scaled to one pipeline and one hour.
 """
 
 import argparse
-import contextlib
 import os
 import sys
 import tempfile
@@ -30,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import psycopg  # noqa: E402
-from lag import BROKER_URL, environment, start_celery, stop, wait_for  # noqa: E402
+from lag import BROKER_URL, environment, start_celery, tear_down, wait_for  # noqa: E402
 
 from rosetta.pgcluster import Cluster  # noqa: E402
 
@@ -157,17 +156,7 @@ def main() -> None:
             print(f"  connections to the {label:<20} {opened.get(name, 0) * scale:8,.0f}")
         print("  (metadata connections include the worker's and beat's own, shared by all pipelines)")
     finally:
-        for process in processes:
-            stop(process)
-        with contextlib.suppress(Exception):
-            from django.db import connections
-
-            connections.close_all()
-        cluster.stop()
-        if not args.keep_logs:
-            import shutil
-
-            shutil.rmtree(log_dir, ignore_errors=True)
+        tear_down(processes, cluster, log_dir, keep_logs=args.keep_logs)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ import argparse
 import bisect
 import contextlib
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -76,6 +77,19 @@ def stop(process: subprocess.Popen) -> None:
         process.wait(timeout=20)
     except subprocess.TimeoutExpired:
         process.kill()
+
+
+def tear_down(processes: list, cluster: Cluster, log_dir: Path, keep_logs: bool) -> None:
+    """Stop the Celery processes, Django's connections and the cluster; drop the logs unless kept."""
+    for process in processes:
+        stop(process)
+    with contextlib.suppress(Exception):  # Django may never have been loaded
+        from django.db import connections
+
+        connections.close_all()
+    cluster.stop()
+    if not keep_logs:
+        shutil.rmtree(log_dir, ignore_errors=True)
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -318,17 +332,7 @@ def main() -> None:
             print(f"  {missing} transactions missing in the destination")
         report_runs(pipeline, window_start, window_end)
     finally:
-        for process in processes:
-            stop(process)
-        with contextlib.suppress(Exception):  # Django may never have been loaded
-            from django.db import connections
-
-            connections.close_all()
-        cluster.stop()
-        if not args.keep_logs:
-            import shutil
-
-            shutil.rmtree(log_dir, ignore_errors=True)
+        tear_down(processes, cluster, log_dir, keep_logs=args.keep_logs)
 
 
 if __name__ == "__main__":
