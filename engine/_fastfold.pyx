@@ -125,6 +125,8 @@ cdef bint _fast_change(builder, bytes data) except -1:
     if unchanged or None in key:
         return False
     changes = builder._changes(state)
+    if kind == 73 and key not in changes.upserts and key not in changes.deletes:
+        changes.fresh.add(key)
     changes.deletes.pop(key, None)
     changes.upserts[key] = (dict(zip(state.names, values)), lsn)
     if kind == 73:

@@ -23,6 +23,7 @@ the same transaction too.
 
 import hashlib
 import json
+import logging
 from functools import partial
 from operator import itemgetter
 
@@ -54,6 +55,8 @@ from .base import (
 DROPPED_COMMENT = schema_changes.DROPPED_COMMENT
 # maintenance_work_mem for building a snapshot's primary key, for that transaction only.
 SNAPSHOT_INDEX_MEMORY = "256MB"
+
+log = logging.getLogger(__name__)
 
 
 def target_type(column) -> tuple[int, int]:
@@ -383,7 +386,16 @@ class PostgresWriter(Writer):
                 conn, relation, target, changes.deletes, soft_delete, json_positions
             )
         if changes.upserts:
-            self._upsert(conn, relation, changes.target_table, changes.upserts, result, json_positions)
+            upserts = changes.upserts
+            fresh = changes.fresh
+            rows = [change for key, change in upserts.items() if key in fresh] if fresh else []
+            if rows:
+                inserted = self._insert_fresh(conn, relation, changes.target_table, rows, json_positions)
+                if inserted is not None:
+                    result.inserted += inserted
+                    upserts = {key: change for key, change in upserts.items() if key not in fresh}
+            if upserts:
+                self._upsert(conn, relation, changes.target_table, upserts, result, json_positions)
 
     def _stage(self, conn, target, columns: list[str], rows, json_positions: list) -> sql.Identifier:
         """COPY rows into a temporary table shaped like the target's `columns`, in text
@@ -397,19 +409,48 @@ class PostgresWriter(Writer):
                 stage, column_list, target
             )
         )
-        with (
-            conn.cursor() as cur,
-            # a writer thread sends while this one formats rows: the server parses in parallel
-            cur.copy(
-                sql.SQL("COPY {} ({}) FROM STDIN").format(stage, column_list), writer=QueuedLibpqWriter(cur)
-            ) as copy,
-        ):
-            for values in rows:
-                for position, is_array in json_positions:
-                    if values[position] is not None:
-                        values[position] = _dump_json(values[position], is_array)
-                copy.write_row(values)
+        self._copy_rows(conn, stage, columns, rows, json_positions)
         return stage
+
+    @staticmethod
+    def _copy_rows(conn, table, columns: list[str], rows, json_positions: list) -> int:
+        """COPY rows (lists in `columns` order) into `table`, in text format."""
+        column_list = sql.SQL(", ").join(sql.Identifier(name) for name in columns)
+        with conn.cursor() as cur:
+            # a writer thread sends while this one formats rows: the server parses in parallel
+            with cur.copy(
+                sql.SQL("COPY {} ({}) FROM STDIN").format(table, column_list), writer=QueuedLibpqWriter(cur)
+            ) as copy:
+                for values in rows:
+                    for position, is_array in json_positions:
+                        if values[position] is not None:
+                            values[position] = _dump_json(values[position], is_array)
+                    copy.write_row(values)
+            return cur.rowcount
+
+    def _insert_fresh(self, conn, relation, target_table: str, rows: list, json_positions) -> int | None:
+        """Rows under keys the destination should not hold (TableChanges.fresh) go
+        straight into the table by COPY: no staging table and no conflict check, which
+        is most of the merge's cost when most changes are inserts. If one is there
+        after all (a row written by hand, a soft-deleted row), the savepoint takes the
+        COPY back and None sends these rows through the merge instead."""
+        columns = relation.column_names
+        (synced_at,) = conn.execute("SELECT now()").fetchone()  # what the merge writes: the transaction's start
+        values = ([*row, synced_at] for row in _row_values(rows, columns))
+        try:
+            with conn.transaction():
+                return self._copy_rows(
+                    conn, self._table(target_table), [*columns, LSN, SYNCED_AT], values, json_positions(columns)
+                )
+        except psycopg.errors.UniqueViolation:
+            log.info(
+                "A row inserted into %s.%s is already in %s.%s: merging instead",
+                relation.schema,
+                relation.name,
+                self.schema,
+                target_table,
+            )
+            return None
 
     def _delete(self, conn, relation, target, deletes: dict, soft_delete: bool, json_positions) -> int:
         keys = relation.key_columns
