@@ -6,7 +6,7 @@ fallback where this module is not built), and engine/tests/test_fastfold.py hold
 the same captured pgoutput bytes and fold cases. Built by scripts/setup.sh."""
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from cpython.dict cimport PyDict_GetItem
+from cpython.dict cimport PyDict_GetItem, PyDict_Next
 from cpython.object cimport PyObject
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.stdio cimport snprintf
@@ -229,3 +229,48 @@ def copy_text(list rows, tuple columns, str tail):
         return PyBytes_FromStringAndSize(buffer.data, buffer.size)
     finally:
         free(buffer.data)
+
+
+# -- for every writer ---------------------------------------------------------------------
+
+_NO_UNCHANGED = frozenset()
+
+
+def group_by_unchanged(dict upserts):
+    """engine.writers.base.group_by_unchanged, compiled: one pointer compare per value."""
+    cdef Py_ssize_t position
+    cdef PyObject* c_name
+    cdef PyObject* c_value
+    cdef PyObject* unchanged = <PyObject*>UNCHANGED
+    cdef bint found
+    groups = {}
+    plain = None
+    for change in upserts.values():
+        row = (<tuple>change)[0]
+        position = 0
+        found = False
+        while PyDict_Next(row, &position, &c_name, &c_value):
+            if c_value == unchanged:
+                found = True
+                break
+        if found:
+            key = frozenset([column for column, text in row.items() if text is UNCHANGED])
+            groups.setdefault(key, []).append(change)
+        elif plain is None:
+            plain = groups.setdefault(_NO_UNCHANGED, [change])
+        else:
+            plain.append(change)
+    return groups
+
+
+def column_lists(list rows, list columns):
+    """[[row.get(name) for row, _ in rows] for name in columns], compiled."""
+    cdef PyObject* value
+    lists = []
+    for name in columns:
+        values = []
+        for change in rows:
+            value = PyDict_GetItem((<tuple>change)[0], name)
+            values.append(None if value == NULL else <object>value)
+        lists.append(values)
+    return lists
