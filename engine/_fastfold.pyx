@@ -1,12 +1,16 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, initializedcheck=False
 """The fold's fast path compiled: pgoutput's TupleData read in C, and Insert/Update/Delete
-folded without message objects. It mirrors engine.pgoutput.text_row and
+folded without message objects; and the PostgreSQL writer's COPY text made in C (copy_text). It mirrors engine.pgoutput.text_row and
 engine.fold.BatchBuilder._fast_change line for line; those stay the reference (and the
 fallback where this module is not built), and engine/tests/test_fastfold.py holds both to
 the same captured pgoutput bytes and fold cases. Built by scripts/setup.sh."""
 
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.dict cimport PyDict_GetItem, PyDict_Next
+from cpython.object cimport PyObject
 from cpython.unicode cimport PyUnicode_DecodeUTF8
+from libc.stdio cimport snprintf
+from libc.stdlib cimport free, realloc
 
 from engine.batch import UNCHANGED
 from engine.pgoutput import _bad_kind
@@ -125,6 +129,8 @@ cdef bint _fast_change(builder, bytes data) except -1:
     if unchanged or None in key:
         return False
     changes = builder._changes(state)
+    if kind == 73 and key not in changes.upserts and key not in changes.deletes:
+        changes.fresh.add(key)
     changes.deletes.pop(key, None)
     changes.upserts[key] = (dict(zip(state.names, values)), lsn)
     if kind == 73:
@@ -132,3 +138,139 @@ cdef bint _fast_change(builder, bytes data) except -1:
     else:
         changes.updated += 1
     return True
+
+
+# -- COPY text for the PostgreSQL writer ------------------------------------------------
+
+cdef extern from "Python.h":
+    const char* PyUnicode_AsUTF8AndSize(object unicode, Py_ssize_t* size) except NULL
+
+
+cdef struct _Buffer:
+    char* data
+    Py_ssize_t size
+    Py_ssize_t capacity
+
+
+cdef int _reserve(_Buffer* buffer, Py_ssize_t extra) except -1:
+    cdef Py_ssize_t capacity
+    cdef char* data
+    if buffer.size + extra <= buffer.capacity:
+        return 0
+    capacity = max(buffer.size + extra, buffer.capacity * 2, 65536)
+    data = <char*>realloc(buffer.data, capacity)
+    if data == NULL:
+        raise MemoryError()
+    buffer.data = data
+    buffer.capacity = capacity
+    return 0
+
+
+cdef int _put(_Buffer* buffer, const char* text, Py_ssize_t length) except -1:
+    cdef Py_ssize_t i
+    _reserve(buffer, length)
+    for i in range(length):
+        buffer.data[buffer.size + i] = text[i]
+    buffer.size += length
+    return 0
+
+
+cdef int _put_escaped(_Buffer* buffer, const char* text, Py_ssize_t length) except -1:
+    # COPY's text format: backslash, tab, newline and carriage return escaped
+    cdef Py_ssize_t i
+    cdef char c
+    cdef char* out
+    _reserve(buffer, 2 * length)
+    out = buffer.data + buffer.size
+    for i in range(length):
+        c = text[i]
+        if c == 92 or c == 9 or c == 10 or c == 13:
+            out[0] = 92
+            out[1] = 92 if c == 92 else (116 if c == 9 else (110 if c == 10 else 114))
+            out += 2
+        else:
+            out[0] = c
+            out += 1
+    buffer.size = out - buffer.data
+    return 0
+
+
+def copy_text(list rows, tuple columns, str tail):
+    """Rows of text values, [({column: str or None}, lsn), ...], as the lines of a text
+    COPY: the columns' values, the LSN, then `tail` (already COPY text). A missing
+    column is NULL. None if a value is not text (the caller formats those rows itself)."""
+    cdef _Buffer buffer
+    cdef PyObject* value
+    cdef const char* text
+    cdef Py_ssize_t length, tail_length
+    cdef char number[24]
+    cdef int width
+    cdef long long lsn
+    buffer.data = NULL
+    buffer.size = buffer.capacity = 0
+    tail_text = tail.encode()
+    tail_length = len(tail_text)
+    try:
+        for row, lsn in rows:
+            for name in columns:
+                value = PyDict_GetItem(row, name)
+                if value == NULL or <object>value is None:
+                    _put(&buffer, b"\\N\t", 3)
+                elif type(<object>value) is str:
+                    text = PyUnicode_AsUTF8AndSize(<object>value, &length)
+                    _put_escaped(&buffer, text, length)
+                    _put(&buffer, b"\t", 1)
+                else:
+                    return None
+            width = snprintf(number, 24, "%lld", lsn)
+            _put(&buffer, number, width)
+            _put(&buffer, tail_text, tail_length)
+            _put(&buffer, b"\n", 1)
+        return PyBytes_FromStringAndSize(buffer.data, buffer.size)
+    finally:
+        free(buffer.data)
+
+
+# -- for every writer ---------------------------------------------------------------------
+
+_NO_UNCHANGED = frozenset()
+
+
+def group_by_unchanged(dict upserts):
+    """engine.writers.base.group_by_unchanged, compiled: one pointer compare per value."""
+    cdef Py_ssize_t position
+    cdef PyObject* c_name
+    cdef PyObject* c_value
+    cdef PyObject* unchanged = <PyObject*>UNCHANGED
+    cdef bint found
+    groups = {}
+    plain = None
+    for change in upserts.values():
+        row = (<tuple>change)[0]
+        position = 0
+        found = False
+        while PyDict_Next(row, &position, &c_name, &c_value):
+            if c_value == unchanged:
+                found = True
+                break
+        if found:
+            key = frozenset([column for column, text in row.items() if text is UNCHANGED])
+            groups.setdefault(key, []).append(change)
+        elif plain is None:
+            plain = groups.setdefault(_NO_UNCHANGED, [change])
+        else:
+            plain.append(change)
+    return groups
+
+
+def column_lists(list rows, list columns):
+    """[[row.get(name) for row, _ in rows] for name in columns], compiled."""
+    cdef PyObject* value
+    lists = []
+    for name in columns:
+        values = []
+        for change in rows:
+            value = PyDict_GetItem((<tuple>change)[0], name)
+            values.append(None if value == NULL else <object>value)
+        lists.append(values)
+    return lists

@@ -105,6 +105,14 @@ class TableChanges:
     upserts: dict[tuple, tuple[dict, int]] = field(default_factory=dict)
     # key tuple -> commit LSN of the delete
     deletes: dict[tuple, int] = field(default_factory=dict)
+    # Keys whose first change in the batch was an INSERT: the destination, which holds
+    # what was applied up to the checkpoint, had no row under them when the batch began.
+    # A writer may insert their rows without a conflict check, falling back to its merge
+    # if one is there after all (a row written by hand, a soft-deleted row). Keys in here
+    # may since have been deleted: only those also in `upserts` count. Their rows hold
+    # no UNCHANGED value (whoever puts one in a row takes its key out of here), so the
+    # writer need not look.
+    fresh: set = field(default_factory=set)
     text_values: bool = False
     # Columns of `relation` added on the source with a value for the rows that
     # existed then (from the source catalog): the writer gives existing rows that

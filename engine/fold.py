@@ -347,6 +347,8 @@ class BatchBuilder:
         if unchanged or None in key:
             return False
         changes = self._changes(state)
+        if kind == 73 and key not in changes.upserts and key not in changes.deletes:
+            changes.fresh.add(key)
         changes.deletes.pop(key, None)
         changes.upserts[key] = (dict(zip(state.names, values, strict=False)), self._lsn)
         if kind == 73:
@@ -363,6 +365,8 @@ class BatchBuilder:
         row = self._row(state, message.new)
         key = self._key(state, row)
         self._with_generated(state, row, key)
+        if not state.generated and key not in changes.upserts and key not in changes.deletes:
+            changes.fresh.add(key)
         changes.deletes.pop(key, None)
         changes.upserts[key] = (row, self._lsn)
         changes.inserted += 1
@@ -394,6 +398,8 @@ class BatchBuilder:
                 for name, value in new.items():
                     if value is UNCHANGED and previous_row.get(name, UNCHANGED) is not UNCHANGED:
                         new[name] = previous_row[name]
+            if any(value is UNCHANGED for value in new.values()):
+                changes.fresh.discard(new_key)  # the destination's value is needed after all
         if old_key != new_key:
             changes.upserts.pop(old_key, None)
             changes.deletes[old_key] = self._lsn
@@ -422,6 +428,7 @@ class BatchBuilder:
             changes.truncated = True
             changes.upserts.clear()
             changes.deletes.clear()
+            changes.fresh.clear()
             self.moved_keys.pop(state.spec.key, None)
 
     def _commit(self, message: pgoutput.Commit) -> None:

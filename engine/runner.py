@@ -493,10 +493,12 @@ class Engine:
                     )
             if not values:
                 continue
-            for row, _ in changes.upserts.values():
+            for key, (row, _) in changes.upserts.items():
                 for name, value in values.items():
                     if name not in row:
                         row[name] = value
+                        if value is UNCHANGED:
+                            changes.fresh.discard(key)
 
     def _keep_copied_values(self, key: tuple[str, str], changes: TableChanges) -> None:
         """A column dropped and added again under its name looks the same in the changes
@@ -506,11 +508,12 @@ class Engine:
         copied_below = self.tables[key].copied_below_lsn
         if not replaced or not copied_below:
             return
-        for row, lsn in changes.upserts.values():
+        for key, (row, lsn) in changes.upserts.items():
             if lsn < copied_below:
                 for name in replaced:
                     if name in row:
                         row[name] = UNCHANGED
+                        changes.fresh.discard(key)
 
     def _current_shape(self, key: tuple[str, str], relation) -> TableShape:
         """The table's shape from the catalog, read again (once per shape) when a change

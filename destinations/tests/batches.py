@@ -50,14 +50,17 @@ def table_changes(
     deletes=None,
     truncated=False,
     target_table=None,
+    fresh=(),
 ) -> TableChanges:
-    """upserts: {key tuple: (row dict, lsn)}, deletes: {key tuple: lsn}."""
+    """upserts: {key tuple: (row dict, lsn)}, deletes: {key tuple: lsn}, fresh: keys first
+    inserted in the batch (TableChanges.fresh)."""
     return TableChanges(
         relation=relation,
         target_table=target_table or relation.name,
         truncated=truncated,
         upserts=dict(upserts or {}),
         deletes=dict(deletes or {}),
+        fresh=set(fresh),
     )
 
 

@@ -26,9 +26,12 @@ def upsert(rows: list[dict], lsn: int) -> dict:
     return {(row["id"],): (row, lsn) for row in rows}
 
 
-def apply(target, relation, end_lsn, upserts=None, deletes=None, truncated=False, soft_delete=False):
+def apply(
+    target, relation, end_lsn, upserts=None, deletes=None, truncated=False, soft_delete=False, fresh=()
+):
     batch = make_batch(
-        table_changes(relation, upserts=upserts, deletes=deletes, truncated=truncated), end_lsn=end_lsn
+        table_changes(relation, upserts=upserts, deletes=deletes, truncated=truncated, fresh=fresh),
+        end_lsn=end_lsn,
     )
     return target.writer.apply_batch("pipeline-1", batch, soft_delete=soft_delete)
 
@@ -149,6 +152,68 @@ def test_soft_delete_keeps_the_row_marked_and_an_upsert_revives_it(target):
 
     apply(target, relation, end_lsn=40, truncated=True, soft_delete=True)
     assert items(target, "id, _rosetta_deleted_at IS NOT NULL") == [(1, True), (2, True)]
+
+
+def test_rows_first_inserted_in_a_batch_land_beside_its_updates_and_deletes(target, caplog):
+    """Keys the fold saw inserted first (TableChanges.fresh) skip the merge's conflict check
+    where the writer can: the rows, counts, LSNs and checkpoint are as for any other."""
+    caplog.set_level("INFO", logger="engine.writers.postgres")
+    relation = items_relation()
+    apply(
+        target, relation, end_lsn=10, upserts=upsert([{"id": 1, "name": "one"}, {"id": 2, "name": "two"}], 10)
+    )
+    result = apply(
+        target,
+        relation,
+        end_lsn=30,
+        upserts={
+            **upsert([{"id": 2, "name": "TWO"}], lsn=20),
+            **upsert([{"id": n, "name": f"new {n}", "body": "x"} for n in (3, 4, 5)], lsn=30),
+            **upsert([{"id": 6, "name": "with a big value", "body": UNCHANGED}], lsn=30),
+        },
+        deletes={(1,): 20, (7,): 30},  # 7: inserted and deleted again in the batch
+        fresh=[(3,), (4,), (5,), (7,)],  # not 6: a row with an UNCHANGED value is never fresh
+    )
+    assert (result.inserted, result.updated, result.deleted) == (4, 1, 1)
+    assert items(target, "id, name, body, _rosetta_lsn, _rosetta_synced_at IS NOT NULL") == [
+        (2, "TWO", None, 20, True),
+        (3, "new 3", "x", 30, True),
+        (4, "new 4", "x", 30, True),
+        (5, "new 5", "x", 30, True),
+        (6, "with a big value", None, 30, True),
+    ]
+    assert target.writer.read_checkpoint("pipeline-1") == 30
+    assert "merging instead" not in caplog.text
+
+
+def test_a_row_first_inserted_in_a_batch_whose_key_the_destination_holds_is_merged(target, caplog):
+    caplog.set_level("INFO", logger="engine.writers.postgres")
+    """The destination may hold more than the checkpoint says: a soft-deleted row, a row
+    written by hand. A fresh key found there is merged like any other, in the same
+    transaction, and nothing of the batch is lost."""
+    relation = items_relation()
+    apply(
+        target, relation, end_lsn=10, upserts=upsert([{"id": 1, "name": "one"}, {"id": 2, "name": "two"}], 10)
+    )
+    apply(target, relation, end_lsn=20, deletes={(1,): 20}, soft_delete=True)
+    result = apply(
+        target,
+        relation,
+        end_lsn=30,
+        upserts=upsert([{"id": 1, "name": "back"}, {"id": 3, "name": "three"}], lsn=30),
+        deletes={(2,): 30},
+        fresh=[(1,), (3,)],
+        soft_delete=True,
+    )
+    assert (result.inserted, result.updated, result.deleted) == (1, 1, 1)
+    if target.kind == "postgres":  # it tried the COPY straight into the table first
+        assert "is already in analytics.items: merging instead" in caplog.text
+    assert items(target, "id, name, _rosetta_deleted_at IS NOT NULL, _rosetta_lsn") == [
+        (1, "back", False, 30),
+        (2, "two", True, 30),
+        (3, "three", False, 30),
+    ]
+    assert target.writer.read_checkpoint("pipeline-1") == 30
 
 
 def test_a_column_added_on_the_source_is_added_with_its_values(target):

@@ -7,6 +7,7 @@ import json
 from psycopg import sql
 
 from engine.batch import UNCHANGED
+from engine.fold import _fastfold
 
 from . import types
 
@@ -49,6 +50,13 @@ def truncated_note(relation, target: str, soft_delete: bool) -> str:
 
 
 def group_by_unchanged(upserts: dict) -> dict[frozenset, list]:
+    """The compiled one (engine/_fastfold.pyx) where it is built, else python_group_by_unchanged."""
+    if _fastfold is None:
+        return python_group_by_unchanged(upserts)
+    return _fastfold.group_by_unchanged(upserts)
+
+
+def python_group_by_unchanged(upserts: dict) -> dict[frozenset, list]:
     """The folded upserts ({key: (row, lsn)}) grouped by the set of columns left unchanged
     (TOASTed, UNCHANGED): one merge per group updates only the columns it has values for."""
     groups: dict[frozenset, list] = {}

@@ -41,6 +41,7 @@ import pyarrow.compute as pc
 
 from engine import pgtypes
 from engine.batch import UNCHANGED, ApplyResult, SchemaAlignment
+from engine.fold import _fastfold
 from engine.lsn import format_lsn
 
 from . import pgcsv, schema_changes, types
@@ -378,6 +379,14 @@ def _recorded_key(relation) -> list[str]:
     the schema-change planner. None under REPLICA IDENTITY FULL, where every column is
     part of the key and may hold NULL."""
     return [] if relation.replica_identity == "f" else relation.key_columns
+
+
+def column_lists(rows: list, columns: list[str]) -> list[list]:
+    """The rows' ((row, lsn) pairs) values, one list per column (None where a row lacks
+    it): compiled (engine/_fastfold.pyx) where it is built."""
+    if _fastfold is not None:
+        return _fastfold.column_lists(rows, columns)
+    return [[row.get(name) for row, _ in rows] for name in columns]
 
 
 class _ValuesDoNotFit(Exception):
@@ -904,8 +913,9 @@ class DuckDBWriter(Writer):
         match = " AND ".join(f"t.{quote(name)} = s.{quote(name)}" for name in keys)
         for unchanged, rows in groups.items():
             columns = [name for name in relation.column_names if name not in unchanged]
-            column_values = [[row.get(name) for row, _ in rows] for name in columns]
-            stage = self._stage(conn, columns, duck_types, column_values, [lsn for _, lsn in rows], text_oids)
+            stage = self._stage(
+                conn, columns, duck_types, column_lists(rows, columns), [lsn for _, lsn in rows], text_oids
+            )
             updates = [f"{quote(name)} = s.{quote(name)}" for name in columns if name not in keys]
             updates += [f"{LSN} = s.{LSN}", f"{SYNCED_AT} = now()", f"{DELETED_AT} = NULL"]
             insert_columns = ", ".join(quote(name) for name in [*columns, LSN])

@@ -8,7 +8,7 @@ import weakref
 import psycopg
 import pytest
 
-from engine import fold
+from engine import fold, pgoutput
 from engine.batch import UNCHANGED, Column
 from engine.fold import BatchBuilder, TableSpec
 from pipelines.tests.test_pgoutput import peek
@@ -69,6 +69,12 @@ def cases(pg_cluster):
     conn.execute("TRUNCATE k")
     conn.execute("INSERT INTO k VALUES (101, 'after truncate', NULL)")
     cases["truncate"] = peek(conn, slot="fold_paths")
+    conn.execute("INSERT INTO k VALUES (200, 'moved', %s)", [BIG])
+    with conn.transaction():
+        conn.execute("INSERT INTO k VALUES (201, 'inserted', NULL)")
+        conn.execute("DELETE FROM k WHERE id = 201")
+        conn.execute("UPDATE k SET id = 201 WHERE id = 200")  # big stays UNCHANGED
+    cases["moved"] = peek(conn, slot="fold_paths")
     conn.close()
     yield cases
     with psycopg.connect(pg_cluster.dsn(), autocommit=True) as admin:
@@ -90,6 +96,7 @@ def folded(raw, fast_path: str, checkpoint: int = 0, specs=SPECS):
             list(changes.deletes.items()),
             (changes.inserted, changes.updated, changes.deleted),
             changes.reshaped,
+            sorted(changes.fresh),
         )
         for key, changes in batch.tables.items()
     }
@@ -175,3 +182,47 @@ def test_a_truncated_message_fails_alike_on_every_path(cases):
             folded(raw, path)
         errors.add((type(caught.value), str(caught.value)))
     assert len(errors) == 1, errors
+
+
+def fresh_keys(tables, table: str) -> list:
+    """The keys a writer may insert without a conflict check: first inserted in the
+    batch, and still to be upserted."""
+    _, _, upserts, _, _, _, fresh = tables[("public", table)]
+    return sorted(set(fresh) & dict(upserts).keys())
+
+
+def test_fresh_keys_are_the_keys_first_inserted_in_the_batch_on_every_path(cases):
+    """A key whose first change in the batch is an INSERT had no row at the checkpoint;
+    one updated, deleted or moved there first did (TableChanges.fresh)."""
+    commits = [
+        message.end_lsn
+        for message in (pgoutput.decode(data, True) for data in cases["changes"])
+        if isinstance(message, pgoutput.Commit)
+    ]
+    for path in PATHS:
+        tables = folded(cases["changes"], path)[0]
+        # 3 was deleted and inserted again after its first insert; 10 and 50 are keys moved to
+        assert fresh_keys(tables, "k") == [("1",), ("2",), ("3",), ("6",)], path
+        # g's generated column is read from the source later: its rows are merged as before
+        assert fresh_keys(tables, "c") == [] and fresh_keys(tables, "g") == [], path
+        # the inserts of 1..6 already applied: 2 was updated, 3 deleted and inserted again
+        after_first = folded(cases["changes"], path, checkpoint=commits[0])[0]
+        assert fresh_keys(after_first, "k") == [], path
+        assert fresh_keys(after_first, "g") == [], path
+        assert fresh_keys(folded(cases["truncate"], path)[0], "k") == [("101",)], path
+
+
+def test_a_key_whose_row_needs_the_destinations_value_is_not_fresh(cases):
+    """201 was inserted (fresh) and deleted, then 200 moved to it with its TOASTed value
+    unchanged: that value is in the destination under 200, so 201 must be merged."""
+    commits = [
+        message.end_lsn
+        for message in (pgoutput.decode(data, True) for data in cases["moved"])
+        if isinstance(message, pgoutput.Commit)
+    ]
+    reference = folded(cases["moved"], "none", checkpoint=commits[0])
+    for path in PATHS:
+        tables = folded(cases["moved"], path, checkpoint=commits[0])[0]
+        assert tables == reference[0], path
+        assert dict(tables[("public", "k")][2])[("201",)][0]["big"] is UNCHANGED, path
+        assert fresh_keys(tables, "k") == [], path

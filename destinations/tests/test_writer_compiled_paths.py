@@ -1,0 +1,83 @@
+"""The writers' compiled helpers (engine/_fastfold.pyx) against the Python they stand in
+for: the same groups, the same column lists, and COPY text that loads exactly the values
+psycopg's write_row loads."""
+
+import random
+
+import pytest
+
+from engine.batch import UNCHANGED
+from engine.fold import _fastfold
+from engine.writers import duckdb as duckdb_writer
+from engine.writers.base import group_by_unchanged, python_group_by_unchanged
+from engine.writers.postgres import _row_values
+
+pytestmark = pytest.mark.skipif(
+    _fastfold is None, reason="engine/_fastfold is not built (scripts/build_fastfold.sh builds it)"
+)
+
+COLUMNS = ["id", "note", "doc"]
+TEXTS = [
+    "plain",
+    "",  # not NULL
+    "tab\there",
+    "new\nline",
+    "carriage\rreturn",
+    "back\\slash",
+    "\\N",  # the text, not NULL
+    "ends with a backslash\\",
+    "é, 漢字, 🙂",
+    "x" * 100_000,
+    None,
+]
+
+
+def rows():
+    docs = ['{"a": [1, "t\\tq", "back\\\\slash"]}', '"é\\n"', None]
+    result = [({"id": str(n), "note": text, "doc": docs[n % 3]}, 1000 + n) for n, text in enumerate(TEXTS)]
+    result.append(({"id": "99"}, 2000))  # columns it lacks are NULL
+    return result
+
+
+def test_copy_text_loads_the_same_values_as_psycopgs_write_row(pg_reader):
+    pg_reader.execute(
+        "CREATE TABLE by_copy_text (id int, note text, doc jsonb, lsn bigint, tail timestamptz)"
+    )
+    pg_reader.execute("CREATE TABLE by_write_row (LIKE by_copy_text)")
+    (now,) = pg_reader.execute("SELECT now()::text").fetchone()
+    columns = "id, note, doc, lsn, tail"
+    with pg_reader.cursor().copy(f"COPY by_copy_text ({columns}) FROM STDIN") as copy:
+        copy.write(_fastfold.copy_text(rows(), tuple(COLUMNS), "\t" + now))
+    with pg_reader.cursor().copy(f"COPY by_write_row ({columns}) FROM STDIN") as copy:
+        for values in _row_values(rows(), COLUMNS):
+            copy.write_row([*values, now])
+    loaded = pg_reader.execute("SELECT * FROM by_copy_text ORDER BY lsn").fetchall()
+    assert loaded == pg_reader.execute("SELECT * FROM by_write_row ORDER BY lsn").fetchall()
+    assert [note for _, note, *_ in loaded] == [*TEXTS, None]
+
+
+def test_copy_text_leaves_rows_with_other_values_to_write_row():
+    assert _fastfold.copy_text([({"id": 1}, 5)], ("id",), "") is None
+    assert _fastfold.copy_text([({"id": UNCHANGED}, 5)], ("id",), "") is None
+
+
+def test_compiled_grouping_and_column_lists_match_the_python_ones():
+    random.seed(7)
+    for _ in range(50):
+        upserts = {}
+        for n in range(40):
+            row = {
+                "id": str(n),
+                "a": random.choice(["x", None, UNCHANGED]),
+                "b": random.choice(["y", UNCHANGED]),
+            }
+            if n % 7 == 0:
+                del row["b"]
+            upserts[(str(n),)] = (row, n)
+        groups = group_by_unchanged(upserts)
+        reference = python_group_by_unchanged(upserts)
+        assert list(groups.items()) == list(reference.items())  # the same order too
+        changes = list(upserts.values())
+        assert duckdb_writer.column_lists(changes, ["id", "b", "missing"]) == [
+            [row.get(name) for row, _ in changes] for name in ["id", "b", "missing"]
+        ]
