@@ -32,9 +32,9 @@ from psycopg.conninfo import make_conninfo
 from engine.preflight import describe_connection_error
 
 try:  # the compiled message loop (engine/_fastfold.pyx, built by scripts/setup.sh)
-    from engine import _fastfold
-except ImportError:  # not built: _stream_messages does the same, slower
-    _fastfold = None
+    from engine._fastfold import stream_messages as _compiled_messages
+except ImportError:  # not built, or built before it had the loop: _stream_messages does the same, slower
+    _compiled_messages = None
 
 log = logging.getLogger(__name__)
 
@@ -210,8 +210,8 @@ class ReplicationStream:
         in_transaction = False
         idle_since = None
         messages = _stream_messages
-        if self.message_loop == "compiled" and _fastfold is not None:
-            messages = _fastfold.stream_messages
+        if self.message_loop == "compiled" and _compiled_messages is not None:
+            messages = _compiled_messages
         while True:
             status, count, in_transaction, got, keepalive = messages(
                 pgconn, feed, count, upto_changes, flush_lsn, in_transaction
