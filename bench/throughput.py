@@ -21,7 +21,8 @@ jsonb, two timestamptz), then prints, for the PostgreSQL and DuckDB destinations
   replication catching up the same backlog (a subscription in a third database,
   holding the same rows, with copy_data = false on a slot created before the
   changes, enabled after them, timed until its slot confirms the end); then the
-  client's share alone (decode + fold of the whole backlog, nothing applied).
+  client's share alone (decode + fold of the whole backlog, nothing applied, in the
+  run's parts; and, for comparison, in one batch, which pays for ~1 GB of fresh memory).
   Rosetta's CDC rates are printed as a ratio to the peek and to the subscription.
   --changes 0 skips CDC.
 """
@@ -30,6 +31,7 @@ import argparse
 import gc
 import logging
 import os
+import resource
 import shutil
 import sys
 import tempfile
@@ -237,23 +239,46 @@ def native_subscription(source_kwargs: dict, native_kwargs: dict, slot: str, end
     return seconds
 
 
-def decode_only(kwargs: dict, slot: str) -> tuple[int, float]:
-    """Decode and fold one peek of the backlog, without applying it (the client's share)."""
+def peek_messages(kwargs: dict, slot: str) -> list[bytes]:
+    """Every pgoutput message of one peek of the backlog, in memory (not timed)."""
     with psycopg.connect(**kwargs, autocommit=True) as conn, conn.cursor(binary=True) as cur:
         cur.execute(
             "SELECT data FROM pg_logical_slot_peek_binary_changes(%s, NULL, NULL, "
             "'proto_version', '1', 'publication_names', 'bench')",
             [slot],
         )
-        messages = [data for (data,) in cur]
-    started = time.perf_counter()
+        return [data for (data,) in cur]
+
+
+def decode_only(messages: list[bytes], part_size: int | None) -> tuple[int, float, str]:
+    """Decode and fold the backlog without applying it (the client's share). In parts of
+    `part_size` messages ended on a commit, as a run folds its stream (each part's batch
+    dropped once built, as a run drops it once applied), or (None) in one batch of the
+    whole backlog. Returns (changes, seconds, this thread's CPU: user, kernel, page faults):
+    a batch of the whole backlog is ~1 GB of fresh memory, whose page faults this machine
+    (a VM) makes cost up to ~10 us each, more than the fold itself."""
     gc.disable()  # as the engine does while it builds a batch
-    builder = BatchBuilder(0, {TABLE.key: TABLE}, text_values=True)  # what both writers take
+    before = resource.getrusage(resource.RUSAGE_THREAD)
+    started = time.perf_counter()
+    relations = {}
+    changes = 0
+    # text values: what both writers take
+    builder = BatchBuilder(0, {TABLE.key: TABLE}, text_values=True, relations=relations)
     for data in messages:
         builder.feed(data)
-    batch = builder.finish()
+        if part_size and builder.messages >= part_size and data[0] == 67:  # a Commit ends a part
+            changes += builder.finish().changes
+            builder = BatchBuilder(0, {TABLE.key: TABLE}, text_values=True, relations=relations)
+    changes += builder.finish().changes
+    seconds = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_THREAD)
+    del builder
     gc.enable()
-    return batch.changes, time.perf_counter() - started
+    cpu = (
+        f"CPU user {after.ru_utime - before.ru_utime:.2f} s, kernel {after.ru_stime - before.ru_stime:.2f} s "
+        f"({after.ru_minflt - before.ru_minflt:,} page faults)"
+    )
+    return changes, seconds, cpu
 
 
 def main() -> None:
@@ -455,12 +480,22 @@ def main() -> None:
                     + f"; other (connect, prepare, checkpoint) {seconds - sum(v for k, v in totals.items() if k != 'apply' or args.read_path == 'peek'):.2f} s"
                     + f"; RSS {baseline:.0f} -> peak {rss.peak:.0f} MB"
                 )
-            # Last: one list of every message and one batch of the whole backlog swell this
-            # process (Python keeps the memory), which would blur the RSS figures above.
-            decoded, seconds = decode_only(source_kwargs, "bench_decode")
+            # Last: one list of every message swells this process (Python keeps the memory),
+            # which would blur the RSS figures above.
+            messages = peek_messages(source_kwargs, "bench_decode")
+            decoded, seconds, cpu = decode_only(messages, args.max_changes_per_transaction)
             line("decode + fold only, text values (client side)", decoded, nbytes, seconds, peek_limit)
+            print(
+                f"    in parts of {args.max_changes_per_transaction:,} messages, as a run folds them; {cpu}"
+            )
             if native_rate:
                 print(f"    {decoded / seconds / native_rate:.2f}x the rate of PostgreSQL's own subscription")
+            decoded, seconds, cpu = decode_only(messages, None)
+            print(
+                f"    in one batch of the whole backlog: {rate(decoded, seconds).strip()} "
+                f"({decoded / seconds / peek_limit:.1%} of the limit); {cpu}"
+            )
+            del messages
         for writer in writers.values():
             writer.close()
     finally:

@@ -1,10 +1,16 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, initializedcheck=False
-"""The fold's fast path compiled: pgoutput's TupleData read in C, and Insert/Update/Delete
-folded without message objects; and the PostgreSQL writer's COPY text made in C (copy_text). It mirrors engine.pgoutput.text_row and
-engine.fold.BatchBuilder._fast_change line for line; those stay the reference (and the
-fallback where this module is not built), and engine/tests/test_fastfold.py holds both to
-the same captured pgoutput bytes and fold cases. Built by scripts/setup.sh."""
+"""The client's hot loops compiled: pgoutput's TupleData read in C, Insert/Update/Delete
+folded without message objects (mirroring engine.pgoutput.text_row and
+engine.fold.BatchBuilder._fast_change line for line), the stream's per-message loop
+(engine.stream._stream_messages), and the writers' helpers (COPY text, grouping by
+unchanged columns, column lists). The Python versions stay the reference and the fallback
+where this module is not built; pipelines/tests/test_fold_paths.py, test_pgoutput.py,
+test_stream_loops.py and destinations/tests/test_writer_compiled_paths.py hold both to the
+same results. Built by scripts/setup.sh."""
 
+import struct as _struct
+
+from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.dict cimport PyDict_GetItem, PyDict_Next
 from cpython.object cimport PyObject
@@ -274,3 +280,68 @@ def column_lists(list rows, list columns):
             values.append(None if value == NULL else <object>value)
         lists.append(values)
     return lists
+# -- the replication stream's message loop -----------------------------------------------
+# engine.stream._stream_messages compiled (the reference and fallback, line for line): what
+# ReplicationStream.read does for every message, so that a 'w' message costs one copy and
+# one call of feed, with no Python bytecode between messages. Rare cases (keepalive, no
+# message yet, the end of the stream) return to read(), which handles them for both loops.
+# The statuses are engine.stream's (not imported: that module imports this one).
+
+_lsn = _struct.Struct("!Q")
+NOTHING, ENDED, CAUGHT_UP, ENOUGH, KEEPALIVE = 0, -1, 1, 2, 3
+
+
+cdef inline unsigned long long _be64(const unsigned char* p) noexcept:
+    return (<unsigned long long>_ube32(p) << 32) | _ube32(p + 4)
+
+
+def stream_messages(pgconn, feed, Py_ssize_t count, Py_ssize_t upto_changes,
+                    unsigned long long flush_lsn, bint in_transaction):
+    """engine.stream._stream_messages, compiled."""
+    cdef Py_buffer view
+    cdef const unsigned char* p
+    cdef Py_ssize_t size
+    cdef unsigned char kind, first
+    cdef unsigned long long lsn
+    cdef bint got = False
+    get = pgconn.get_copy_data
+    while True:
+        nbytes, data = get(1)
+        if nbytes <= 0:
+            return (NOTHING if nbytes == 0 else ENDED), count, in_transaction, got, None
+        got = True
+        PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+        try:
+            p = <const unsigned char*>view.buf
+            size = view.len
+            if size < 1:
+                raise IndexError("index out of range")  # as data[0] would
+            kind = p[0]
+            if kind == 107:  # 'k'
+                return KEEPALIVE, count, in_transaction, got, data
+            if kind != 119:  # not 'w': skipped, as the Python loop does
+                continue
+            message = PyBytes_FromStringAndSize(<const char*>p + 25 if size > 25 else NULL,
+                                                size - 25 if size > 25 else 0)
+        finally:
+            PyBuffer_Release(&view)
+        feed(message)
+        count += 1
+        p = <const unsigned char*>PyBytes_AS_STRING(message)
+        size = PyBytes_GET_SIZE(message)
+        if size < 1:
+            raise IndexError("index out of range")  # as message[0] would
+        first = p[0]
+        if first == 66:  # 'B'
+            in_transaction = True
+        elif first == 67:  # 'C'
+            in_transaction = False
+            lsn = _be64(p + 10) if size >= 18 else _lsn.unpack_from(message, 10)[0]
+            if lsn >= flush_lsn:
+                return CAUGHT_UP, count, in_transaction, got, None
+            if count >= upto_changes:
+                return ENOUGH, count, in_transaction, got, None
+        elif first == 77 and not in_transaction:  # a non-transactional logical message
+            lsn = _be64(p + 2) if size >= 10 else _lsn.unpack_from(message, 2)[0]
+            if lsn >= flush_lsn:
+                return CAUGHT_UP, count, in_transaction, got, None

@@ -31,9 +31,15 @@ from psycopg.conninfo import make_conninfo
 
 from engine.preflight import describe_connection_error
 
+try:  # the compiled message loop (engine/_fastfold.pyx, built by scripts/setup.sh)
+    from engine._fastfold import stream_messages as _compiled_messages
+except ImportError:  # not built, or built before it had the loop: _stream_messages does the same, slower
+    _compiled_messages = None
+
 log = logging.getLogger(__name__)
 
 _keepalive = struct.Struct("!QqB")
+_lsn = struct.Struct("!Q")
 _status_update = struct.Struct("!cQQQqB")
 POSTGRES_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 SLOT_BUSY_WAIT_SECONDS = 10  # a walsender that just ended may hold the slot a moment longer
@@ -42,6 +48,47 @@ COMMAND_TIMEOUT_SECONDS = 60
 # Inside a transaction the walsender sends without pause (it decoded the whole
 # transaction before its Begin): silence this many times the idle timeout is a fault.
 STALL_FACTOR = 6
+
+
+# What a message loop returns to read() (engine/_fastfold.pyx holds the same numbers).
+NOTHING, ENDED, CAUGHT_UP, ENOUGH, KEEPALIVE = 0, -1, 1, 2, 3
+
+
+def _stream_messages(pgconn, feed, count, upto_changes, flush_lsn, in_transaction):
+    """read()'s hot part, for every message: hand each 'w' message's pgoutput to `feed`
+    until a commit ends the read (caught up to `flush_lsn`, or `upto_changes` messages),
+    and return to read() for anything else. Returns (status, count, in_transaction,
+    whether a message came, the keepalive). engine/_fastfold.pyx's stream_messages is
+    this loop compiled (used when built); this one is the reference and the fallback."""
+    get = pgconn.get_copy_data
+    got = False
+    while True:
+        nbytes, data = get(1)
+        if nbytes <= 0:
+            return (NOTHING if nbytes == 0 else ENDED), count, in_transaction, got, None
+        got = True
+        kind = data[0]
+        if kind == 107:  # 'k'
+            return KEEPALIVE, count, in_transaction, got, data
+        if kind != 119:  # not 'w'
+            continue
+        message = bytes(data[25:])
+        feed(message)
+        count += 1
+        first = message[0]
+        if first == 66:  # 'B'
+            in_transaction = True
+        elif first == 67:  # 'C'
+            in_transaction = False
+            (end_lsn,) = _lsn.unpack_from(message, 10)
+            if end_lsn >= flush_lsn:
+                return CAUGHT_UP, count, in_transaction, got, None
+            if count >= upto_changes:
+                return ENOUGH, count, in_transaction, got, None
+        elif first == 77 and not in_transaction:  # a non-transactional logical message
+            (lsn,) = _lsn.unpack_from(message, 2)
+            if lsn >= flush_lsn:
+                return CAUGHT_UP, count, in_transaction, got, None
 
 
 class StreamError(Exception):
@@ -59,6 +106,10 @@ def _error_text(pgconn) -> str:
 class ReplicationStream:
     """One walsender connection streaming a slot's pgoutput messages from its
     confirmed position. Not thread-safe; one reader."""
+
+    # Which loop reads the messages: "compiled" (engine/_fastfold.pyx's stream_messages,
+    # when built; else "python") or "python" (_stream_messages, the reference).
+    message_loop = "compiled"
 
     def __init__(self, connect_kwargs: dict, options: str, slot: str, publication: str):
         self.connect_kwargs = connect_kwargs
@@ -158,39 +209,28 @@ class ReplicationStream:
         count = 0
         in_transaction = False
         idle_since = None
-        get = pgconn.get_copy_data
+        messages = _stream_messages
+        if self.message_loop == "compiled" and _compiled_messages is not None:
+            messages = _compiled_messages
         while True:
-            nbytes, data = get(1)
-            if nbytes > 0:
+            status, count, in_transaction, got, keepalive = messages(
+                pgconn, feed, count, upto_changes, flush_lsn, in_transaction
+            )
+            if got:
                 idle_since = None
-                kind = data[0]
-                if kind == 119:  # 'w'
-                    message = bytes(data[25:])
-                    feed(message)
-                    count += 1
-                    first = message[0]
-                    if first == 66:  # 'B'
-                        in_transaction = True
-                    elif first == 67:  # 'C'
-                        in_transaction = False
-                        (end_lsn,) = struct.unpack_from("!Q", message, 10)
-                        if end_lsn >= flush_lsn:
-                            return count, True
-                        if count >= upto_changes:
-                            return count, False
-                    elif first == 77 and not in_transaction:  # a non-transactional logical message
-                        (lsn,) = struct.unpack_from("!Q", message, 2)
-                        if lsn >= flush_lsn:
-                            return count, True
-                elif kind == 107:  # 'k'
-                    wal_end, _, reply = _keepalive.unpack_from(data, 1)
-                    if not in_transaction and wal_end >= flush_lsn:
-                        return count, True
-                    # Answering re-arms the walsender's ping, so the next keepalive
-                    # comes as soon as it has read further (it moves nothing).
-                    self._send_status(self.acknowledged)
+            if status == CAUGHT_UP:
+                return count, True
+            if status == ENOUGH:
+                return count, False
+            if status == KEEPALIVE:
+                wal_end, _, reply = _keepalive.unpack_from(keepalive, 1)
+                if not in_transaction and wal_end >= flush_lsn:
+                    return count, True
+                # Answering re-arms the walsender's ping, so the next keepalive
+                # comes as soon as it has read further (it moves nothing).
+                self._send_status(self.acknowledged)
                 continue
-            if nbytes == 0:
+            if status == NOTHING:
                 now = time.monotonic()
                 self.last_activity = now
                 if idle_since is None:

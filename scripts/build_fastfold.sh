@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Compiles engine/_fastfold.pyx (the fold's compiled fast path) with Cython and the
-# machine's C compiler, next to the module. Without it the engine uses the pure-Python
-# path (engine/fold.py), which gives the same batches, slower.
+# Compiles engine/_fastfold.pyx (the fold's compiled fast path and the stream's message
+# loop) with Cython and the machine's C compiler, next to the module. Without it the engine
+# uses the pure-Python paths (engine/fold.py, engine/stream.py): the same batches, slower.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=.venv/bin/python

@@ -45,8 +45,9 @@ if ! .venv/bin/pip install -q --disable-pip-version-check -r requirements.txt; t
   exit 1
 fi
 
-# The fold's compiled fast path (engine/_fastfold.pyx) with this machine's C compiler; if it
-# cannot be built, the engine runs the pure-Python path (same batches, slower).
+# The fold's compiled fast path and the stream's message loop (engine/_fastfold.pyx) with this
+# machine's C compiler; if it cannot be built, the engine runs the pure-Python paths (same
+# batches, slower).
 if command -v "${CC:-cc}" >/dev/null 2>&1; then
   scripts/build_fastfold.sh || echo "setup: engine/_fastfold could not be built; CDC uses the pure-Python fold"
 else
