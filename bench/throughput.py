@@ -441,6 +441,7 @@ def main() -> None:
                 applied = 0
                 gc.collect()
                 baseline = rss.reset()
+                usage = resource.getrusage(resource.RUSAGE_SELF)
                 started = time.perf_counter()
                 runs = 0
                 while True:
@@ -479,6 +480,11 @@ def main() -> None:
                     )
                     + f"; other (connect, prepare, checkpoint) {seconds - sum(v for k, v in totals.items() if k != 'apply' or args.read_path == 'peek'):.2f} s"
                     + f"; RSS {baseline:.0f} -> peak {rss.peak:.0f} MB"
+                )
+                used = resource.getrusage(resource.RUSAGE_SELF)
+                print(
+                    f"    this process's CPU: user {used.ru_utime - usage.ru_utime:.2f} s, kernel "
+                    f"{used.ru_stime - usage.ru_stime:.2f} s ({used.ru_minflt - usage.ru_minflt:,} page faults)"
                 )
             # Last: one list of every message swells this process (Python keeps the memory),
             # which would blur the RSS figures above.
