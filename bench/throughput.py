@@ -119,6 +119,68 @@ class PeakRSS:
             time.sleep(0.02)
 
 
+class ServerCPU:
+    """CPU time of the cluster's processes while a line runs, by kind (walsender, the
+    destination's backends, the native apply worker, background processes), from /proc,
+    sampled every 0.1 s so that processes that come and go within the line are seen."""
+
+    TICK = os.sysconf("SC_CLK_TCK")
+
+    def __init__(self, cluster):
+        self.postmaster = int((cluster.data_dir / "postmaster.pid").read_text().split()[0])
+
+    def _children(self) -> dict[int, tuple[str, int]]:
+        found = {}
+        for pid in Path(f"/proc/{self.postmaster}/task/{self.postmaster}/children").read_text().split():
+            try:
+                title = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # gone meanwhile
+            found[int(pid)] = (self._kind(title), int(fields[11]) + int(fields[12]))  # utime + stime
+        return found
+
+    @staticmethod
+    def _kind(title: str) -> str:
+        title = title.removeprefix("postgres: ")
+        for kind in ("walsender", "logical replication", "autovacuum"):
+            if kind in title:
+                return "native apply worker" if kind == "logical replication" else kind
+        parts = title.split()
+        if len(parts) >= 2 and parts[0] == "postgres":  # "postgres <database> <client> ..."
+            return f"backends of {parts[1]}"
+        return "background (checkpointer, WAL writer, ...)"
+
+    def __enter__(self):
+        self.start = self._children()
+        self.last = dict(self.start)
+        self.running = True
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+        return self
+
+    def _sample(self):
+        while self.running:
+            self.last.update(self._children())
+            time.sleep(0.1)
+
+    def __exit__(self, *exc):
+        self.running = False
+        self.thread.join()
+        self.last.update(self._children())
+
+    def summary(self) -> str:
+        spent = {}
+        for pid, (kind, ticks) in self.last.items():
+            before = self.start.get(pid, (kind, 0))[1]
+            spent[kind] = spent.get(kind, 0) + (ticks - before) / self.TICK
+        return ", ".join(
+            f"{kind} {seconds:.2f} s"
+            for kind, seconds in sorted(spent.items(), key=lambda i: -i[1])
+            if seconds >= 0.05
+        )
+
+
 class TimedChunks:
     """Wraps the snapshot's chunk iterator to count the time spent waiting for the source."""
 
@@ -433,15 +495,18 @@ def main() -> None:
             native_rate = None
             if not args.decode_only:
                 gc.collect()
-                seconds = native_subscription(source_kwargs, native_kwargs, "bench_native", end_lsn)
+                with ServerCPU(cluster) as servers:
+                    seconds = native_subscription(source_kwargs, native_kwargs, "bench_native", end_lsn)
                 native_rate = changes / seconds
                 line("PostgreSQL's own subscription (apply worker)", changes, nbytes, seconds, peek_limit)
+                print(f"    the cluster's CPU: {servers.summary()}")
             for name, writer in writers.items():
                 totals = {}
                 applied = 0
                 gc.collect()
                 baseline = rss.reset()
                 usage = resource.getrusage(resource.RUSAGE_SELF)
+                servers = ServerCPU(cluster).__enter__()
                 started = time.perf_counter()
                 runs = 0
                 while True:
@@ -464,6 +529,7 @@ def main() -> None:
                     if outcome.caught_up:
                         break
                 seconds = time.perf_counter() - started
+                servers.__exit__()
                 line(
                     f"Rosetta CDC into {name} ({runs} run{'s' if runs > 1 else ''})",
                     applied,
@@ -486,6 +552,7 @@ def main() -> None:
                     f"    this process's CPU: user {used.ru_utime - usage.ru_utime:.2f} s, kernel "
                     f"{used.ru_stime - usage.ru_stime:.2f} s ({used.ru_minflt - usage.ru_minflt:,} page faults)"
                 )
+                print(f"    the cluster's CPU: {servers.summary()}")
             # Last: one list of every message swells this process (Python keeps the memory),
             # which would blur the RSS figures above.
             messages = peek_messages(source_kwargs, "bench_decode")
