@@ -10,7 +10,8 @@ jsonb, two timestamptz), then prints, for the PostgreSQL and DuckDB destinations
 - snapshot: the engine's snapshot (source COPY -> writer.load_snapshot, with the
   run's progress counting: CSV lines, or the source's pg_stat_progress_copy) beside
   `COPY TO STDOUT` read and discarded (binary and CSV), with the time spent
-  waiting for the source's COPY and the peak RSS of this process; and, when
+  waiting for the source's COPY, the PostgreSQL writer's steps (prepare, load, key,
+  swap, commit) and the peak RSS of this process; and, when
   dlt is installed (bench/requirements.txt), dlt's sql_database source into
   DuckDB on the same table, with Rosetta's rate as a ratio to dlt's;
 - CDC: a backlog of --changes changes (70% inserts, 25% updates, 5% deletes, in
@@ -454,11 +455,26 @@ def main() -> None:
                 seconds,
                 copy_limit,
             )
-            print(
-                f"    time went to: waiting for the source COPY {timed.seconds:.2f} s, "
-                f"writer (destination load, key/index, swap) {seconds - timed.seconds:.2f} s; "
-                f"RSS {baseline:.0f} -> peak {rss.peak:.0f} MB"
-            )
+            steps = getattr(writer, "snapshot_seconds", None)
+            if steps:  # the PostgreSQL writer's own steps
+                went = (
+                    ", ".join(
+                        f"{step} {spent:.2f} s"
+                        + (
+                            f" (of which waiting for the source's COPY {timed.seconds:.2f} s)"
+                            if step == "load"
+                            else ""
+                        )
+                        for step, spent in steps.items()
+                    )
+                    + f"; outside the writer (source connection, snapshot start and end) {seconds - sum(steps.values()):.2f} s"
+                )
+            else:
+                went = (
+                    f"waiting for the source COPY {timed.seconds:.2f} s, "
+                    f"writer (destination load, key/index, swap) {seconds - timed.seconds:.2f} s"
+                )
+            print(f"    time went to: {went}; RSS {baseline:.0f} -> peak {rss.peak:.0f} MB")
             print(
                 f"    progress: {len(reported)} reports, rows copied {reported[len(reported) // 2]:,} "
                 f"mid-copy, {reported[-1]:,} at the last (of ~{estimate:,} estimated)"

@@ -37,7 +37,7 @@ class PageWatcher(services.RunObserver):
 def test_the_pipeline_page_shows_rows_copied_of_the_estimate_while_a_table_is_copied(
     admin_browser, make_pipeline, source_db
 ):
-    # About 12 MB as CSV: three chunks of the copy, so the page is seen mid-way.
+    # About 12 MB as CSV: a dozen chunks of the copy, so the page is seen mid-way.
     source_db.execute(
         "CREATE TABLE events (id int PRIMARY KEY, body text);"
         "INSERT INTO events SELECT g, repeat('x', 100) FROM generate_series(1, 120000) g;"
@@ -109,3 +109,6 @@ def test_a_snapshot_whose_progress_cannot_be_read_still_copies_every_row(source_
     # 19 bytes of header, then per row: field count, two (length, value) pairs; 2 bytes trailer.
     assert sum(size for size, _ in seen) == 19 + 120_000 * (2 + 4 + 4 + 4 + 100) + 2
     assert len(seen) >= 2 and all(rows == 0 for _, rows in seen)
+    # Pieces of about 1 MB (one row more at most): reading and writing alternate finely
+    # enough that the sockets keep both servers busy (engine.source.SNAPSHOT_CHUNK_BYTES).
+    assert all(size < 2**20 + 200 for size, _ in seen) and len(seen) >= 13
