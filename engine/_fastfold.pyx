@@ -21,6 +21,10 @@ from libc.stdlib cimport free, realloc
 from engine.batch import UNCHANGED
 from engine.pgoutput import _bad_kind
 
+# engine.fold.FASTFOLD_INTERFACE: raise both when a function is added or changed, so that a
+# module built from an older source is not used.
+INTERFACE = 2
+
 
 cdef inline Py_ssize_t _be32(const unsigned char* p) noexcept:
     # signed, as pgoutput's Int32 length (-1 never appears for 't' values)

@@ -20,9 +20,25 @@ _ROW_CHANGES = frozenset(b"IUD")
 _oid = pgoutput._uint32.unpack_from
 text_row = pgoutput.text_row
 
-try:  # the compiled fast path (engine/_fastfold.pyx, built by scripts/setup.sh)
+# What engine/_fastfold.pyx's INTERFACE must say: a module built from an older source (a
+# pull without scripts/setup.sh, a build that failed and left the old one) lacks functions
+# that the fold, the stream and the writers call, so it is not used at all.
+FASTFOLD_INTERFACE = 2
+
+
+def usable_fastfold(module) -> bool:
+    return getattr(module, "INTERFACE", None) == FASTFOLD_INTERFACE
+
+
+try:  # the compiled paths (engine/_fastfold.pyx, built by scripts/setup.sh)
     from . import _fastfold
-except ImportError:  # not built: the pure-Python path below does the same, slower
+except ImportError:  # not built: the pure-Python paths do the same, slower
+    _fastfold = None
+if _fastfold is not None and not usable_fastfold(_fastfold):
+    log.warning(
+        "engine/_fastfold was built from another version of engine/_fastfold.pyx: the Python "
+        "paths are used instead (scripts/build_fastfold.sh builds it again)"
+    )
     _fastfold = None
 
 

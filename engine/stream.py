@@ -29,12 +29,12 @@ import psycopg
 from psycopg import pq, sql
 from psycopg.conninfo import make_conninfo
 
+from engine.fold import _fastfold
 from engine.preflight import describe_connection_error
 
-try:  # the compiled message loop (engine/_fastfold.pyx, built by scripts/setup.sh)
-    from engine._fastfold import stream_messages as _compiled_messages
-except ImportError:  # not built, or built before it had the loop: _stream_messages does the same, slower
-    _compiled_messages = None
+# the compiled message loop (engine/_fastfold.pyx), where it is built from this source;
+# else _stream_messages does the same, slower
+_compiled_messages = _fastfold.stream_messages if _fastfold is not None else None
 
 log = logging.getLogger(__name__)
 

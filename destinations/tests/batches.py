@@ -51,6 +51,7 @@ def table_changes(
     truncated=False,
     target_table=None,
     fresh=(),
+    text_values=False,
 ) -> TableChanges:
     """upserts: {key tuple: (row dict, lsn)}, deletes: {key tuple: lsn}, fresh: keys first
     inserted in the batch (TableChanges.fresh)."""
@@ -61,6 +62,7 @@ def table_changes(
         upserts=dict(upserts or {}),
         deletes=dict(deletes or {}),
         fresh=set(fresh),
+        text_values=text_values,
     )
 
 

@@ -5,6 +5,7 @@ import pytest
 
 from engine.batch import Column, Relation
 from engine.writers.base import IncompatibleSchemaChange
+from engine.writers.postgres import PostgresWriter
 
 from .batches import cdc_row, copy_chunks, make_batch, make_everything_table, relation_of, table_changes
 
@@ -124,3 +125,76 @@ def test_a_snapshot_checks_its_key_for_nulls_as_it_loads_not_in_a_second_pass(pg
         ("_rosetta_synced_at", False),
         ("_rosetta_deleted_at", False),
     ]
+
+
+def items_batch(relation, ids, end_lsn):
+    upserts = {(n,): ({"id": n, "name": f"item {n}"}, end_lsn) for n in ids}
+    changes = table_changes(relation, upserts=upserts, fresh=list(upserts))
+    return make_batch(changes, end_lsn=end_lsn)
+
+
+ITEMS = Relation(5002, "public", "items", [Column("id", 20, -1, True), Column("name", 25)])
+
+
+def test_rows_inserted_without_a_conflict_check_get_the_transactions_time_in_any_session_style(
+    pg_writer, pg_reader, pg_destination
+):
+    """The COPY of fresh rows writes _rosetta_synced_at as text: it must read back as the
+    transaction's time whatever DateStyle and TimeZone the destination gives the session
+    (IST reads back as Israel's time from PostgreSQL's own SQL-style text)."""
+    database = pg_destination["database"]
+    pg_reader.execute(f"ALTER DATABASE \"{database}\" SET DateStyle = 'SQL, DMY'")
+    pg_reader.execute(f"ALTER DATABASE \"{database}\" SET TimeZone = 'Asia/Kolkata'")
+    pg_writer.apply_batch("p", items_batch(ITEMS, [1, 2], end_lsn=10))
+    (off_by,) = pg_reader.execute(
+        "SELECT max(abs(extract(epoch FROM now() - _rosetta_synced_at))) FROM analytics.items"
+    ).fetchone()
+    assert off_by < 60
+
+
+def test_a_table_made_by_hand_without_a_primary_key_gets_no_duplicates(pg_writer, pg_reader):
+    """Without a key, nothing would refuse a fresh key that is already there: such a table
+    takes the merge, which refuses to run without a key, as it always did."""
+    pg_reader.execute("CREATE SCHEMA analytics")
+    pg_reader.execute(
+        "CREATE TABLE analytics.items (id bigint, name text, _rosetta_lsn bigint, "
+        "_rosetta_synced_at timestamptz, _rosetta_deleted_at timestamptz)"
+    )
+    pg_reader.execute("INSERT INTO analytics.items (id, name) VALUES (1, 'loaded by hand')")
+    with pytest.raises(psycopg.errors.InvalidColumnReference):
+        pg_writer.apply_batch("p", items_batch(ITEMS, [1], end_lsn=10))
+    assert pg_reader.execute("SELECT id, name FROM analytics.items").fetchall() == [(1, "loaded by hand")]
+
+
+def test_text_reaches_a_latin1_destination_converted(pg_writer, pg_reader, source_conn, pg_destination):
+    """The writer's COPY text is UTF-8: the session says so, and the server converts it."""
+    database = f"{pg_destination['database']}_latin1"
+    pg_reader.execute(
+        f'CREATE DATABASE "{database}" ENCODING LATIN1 LC_COLLATE "C" LC_CTYPE "C" TEMPLATE template0'
+    )
+    writer = PostgresWriter({**pg_destination, "database": database})
+    try:
+        writer.apply_batch(
+            "p",
+            make_batch(
+                table_changes(
+                    ITEMS,
+                    upserts={
+                        (1,): ({"id": "1", "name": "café"}, 10),
+                        (2,): ({"id": "2", "name": "naïve"}, 10),
+                    },
+                    fresh=[(1,)],
+                    text_values=True,
+                ),
+                end_lsn=10,
+            ),
+        )
+        with psycopg.connect(
+            host=pg_destination["host"], port=pg_destination["port"], dbname=database, user="postgres"
+        ) as conn:
+            assert conn.execute("SELECT id, name FROM analytics.items ORDER BY id").fetchall() == [
+                (1, "café"),
+                (2, "naïve"),
+            ]
+    finally:
+        writer.close()

@@ -98,6 +98,9 @@ class PostgresWriter(Writer):
         super().__init__(settings, connect_timeout)
         self._conn = None
         self._verified = {}  # target table -> relation signature already checked against it
+        # target table -> whether it has a primary key, which refuses a fresh key already
+        # there (a table made by hand may have none: then every row takes the merge)
+        self._keyed: dict[str, bool] = {}
         # Seconds per step of the last load_snapshot (prepare, load, key, swap, commit),
         # for the benchmarks' breakdown of where a snapshot's time goes.
         self.snapshot_seconds: dict[str, float] = {}
@@ -117,6 +120,9 @@ class PostgresWriter(Writer):
                 password=s.get("password") or None,
                 connect_timeout=self.connect_timeout,
                 application_name="rosetta",
+                # text goes out as UTF-8 (the COPY text of engine/_fastfold.pyx is); the
+                # server converts it to the database's encoding
+                client_encoding="UTF8",
                 **extra,
             )
         except psycopg.OperationalError as error:
@@ -410,7 +416,7 @@ class PostgresWriter(Writer):
             )
         if changes.upserts:
             upserts = changes.upserts
-            fresh = changes.fresh
+            fresh = changes.fresh if self._keyed.get(changes.target_table) else ()
             rows = [change for key, change in upserts.items() if key in fresh] if fresh else []
             if rows:
                 inserted = self._insert_fresh(
@@ -470,8 +476,11 @@ class PostgresWriter(Writer):
         after all (a row written by hand, a soft-deleted row), the savepoint takes the
         COPY back and None sends these rows through the merge instead."""
         columns = relation.column_names
-        # what the merge writes: the transaction's start, as text that reads back the same
-        (synced_at,) = conn.execute("SELECT now()::text").fetchone()
+        # what the merge writes: the transaction's start, in ISO form with its offset, which
+        # reads back the same whatever DateStyle and TimeZone the destination gives the session
+        (synced_at,) = conn.execute(
+            "SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00'"
+        ).fetchone()
         text = _copy_text(rows, columns, "\t" + synced_at) if text_values else None
         values = ([*row, synced_at] for row in _row_values(rows, columns))
         try:
@@ -712,6 +721,7 @@ class PostgresWriter(Writer):
             )
             self._record_source_columns(conn, target, relation)
             self._verified[target_table] = signature
+            self._keyed[target_table] = True
             return None
 
         columns = [
@@ -740,6 +750,7 @@ class PostgresWriter(Writer):
         if replaced is not None:
             replaced += plan.replaced
         self._verified[target_table] = signature
+        self._keyed[target_table] = any(in_key for *_, in_key in existing)
         return plan.recopy
 
     def _render(self, conn, target, action) -> None:

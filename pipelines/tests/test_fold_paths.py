@@ -3,6 +3,7 @@ general path, on pgoutput bytes a real server produced in this test run: the sam
 and the same fold cases must give the same batch, whichever path read them."""
 
 import gc
+import types
 import weakref
 
 import psycopg
@@ -117,6 +118,13 @@ def test_compiled_module_is_built_and_used():
     assert builder.feed.__func__ is fold._fastfold.feed
     typed = BatchBuilder(0, SPECS)  # typed values (Snowflake) always take the general path
     assert typed.feed.__func__ is BatchBuilder.feed
+
+
+def test_a_compiled_module_built_from_another_source_is_not_used():
+    """A pull without scripts/setup.sh leaves the old module, which lacks what this code calls."""
+    assert fold.usable_fastfold(types.SimpleNamespace(INTERFACE=fold.FASTFOLD_INTERFACE))
+    assert not fold.usable_fastfold(types.SimpleNamespace(INTERFACE=fold.FASTFOLD_INTERFACE - 1))
+    assert not fold.usable_fastfold(types.SimpleNamespace(feed=None))  # built before it had INTERFACE
 
 
 def test_a_builder_is_freed_without_the_garbage_collector(cases):
