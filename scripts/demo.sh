@@ -6,6 +6,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DEMO=.demo
 mkdir -p "$DEMO"
+# The source cluster runs as the postgres OS user (as root), which must reach its data
+# directory: in .demo when it can, else under /tmp, named after this checkout (a checkout in
+# a directory closed to other users: /root, or one made by mktemp -d).
+PGDIR="$PWD/$DEMO/pg"
+if [ "$(id -u)" = 0 ] && ! runuser -u postgres -- test -x "$PWD/$DEMO"; then
+  PGDIR="/tmp/rosetta-demo-pg-$(printf %s "$PWD" | md5sum | cut -c1-12)"
+fi
 
 stop_demo() {
   if [ -f "$DEMO/pids" ]; then
@@ -19,8 +26,8 @@ stop_demo() {
     done
     rm -f "$DEMO/pids"
   fi
-  if [ -f "$DEMO/pg/data/postmaster.pid" ]; then
-    runuser -u postgres -- /usr/lib/postgresql/*/bin/pg_ctl -D "$DEMO/pg/data" -m fast stop >/dev/null || true
+  if [ -f "$PGDIR/data/postmaster.pid" ]; then
+    runuser -u postgres -- /usr/lib/postgresql/*/bin/pg_ctl -D "$PGDIR/data" -m fast stop >/dev/null || true
   fi
 }
 if [ "${1:-}" = "stop" ]; then stop_demo; echo "demo stopped"; exit 0; fi
@@ -33,6 +40,8 @@ PY=.venv/bin/python
 NEW_KEY=0
 if [ ! -f "$DEMO/env" ]; then
   NEW_KEY=1
+  # a new .demo starts its own source cluster, as one inside .demo would
+  [ "$PGDIR" = "$PWD/$DEMO/pg" ] || rm -rf "$PGDIR"
   cat > "$DEMO/env" <<ENV
 ROSETTA_ENCRYPTION_KEYS=$($PY -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())')
 SECRET_KEY=$($PY -c 'import secrets; print(secrets.token_urlsafe(40))')
@@ -74,7 +83,7 @@ if [ "$(psql -h 127.0.0.1 -U postgres -Atc 'SHOW wal_level' postgres)" != "logic
   SOURCE_PORT=55432
   $PY - <<PYEOF
 from rosetta.pgcluster import Cluster
-Cluster(data_dir="$PWD/$DEMO/pg", port=$SOURCE_PORT).start()
+Cluster(data_dir="$PGDIR", port=$SOURCE_PORT).start()
 PYEOF
   echo "demo: started a PostgreSQL cluster with wal_level=logical on port $SOURCE_PORT for the sample source"
 fi
