@@ -27,7 +27,7 @@ stop_demo() {
     rm -f "$DEMO/pids"
   fi
   if [ -f "$PGDIR/data/postmaster.pid" ]; then
-    runuser -u postgres -- /usr/lib/postgresql/*/bin/pg_ctl -D "$PGDIR/data" -m fast stop >/dev/null || true
+    (cd / && runuser -u postgres -- /usr/lib/postgresql/*/bin/pg_ctl -D "$PGDIR/data" -m fast stop >/dev/null) || true
   fi
 }
 if [ "${1:-}" = "stop" ]; then stop_demo; echo "demo stopped"; exit 0; fi
