@@ -3,9 +3,9 @@
     .venv/bin/python bench/throughput.py [--rows 300000] [--changes 300000] [--max-changes-per-transaction N]
         [--read-path stream|peek] [--dlt-backend pyarrow|sqlalchemy|none]
 
-Starts a throwaway PostgreSQL cluster (rosetta/pgcluster.py) and a source table
-of --rows rows of ~330 bytes (bigint key, int, numeric(12,2), text, ~230 B
-jsonb, two timestamptz), then prints, for the PostgreSQL and DuckDB destinations:
+Starts two throwaway PostgreSQL clusters (rosetta/pgcluster.py), a source and a
+destination, and a source table of --rows rows of ~330 bytes (bigint key, int,
+numeric(12,2), text, ~230 B jsonb, two timestamptz), then prints, for the PostgreSQL and DuckDB destinations:
 
 - snapshot: the engine's snapshot (source COPY -> writer.load_snapshot, with the
   run's progress counting: CSV lines, or the source's pg_stat_progress_copy) beside
@@ -19,8 +19,8 @@ jsonb, two timestamptz), then prints, for the PostgreSQL and DuckDB destinations
   stream and one writer, read + decode + fold, apply_batch per part, advance),
   beside one `pg_logical_slot_peek_binary_changes` of the whole backlog read
   and discarded, with where the time went, and beside PostgreSQL's own logical
-  replication catching up the same backlog (a subscription in a third database,
-  holding the same rows, with copy_data = false on a slot created before the
+  replication catching up the same backlog (a subscription in another database of the
+  destination cluster, holding the same rows, with copy_data = false on a slot created before the
   changes, enabled after them, timed until its slot confirms the end); then the
   client's share alone (decode + fold of the whole backlog, nothing applied, in the
   run's parts; and, for comparison, in one batch, which pays for ~1 GB of fresh memory).
@@ -121,28 +121,38 @@ class PeakRSS:
 
 
 class ServerCPU:
-    """CPU time of the cluster's processes while a line runs, by kind (walsender, the
-    destination's backends, the native apply worker, background processes), from /proc,
-    sampled every 0.1 s so that processes that come and go within the line are seen."""
+    """CPU time of the clusters' processes while a line runs, by kind (walsender, the
+    destination's backends, the native apply worker, each cluster's background processes),
+    from /proc, sampled every 0.1 s so that processes that come and go within the line are seen."""
 
     TICK = os.sysconf("SC_CLK_TCK")
 
-    def __init__(self, cluster):
-        self.postmaster = int((cluster.data_dir / "postmaster.pid").read_text().split()[0])
+    def __init__(self, clusters: dict):
+        """`clusters`: {name: Cluster}, the name for the background processes' line."""
+        self.postmasters = {
+            int((cluster.data_dir / "postmaster.pid").read_text().split()[0]): name
+            for name, cluster in clusters.items()
+        }
 
     def _children(self) -> dict[int, tuple[str, int]]:
         found = {}
-        for pid in Path(f"/proc/{self.postmaster}/task/{self.postmaster}/children").read_text().split():
-            try:
-                title = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue  # gone meanwhile
-            found[int(pid)] = (self._kind(title), int(fields[11]) + int(fields[12]))  # utime + stime
+        for postmaster, name in self.postmasters.items():
+            for pid in Path(f"/proc/{postmaster}/task/{postmaster}/children").read_text().split():
+                try:
+                    title = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+                    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue  # gone meanwhile
+                if not title.startswith("postgres: "):
+                    continue  # just forked or exiting (a zombie's cmdline is empty): keep its last sample
+                found[int(pid)] = (
+                    self._kind(title, name),
+                    int(fields[11]) + int(fields[12]),
+                )  # utime + stime
         return found
 
     @staticmethod
-    def _kind(title: str) -> str:
+    def _kind(title: str, cluster: str) -> str:
         title = title.removeprefix("postgres: ")
         for kind in ("walsender", "logical replication", "autovacuum"):
             if kind in title:
@@ -150,7 +160,7 @@ class ServerCPU:
         parts = title.split()
         if len(parts) >= 2 and parts[0] == "postgres":  # "postgres <database> <client> ..."
             return f"backends of {parts[1]}"
-        return "background (checkpointer, WAL writer, ...)"
+        return f"{cluster} background (checkpointer, WAL writer, ...)"
 
     def __enter__(self):
         self.start = self._children()
@@ -360,19 +370,26 @@ def main() -> None:
     rss = PeakRSS()
 
     work = Path(tempfile.mkdtemp(prefix="rosetta-bench-"))
+    # Source and destinations in two clusters, as they are deployed: the source's WAL then
+    # holds the backlog alone, and each consumer decodes the same WAL (in one cluster, each
+    # would also decode what the destinations before it wrote).
     cluster = Cluster().start()
+    destination = Cluster()
+    clusters = {"source": cluster, "destination": destination}
     try:
+        destination.start()
         with psycopg.connect(cluster.dsn(), autocommit=True) as admin:
             admin.execute("CREATE DATABASE bench_src")
+        with psycopg.connect(destination.dsn(), autocommit=True) as admin:
             admin.execute("CREATE DATABASE bench_dst")
             admin.execute("CREATE DATABASE bench_native")  # PostgreSQL's own subscription
         source_kwargs = {"host": "127.0.0.1", "port": cluster.port, "dbname": "bench_src", "user": "postgres"}
-        native_kwargs = {**source_kwargs, "dbname": "bench_native"}
+        native_kwargs = {**source_kwargs, "port": destination.port, "dbname": "bench_native"}
         writers = {
             "PostgreSQL": PostgresWriter(
                 {
                     "host": "127.0.0.1",
-                    "port": cluster.port,
+                    "port": destination.port,
                     "database": "bench_dst",
                     "username": "postgres",
                     "password": "",
@@ -511,18 +528,18 @@ def main() -> None:
             native_rate = None
             if not args.decode_only:
                 gc.collect()
-                with ServerCPU(cluster) as servers:
+                with ServerCPU(clusters) as servers:
                     seconds = native_subscription(source_kwargs, native_kwargs, "bench_native", end_lsn)
                 native_rate = changes / seconds
                 line("PostgreSQL's own subscription (apply worker)", changes, nbytes, seconds, peek_limit)
-                print(f"    the cluster's CPU: {servers.summary()}")
+                print(f"    the clusters' CPU: {servers.summary()}")
             for name, writer in writers.items():
                 totals = {}
                 applied = 0
                 gc.collect()
                 baseline = rss.reset()
                 usage = resource.getrusage(resource.RUSAGE_SELF)
-                servers = ServerCPU(cluster).__enter__()
+                servers = ServerCPU(clusters).__enter__()
                 started = time.perf_counter()
                 runs = 0
                 while True:
@@ -568,7 +585,7 @@ def main() -> None:
                     f"    this process's CPU: user {used.ru_utime - usage.ru_utime:.2f} s, kernel "
                     f"{used.ru_stime - usage.ru_stime:.2f} s ({used.ru_minflt - usage.ru_minflt:,} page faults)"
                 )
-                print(f"    the cluster's CPU: {servers.summary()}")
+                print(f"    the clusters' CPU: {servers.summary()}")
             # Last: one list of every message swells this process (Python keeps the memory),
             # which would blur the RSS figures above.
             messages = peek_messages(source_kwargs, "bench_decode")
@@ -589,6 +606,7 @@ def main() -> None:
             writer.close()
     finally:
         cluster.stop()
+        destination.stop()
         shutil.rmtree(work, ignore_errors=True)
 
 

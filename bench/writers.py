@@ -240,9 +240,12 @@ def postgres_limit(dsn: str, relation: Relation, parts: list[Batch]) -> float:
                 with conn.cursor().copy("COPY s_del FROM STDIN") as copy:
                     copy.write(deletes)
                 conn.execute("DELETE FROM limit_orders AS t USING s_del AS s WHERE t.id = s.id")
-                with conn.transaction(), conn.cursor().copy(
-                    f"COPY limit_orders ({columns}, _rosetta_synced_at) FROM STDIN"
-                ) as copy:
+                with (
+                    conn.transaction(),
+                    conn.cursor().copy(
+                        f"COPY limit_orders ({columns}, _rosetta_synced_at) FROM STDIN"
+                    ) as copy,
+                ):
                     copy.write(fresh)
                 conn.execute(
                     f"CREATE TEMP TABLE s_up ON COMMIT DROP AS SELECT {columns} FROM limit_orders WITH NO DATA"

@@ -22,6 +22,7 @@ its deadline passes; without a deadline, as soon as it has caught up.
 
 import gc
 import logging
+import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -48,6 +49,11 @@ QUIET_POLL_SECONDS = 0.05
 # A pipeline's max_changes_per_transaction unless set: chosen by measurement (bench/README.md,
 # "Choosing max_changes_per_transaction").
 DEFAULT_MAX_CHANGES_PER_TRANSACTION = 20_000
+# While a stream run's applier thread overlaps the read: how often the interpreter hands
+# the GIL to a waiting thread. The applier mostly waits for the destination's answers,
+# and at Python's default (5 ms) each answer then waited for the reader's slice to end:
+# a tenth of a 1 M-change catch-up into PostgreSQL (bench/README.md, "Letting messages gather").
+APPLY_SWITCH_INTERVAL_SECONDS = 0.0002
 # Keys per source query when reading values pgoutput did not send (bind parameters
 # are limited to 65,535 per statement).
 FETCH_KEYS_PER_QUERY = 2_000
@@ -338,6 +344,8 @@ class Engine:
         pending = None  # (future, part, builder) being applied
         gc_was_enabled = gc.isenabled()
         gc.disable()  # a part is many young objects that all live on: scanning them is waste
+        switch_interval = sys.getswitchinterval()
+        sys.setswitchinterval(APPLY_SWITCH_INTERVAL_SECONDS)
         try:
             with ThreadPoolExecutor(1, thread_name_prefix="rosetta-apply") as applier:
                 while True:
@@ -380,6 +388,7 @@ class Engine:
                 if pending:
                     self._finish_part(pending, total, seconds)
         finally:
+            sys.setswitchinterval(switch_interval)
             if gc_was_enabled:
                 gc.enable()
         started = time.perf_counter()

@@ -44,6 +44,12 @@ _status_update = struct.Struct("!cQQQqB")
 POSTGRES_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 SLOT_BUSY_WAIT_SECONDS = 10  # a walsender that just ended may hold the slot a moment longer
 IDLE_WAIT_SECONDS = 1.0  # poll interval while waiting for the walsender
+# How long to let the walsender's messages gather once the socket is empty. It sends
+# each message as it decodes it; a reader woken for every one makes the kernel carry
+# one small TCP segment per message, which cost the walsender as much CPU as decoding
+# (bench/README.md, "Letting messages gather"). While this process waits, the receive
+# window fills and the walsender's next sends are queued and go out in large segments.
+GATHER_SECONDS = 0.005
 COMMAND_TIMEOUT_SECONDS = 60
 # Inside a transaction the walsender sends without pause (it decoded the whole
 # transaction before its Begin): silence this many times the idle timeout is a fault.
@@ -209,6 +215,7 @@ class ReplicationStream:
         count = 0
         in_transaction = False
         idle_since = None
+        drained = False  # libpq's buffer ran dry and the socket was read since
         messages = _stream_messages
         if self.message_loop == "compiled" and _compiled_messages is not None:
             messages = _compiled_messages
@@ -231,6 +238,12 @@ class ReplicationStream:
                 self._send_status(self.acknowledged)
                 continue
             if status == NOTHING:
+                if got or not drained:  # libpq's buffer ran dry: take what the socket holds
+                    drained = True
+                    with contextlib.suppress(psycopg.OperationalError):  # get_copy_data reports it
+                        pgconn.consume_input()
+                    continue
+                drained = False
                 now = time.monotonic()
                 self.last_activity = now
                 if idle_since is None:
@@ -242,6 +255,7 @@ class ReplicationStream:
                         f"Source: the replication stream of slot {self.slot} stalled inside a transaction "
                         f"for {timeout * STALL_FACTOR:.0f} s."
                     )
+                time.sleep(GATHER_SECONDS)  # the socket is empty: let messages gather
                 select.select([pgconn.socket], [], [], IDLE_WAIT_SECONDS)
                 with contextlib.suppress(psycopg.OperationalError):  # get_copy_data reports it
                     pgconn.consume_input()

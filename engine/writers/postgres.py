@@ -448,7 +448,9 @@ class PostgresWriter(Writer):
         return stage
 
     @staticmethod
-    def _copy_rows(conn, table, columns: list[str], rows, json_positions: list, text: bytes | None = None) -> int:
+    def _copy_rows(
+        conn, table, columns: list[str], rows, json_positions: list, text: bytes | None = None
+    ) -> int:
         """COPY into `table`, in text format: `text` when _copy_text made it, else `rows`
         (lists in `columns` order) formatted by psycopg."""
         column_list = sql.SQL(", ").join(sql.Identifier(name) for name in columns)

@@ -168,3 +168,38 @@ def test_a_run_that_fails_after_committing_parts_still_counts_them(source_db, ta
     assert run.rows_inserted == counted and run.changes_read == counted and run.end_lsn
     stored = PipelineRun.objects.get(pk=run.pk)
     assert (stored.rows_inserted, stored.changes_read) == (counted, counted)
+
+
+def test_parts_are_applied_with_a_short_switch_interval_and_the_process_gets_its_own_back(
+    source_db, target, make_pipeline
+):
+    """The applier thread waits for the destination's answers; at Python's default 5 ms
+    switch interval each answer then waited for the reader's slice. A run shortens it
+    while its parts are applied, and gives the process its own back, failed or not."""
+    import sys
+
+    from engine.runner import APPLY_SWITCH_INTERVAL_SECONDS
+
+    create_tables(source_db)
+    pipeline = make_pipeline(["public.orders"], max_changes_per_transaction=10)
+    services.run_pipeline(pipeline)
+    insert_orders(source_db, range(1, 31))
+    own = sys.getswitchinterval()
+    during = []
+
+    def note(part):
+        during.append(sys.getswitchinterval())
+
+    (run,) = services.run_until_caught_up(pipeline, hooks=services.RunHooks(after_apply=note))
+    assert run.outcome == PipelineRun.Outcome.SUCCEEDED, run.error
+    assert during and all(value == pytest.approx(APPLY_SWITCH_INTERVAL_SECONDS) for value in during)
+    assert sys.getswitchinterval() == own
+
+    insert_orders(source_db, range(31, 41))
+
+    def fail(part):
+        raise RuntimeError("the destination went away")
+
+    (run,) = services.run_until_caught_up(pipeline, hooks=services.RunHooks(before_apply=fail))
+    assert run.outcome == PipelineRun.Outcome.FAILED
+    assert sys.getswitchinterval() == own

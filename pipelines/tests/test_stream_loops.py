@@ -201,3 +201,37 @@ def test_a_walsender_terminated_mid_read_ends_it_with_the_servers_message(
     with pytest.raises(StreamError, match="ended: .*terminating connection due to administrator command"):
         reader.read(10**6, flush, 5.0, feed)
     assert reader.pgconn is None  # closed by the read
+
+
+def test_the_reader_lets_messages_gather_instead_of_waking_for_each(source, source_database, monkeypatch):
+    """The walsender sends each message as it decodes it. A reader that waits on the
+    socket whenever libpq's buffer is empty is woken for nearly every message, and the
+    kernel carries one small segment per message (the walsender then spent as much CPU
+    on sending as on decoding). The reader drains the socket first, and once it is
+    empty waits a few milliseconds for messages to gather: a backlog of 20,000 changes
+    is read in a few dozen waits."""
+    source.execute("SELECT pg_create_logical_replication_slot('gather', 'pgoutput')")
+    for start in range(0, 20_000, 1_000):
+        source.execute(
+            "INSERT INTO items SELECT g, 'x' FROM generate_series(%s::int, %s::int) g", [start, start + 999]
+        )
+    end = flush_lsn(source)
+    waits = []
+    real_select = stream.select.select
+
+    class CountingSelect:
+        @staticmethod
+        def select(readable, writable, errors, timeout):
+            if readable and not writable:
+                waits.append(timeout)
+            return real_select(readable, writable, errors, timeout)
+
+    monkeypatch.setattr(stream, "select", CountingSelect)
+    reader = ReplicationStream(source_database, _options(0), "gather", "pub").open()
+    try:
+        fed = []
+        read, caught_up = reader.read(10**9, end, 5.0, fed.append)
+    finally:
+        reader.close()
+    assert caught_up and read == len(fed) == 20_041  # the inserts, Begin and Commit of each, one Relation
+    assert len(waits) < 200, f"{len(waits)} waits for {read} messages"
