@@ -373,8 +373,12 @@ def main() -> None:
     # Source and destinations in two clusters, as they are deployed: the source's WAL then
     # holds the backlog alone, and each consumer decodes the same WAL (in one cluster, each
     # would also decode what the destinations before it wrote).
-    cluster = Cluster().start()
-    destination = Cluster()
+    # Autovacuum off in both: a VACUUM of a table an earlier line loaded, starting at a
+    # random moment, took a core from whichever line was running (the peek limit went
+    # from ~500k to ~285k changes/s in most full runs). The bench vacuums where it loads.
+    quiet = {"autovacuum": "off"}
+    cluster = Cluster(settings=quiet).start()
+    destination = Cluster(settings=quiet)
     clusters = {"source": cluster, "destination": destination}
     try:
         destination.start()
@@ -522,6 +526,13 @@ def main() -> None:
             ) as conn:
                 changes = workload(conn, args.rows, args.changes)
                 (end_lsn,) = conn.execute("SELECT pg_current_wal_flush_lsn()::text").fetchone()
+                conn.execute("CHECKPOINT")
+            if "PostgreSQL" in writers:
+                with psycopg.connect(destination.dsn("bench_dst"), autocommit=True) as conn:
+                    # what autovacuum would have done after the snapshot (the subscriber's copy
+                    # had its VACUUM), and the snapshot lines' writes, not in the CDC lines
+                    conn.execute("VACUUM ANALYZE orders")
+                    conn.execute("CHECKPOINT")
             print(
                 f"\nCDC catch-up of {changes:,} changes (max changes per transaction "
                 f"{args.max_changes_per_transaction:,}, read path {args.read_path})"
