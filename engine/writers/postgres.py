@@ -96,8 +96,9 @@ class PostgresWriter(Writer):
     # CDC values go into a text COPY: PostgreSQL's own text form needs no conversion.
     accepts_text_values = True
     # ... or, where every column's type allows (_binary_kinds), a binary COPY converted from
-    # that text by engine/_fastfold.pyx: the destination backend then parses no text, which
-    # was most of its CPU. False sends every CDC COPY as text (the tests compare the two).
+    # that text by engine/_fastfold.pyx: the destination backend then parses no text (COPY's
+    # text parsing was ~40% of its CPU). False sends every CDC COPY as text (the tests
+    # compare the two).
     binary_copy = True
 
     def __init__(self, settings: dict, connect_timeout: int = 10):
@@ -451,7 +452,8 @@ class PostgresWriter(Writer):
         binary: the kind converts the text form of the relation's type, and the target
         column has that very type (a column changed by hand may not). Read in every
         transaction, under the lock its COPY and merge take anyway, so that no type change
-        can come between. None for a table whose schema this writer changed."""
+        can come between. Nothing (all text) for a table whose schema this writer changed,
+        conservatively."""
         if _fastfold is None or not self.binary_copy or target_table in self._altered:
             return {}
         expected = {column.name: target_type(column)[0] for column in relation.columns}
@@ -540,7 +542,8 @@ class PostgresWriter(Writer):
         columns = relation.column_names
         # what the merge writes: the transaction's start, in ISO form with its offset, which
         # reads back the same whatever DateStyle and TimeZone the destination gives the session
-        # and its binary form, microseconds since 2000-01-01 UTC (946684800 s after 1970)
+        # and its binary form, microseconds since 2000-01-01 UTC (946684800 s after 1970;
+        # exact from PostgreSQL 14, where extract gives numeric, and to the microsecond before)
         synced_at, synced_at_binary = conn.execute(
             "SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00', "
             "((extract(epoch FROM now()) - 946684800) * 1000000)::int8"
