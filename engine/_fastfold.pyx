@@ -714,7 +714,7 @@ def copy_binary(list rows, tuple columns, tuple kinds, tuple tail):
             _put_be(&buffer, 8, 4)
             _put_be(&buffer, <unsigned long long>lsn, 8)
             for field in tail:
-                _put_be(&buffer, len(<bytes>field), 4)
+                _put_be(&buffer, PyBytes_GET_SIZE(<bytes?>field), 4)
                 _put(&buffer, PyBytes_AS_STRING(field), PyBytes_GET_SIZE(field))
         _put_be(&buffer, 0xFFFF, 2)  # the trailer
         return PyBytes_FromStringAndSize(buffer.data, buffer.size)
