@@ -155,6 +155,12 @@ EDGES = {
 
 
 @pytest.fixture
+def pg_writer(pg_writer):
+    pg_writer.binary_copy_min_rows = 0  # the tests' parts are small
+    return pg_writer
+
+
+@pytest.fixture
 def copies(monkeypatch):
     """Whether each of the writer's CDC COPYs went binary (True) or as text (False)."""
     made = []
@@ -177,6 +183,7 @@ def writers(pg_destination, pg_reader):
     pg_reader.execute(f"ALTER DATABASE \"{database}\" SET DateStyle = 'SQL, DMY'")
     pg_reader.execute(f"ALTER DATABASE \"{database}\" SET TimeZone = 'Asia/Kolkata'")
     binary, text = PostgresWriter(pg_destination), PostgresWriter(pg_destination)
+    binary.binary_copy_min_rows = 0  # the tests' parts are small
     text.binary_copy = False
     yield binary, text
     binary.close()
@@ -360,3 +367,25 @@ def test_random_values_load_the_same_by_binary_and_by_text_copy(kind, type_name,
     ).fetchall()
     assert differing == [], [(rows[n][0]["v"], b, t) for n, b, t in differing]
     assert pg_reader.execute("SELECT count(*) FROM by_binary").fetchone() == (len(rows),)
+
+
+def test_a_few_rows_go_as_text_without_checking_the_target(pg_destination, pg_reader, source_conn, copies):
+    writer = PostgresWriter(pg_destination)
+    try:
+        relation = source_relation(source_conn, "int")
+        apply(writer, relation, "edges", [str(n) for n in range(writer.binary_copy_min_rows - 1)], lsn=1000)
+        apply(
+            writer,
+            relation,
+            "edges",
+            [str(n) for n in range(writer.binary_copy_min_rows)],
+            lsn=2000,
+            fresh=False,
+        )
+    finally:
+        writer.close()
+    assert copies == [False, True]
+    assert pg_reader.execute("SELECT count(*), sum(v) FROM analytics.edges").fetchone() == (
+        writer.binary_copy_min_rows,
+        sum(range(writer.binary_copy_min_rows)),
+    )

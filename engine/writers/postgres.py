@@ -100,6 +100,9 @@ class PostgresWriter(Writer):
     # text parsing was ~40% of its CPU). False sends every CDC COPY as text (the tests
     # compare the two).
     binary_copy = True
+    # Below this many upserts in a table's part, text it is: the check of the target's types
+    # costs two round trips, more than the server saves in parsing a few rows.
+    binary_copy_min_rows = 1000
 
     def __init__(self, settings: dict, connect_timeout: int = 10):
         super().__init__(settings, connect_timeout)
@@ -425,7 +428,11 @@ class PostgresWriter(Writer):
             )
         if changes.upserts:
             upserts = changes.upserts
-            kinds = self._binary_kinds(conn, relation, changes.target_table) if changes.text_values else {}
+            kinds = (
+                self._binary_kinds(conn, relation, changes.target_table)
+                if changes.text_values and len(upserts) >= self.binary_copy_min_rows
+                else {}
+            )
             fresh = changes.fresh if self._keyed.get(changes.target_table) else ()
             rows = [change for key, change in upserts.items() if key in fresh] if fresh else []
             if rows:
