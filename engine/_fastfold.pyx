@@ -2,8 +2,8 @@
 """The client's hot loops compiled: pgoutput's TupleData read in C, Insert/Update/Delete
 folded without message objects (mirroring engine.pgoutput.text_row and
 engine.fold.BatchBuilder._fast_change line for line), the stream's per-message loop
-(engine.stream._stream_messages), and the writers' helpers (COPY text, grouping by
-unchanged columns, column lists). The Python versions stay the reference and the fallback
+(engine.stream._stream_messages), and the writers' helpers (COPY text, binary COPY from
+text values, grouping by unchanged columns, column lists). The Python versions stay the reference and the fallback
 where this module is not built; pipelines/tests/test_fold_paths.py, test_pgoutput.py,
 test_stream_loops.py and destinations/tests/test_writer_compiled_paths.py hold both to the
 same results. Built by scripts/setup.sh."""
@@ -15,15 +15,17 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes
 from cpython.dict cimport PyDict_GetItem, PyDict_Next
 from cpython.object cimport PyObject
 from cpython.unicode cimport PyUnicode_DecodeUTF8
+from libc.math cimport INFINITY, NAN, isinf
 from libc.stdio cimport snprintf
-from libc.stdlib cimport free, realloc
+from libc.stdlib cimport free, malloc, realloc, strtod, strtof
+from libc.string cimport memcpy
 
 from engine.batch import UNCHANGED
 from engine.pgoutput import _bad_kind
 
 # engine.fold.FASTFOLD_INTERFACE: raise both when a function is added or changed, so that a
 # module built from an older source is not used.
-INTERFACE = 2
+INTERFACE = 3
 
 
 cdef inline Py_ssize_t _be32(const unsigned char* p) noexcept:
@@ -238,6 +240,486 @@ def copy_text(list rows, tuple columns, str tail):
             _put(&buffer, b"\n", 1)
         return PyBytes_FromStringAndSize(buffer.data, buffer.size)
     finally:
+        free(buffer.data)
+
+
+# -- binary COPY for the PostgreSQL writer -----------------------------------------------
+# Text values (as pgoutput sent them, in engine.pgtypes.SESSION_SETTINGS' forms) converted
+# to the types' binary forms, so that the destination backend parses no text. Every parser
+# is strict: a form it does not fully understand (infinity, BC, NaN for numeric, an
+# out-of-range field, a value beyond its limits) rejects the whole COPY, and the writer
+# sends it as text, which PostgreSQL then parses (and accepts or refuses) itself. The
+# receive functions apply the column's typmod as the input functions do.
+
+cdef enum:
+    K_INT2 = 1
+    K_INT4
+    K_INT8
+    K_BOOL
+    K_TEXT
+    K_NAME
+    K_JSON
+    K_JSONB
+    K_NUMERIC
+    K_FLOAT4
+    K_FLOAT8
+    K_DATE
+    K_TIMESTAMP
+    K_TIMESTAMPTZ
+    K_UUID
+
+# engine.pgtypes.BINARY_COPY_KINDS names these
+BINARY_KINDS = {
+    "int2": K_INT2, "int4": K_INT4, "int8": K_INT8, "bool": K_BOOL, "text": K_TEXT,
+    "name": K_NAME, "json": K_JSON, "jsonb": K_JSONB, "numeric": K_NUMERIC,
+    "float4": K_FLOAT4, "float8": K_FLOAT8, "date": K_DATE, "timestamp": K_TIMESTAMP,
+    "timestamptz": K_TIMESTAMPTZ, "uuid": K_UUID,
+}
+
+cdef enum:
+    NUMERIC_MAX_DIGITS = 1000  # longer numerics go as text (numeric allows far more)
+    NUMERIC_MAX_GROUPS = 253  # base-10000 digits of that many, with padding
+    MAX_YEAR = 200000  # timestamps end in 294276 AD; later dates go as text too
+    DAYS_TO_2000 = 730425  # from 0000-03-01 to 2000-01-01, where binary dates count from
+    NAMEDATALEN = 64
+
+cdef const char* _COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
+
+
+cdef int _put_be(_Buffer* buffer, unsigned long long value, int size) except -1:
+    cdef int i
+    _reserve(buffer, size)
+    for i in range(size):
+        buffer.data[buffer.size + i] = <char>((value >> (8 * (size - 1 - i))) & 0xFF)
+    buffer.size += size
+    return 0
+
+
+cdef inline bint _digit(char c) noexcept:
+    return 48 <= c <= 57
+
+
+cdef bint _parse_int(const char* s, Py_ssize_t n, long long high, long long* out) noexcept:
+    # -?[0-9]{1,19} within [-high - 1, high], as intNout writes it
+    cdef Py_ssize_t i = 0
+    cdef unsigned long long value = 0
+    cdef bint negative = n > 0 and s[0] == 45
+    if negative:
+        i = 1
+    if i == n or n - i > 19:
+        return False
+    while i < n:
+        if not _digit(s[i]):
+            return False
+        value = value * 10 + <unsigned long long>(s[i] - 48)
+        i += 1
+    if value > <unsigned long long>high + (1 if negative else 0):
+        return False
+    out[0] = <long long>(0ULL - value) if negative else <long long>value
+    return True
+
+
+cdef int _int(_Buffer* buffer, const char* s, Py_ssize_t n, int size) except -1:
+    cdef long long value
+    cdef long long high = 32767 if size == 2 else (2147483647 if size == 4 else 9223372036854775807LL)
+    if not _parse_int(s, n, high, &value):
+        return 0
+    _put_be(buffer, size, 4)
+    _put_be(buffer, <unsigned long long>value, size)
+    return 1
+
+
+cdef int _bool(_Buffer* buffer, const char* s, Py_ssize_t n) except -1:
+    if n != 1 or (s[0] != 116 and s[0] != 102):  # boolout: 't' or 'f'
+        return 0
+    _put_be(buffer, 1, 4)
+    _put_be(buffer, 1 if s[0] == 116 else 0, 1)
+    return 1
+
+
+cdef int _bytes(_Buffer* buffer, const char* s, Py_ssize_t n, int prefix) except -1:
+    # text-like, json: the UTF-8 bytes (converted to the server's encoding as text COPY's
+    # are); jsonb: its version byte first
+    _put_be(buffer, n + (1 if prefix >= 0 else 0), 4)
+    if prefix >= 0:
+        _put_be(buffer, prefix, 1)
+    _put(buffer, s, n)
+    return 1
+
+
+cdef int _numeric(_Buffer* buffer, const char* s, Py_ssize_t n) except -1:
+    # -?[0-9]+(\.[0-9]+)? as numeric_out writes a finite value, in base-10000 digits
+    cdef Py_ssize_t i = 0, start, int_end, frac_start = 0, frac_end = 0, count, pad, g, first, last
+    cdef unsigned short groups[NUMERIC_MAX_GROUPS]
+    cdef char digits[NUMERIC_MAX_DIGITS + 8]
+    cdef bint negative = n > 0 and s[0] == 45
+    cdef int weight
+    if negative:
+        i = 1
+    start = i
+    while i < n and _digit(s[i]):
+        i += 1
+    int_end = i
+    if int_end == start:
+        return 0
+    if i < n:
+        if s[i] != 46:
+            return 0
+        i += 1
+        frac_start = i
+        while i < n and _digit(s[i]):
+            i += 1
+        frac_end = i
+        if frac_end == frac_start or i != n:
+            return 0
+    while start < int_end - 1 and s[start] == 48:  # leading zeros
+        start += 1
+    if (int_end - start) + (frac_end - frac_start) > NUMERIC_MAX_DIGITS:
+        return 0
+    # the integer digits padded on the left and the fraction on the right to whole groups
+    pad = (4 - (int_end - start) % 4) % 4
+    count = 0
+    for i in range(pad):
+        digits[count] = 48
+        count += 1
+    memcpy(digits + count, s + start, int_end - start)
+    count += int_end - start
+    weight = <int>(count // 4) - 1
+    if frac_end > frac_start:
+        memcpy(digits + count, s + frac_start, frac_end - frac_start)
+        count += frac_end - frac_start
+    while count % 4:
+        digits[count] = 48
+        count += 1
+    for g in range(count // 4):
+        groups[g] = <unsigned short>(
+            (digits[4 * g] - 48) * 1000 + (digits[4 * g + 1] - 48) * 100
+            + (digits[4 * g + 2] - 48) * 10 + (digits[4 * g + 3] - 48)
+        )
+    first, last = 0, count // 4
+    while first < last and groups[first] == 0:
+        first += 1
+        weight -= 1
+    while last > first and groups[last - 1] == 0:
+        last -= 1
+    if first == last:  # zero: positive, weight 0, as make_result stores it
+        weight = 0
+        negative = False
+    _put_be(buffer, 8 + 2 * (last - first), 4)
+    _put_be(buffer, <unsigned long long>(last - first), 2)
+    _put_be(buffer, <unsigned long long><unsigned short><short>weight, 2)
+    _put_be(buffer, 0x4000 if negative else 0, 2)
+    _put_be(buffer, <unsigned long long>(frac_end - frac_start), 2)  # dscale
+    for g in range(first, last):
+        _put_be(buffer, groups[g], 2)
+    return 1
+
+
+cdef inline bint _same(const char* a, const char* b, Py_ssize_t n) noexcept:
+    cdef Py_ssize_t i
+    for i in range(n):
+        if a[i] != b[i]:
+            return False
+    return True
+
+
+cdef bint _float_form(const char* s, Py_ssize_t n) noexcept:
+    # -?[0-9]+(\.[0-9]+)?(e[+-][0-9]+)? as float8out writes a finite value
+    cdef Py_ssize_t i = 0, start
+    if i < n and s[i] == 45:
+        i += 1
+    start = i
+    while i < n and _digit(s[i]):
+        i += 1
+    if i == start:
+        return False
+    if i < n and s[i] == 46:
+        i += 1
+        start = i
+        while i < n and _digit(s[i]):
+            i += 1
+        if i == start:
+            return False
+    if i < n and s[i] == 101:
+        i += 1
+        if i < n and (s[i] == 43 or s[i] == 45):
+            i += 1
+        start = i
+        while i < n and _digit(s[i]):
+            i += 1
+        if i == start:
+            return False
+    return i == n
+
+
+cdef bint _nonzero_digit(const char* s, Py_ssize_t n) noexcept:
+    # in the mantissa: before any exponent
+    cdef Py_ssize_t i
+    for i in range(n):
+        if s[i] == 101:
+            return False
+        if 49 <= s[i] <= 57:
+            return True
+    return False
+
+
+cdef int _float(_Buffer* buffer, const char* s, Py_ssize_t n, bint single) except -1:
+    # strtod / strtof as float8in / float4in use them (s is NUL-terminated: CPython's UTF-8);
+    # overflow to infinity and underflow to zero are errors there (denormals are not), so
+    # text
+    cdef char* end
+    cdef double d
+    cdef float f
+    cdef unsigned long long bits8
+    cdef unsigned int bits4
+    if n == 3 and s[0] == 78 and s[1] == 97 and s[2] == 78:  # NaN
+        d = NAN
+    elif n == 8 and _same(s, b"Infinity", 8):
+        d = INFINITY
+    elif n == 9 and _same(s, b"-Infinity", 9):
+        d = -INFINITY
+    elif not _float_form(s, n):
+        return 0
+    else:
+        if single:
+            f = strtof(s, &end)
+            d = f
+        else:
+            d = strtod(s, &end)
+        if end != s + n or isinf(d) or (d == 0 and _nonzero_digit(s, n)):
+            return 0
+    if single:
+        f = <float>d
+        memcpy(&bits4, &f, 4)
+        _put_be(buffer, 4, 4)
+        _put_be(buffer, bits4, 4)
+    else:
+        memcpy(&bits8, &d, 8)
+        _put_be(buffer, 8, 4)
+        _put_be(buffer, bits8, 8)
+    return 1
+
+
+cdef inline int _two(const char* s) noexcept:
+    # two digits, or -1
+    if not (_digit(s[0]) and _digit(s[1])):
+        return -1
+    return (s[0] - 48) * 10 + (s[1] - 48)
+
+
+cdef Py_ssize_t _date(const char* s, Py_ssize_t n, long long* days) noexcept:
+    # YYYY-MM-DD (4 to 6 year digits, year 1 to MAX_YEAR, a real day): the characters
+    # read, or 0; days since 2000-01-01 (date2j - POSTGRES_EPOCH_JDATE)
+    cdef Py_ssize_t i = 0
+    cdef long long year = 0, era, year_of_era, day_of_year
+    cdef int month, day, mdays
+    while i < n and i < 7 and _digit(s[i]):
+        year = year * 10 + (s[i] - 48)
+        i += 1
+    if i < 4 or i > 6 or year < 1 or year > MAX_YEAR or i + 6 > n or s[i] != 45 or s[i + 3] != 45:
+        return 0
+    month = _two(s + i + 1)
+    day = _two(s + i + 4)
+    if month < 1 or month > 12 or day < 1:
+        return 0
+    if month == 2:
+        mdays = 29 if (year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)) else 28
+    elif month == 4 or month == 6 or month == 9 or month == 11:
+        mdays = 30
+    else:
+        mdays = 31
+    if day > mdays:
+        return 0
+    # days from 0000-03-01 in the proleptic Gregorian calendar (as PostgreSQL counts),
+    # in 400-year eras; 0000-03-01 is 730425 days before 2000-01-01
+    if month <= 2:
+        year -= 1
+    era = year // 400
+    year_of_era = year - era * 400
+    day_of_year = (153 * (month - 3 if month > 2 else month + 9) + 2) // 5 + day - 1
+    days[0] = (
+        era * 146097 + year_of_era * 365 + year_of_era // 4 - year_of_era // 100 + day_of_year - DAYS_TO_2000
+    )
+    return i + 6
+
+
+cdef int _date_field(_Buffer* buffer, const char* s, Py_ssize_t n) except -1:
+    cdef long long days
+    if _date(s, n, &days) != n:
+        return 0
+    _put_be(buffer, 4, 4)
+    _put_be(buffer, <unsigned long long>days, 4)
+    return 1
+
+
+cdef int _timestamp(_Buffer* buffer, const char* s, Py_ssize_t n, bint with_zone) except -1:
+    # YYYY-MM-DD HH:MM:SS(.f{1,6})? and, with a zone, [+-]HH(:MM(:SS)?)? (hours up to
+    # 15, as PostgreSQL allows): microseconds since 2000-01-01 (UTC)
+    cdef long long days, micros, fraction = 0, scale = 100000
+    cdef Py_ssize_t i = _date(s, n, &days)
+    cdef int hour, minute, second, zone = 0, part
+    cdef int sign
+    if i == 0 or i + 9 > n or s[i] != 32 or s[i + 3] != 58 or s[i + 6] != 58:
+        return 0
+    hour = _two(s + i + 1)
+    minute = _two(s + i + 4)
+    second = _two(s + i + 7)
+    if hour < 0 or hour > 23 or minute < 0 or minute > 59 or second < 0 or second > 59:
+        return 0
+    i += 9
+    if i < n and s[i] == 46:
+        i += 1
+        if i == n or not _digit(s[i]):
+            return 0
+        while i < n and _digit(s[i]):
+            if scale == 0:
+                return 0  # more than 6 digits
+            fraction += (s[i] - 48) * scale
+            scale //= 10
+            i += 1
+    if with_zone:
+        if i + 3 > n or (s[i] != 43 and s[i] != 45):
+            return 0
+        sign = 1 if s[i] == 43 else -1
+        part = _two(s + i + 1)
+        if part < 0 or part > 15:
+            return 0
+        zone = part * 3600
+        i += 3
+        if i < n:
+            if i + 3 > n or s[i] != 58:
+                return 0
+            part = _two(s + i + 1)
+            if part < 0 or part > 59:
+                return 0
+            zone += part * 60
+            i += 3
+        if i < n:
+            if i + 3 > n or s[i] != 58:
+                return 0
+            part = _two(s + i + 1)
+            if part < 0 or part > 59:
+                return 0
+            zone += part
+            i += 3
+        zone *= sign
+    if i != n:
+        return 0
+    micros = ((days * 86400 + hour * 3600 + minute * 60 + second - zone) * 1000000) + fraction
+    _put_be(buffer, 8, 4)
+    _put_be(buffer, <unsigned long long>micros, 8)
+    return 1
+
+
+cdef inline int _hex(char c) noexcept:
+    if 48 <= c <= 57:
+        return c - 48
+    if 97 <= c <= 102:
+        return c - 87
+    if 65 <= c <= 70:
+        return c - 55
+    return -1
+
+
+cdef int _uuid(_Buffer* buffer, const char* s, Py_ssize_t n) except -1:
+    # 8-4-4-4-12 hex digits, either case
+    cdef unsigned char out[16]
+    cdef Py_ssize_t i = 0, k = 0
+    cdef int high, low
+    if n != 36 or s[8] != 45 or s[13] != 45 or s[18] != 45 or s[23] != 45:
+        return 0
+    while k < 16:
+        if i == 8 or i == 13 or i == 18 or i == 23:
+            i += 1
+        high = _hex(s[i])
+        low = _hex(s[i + 1])
+        if high < 0 or low < 0:
+            return 0
+        out[k] = <unsigned char>(high * 16 + low)
+        k += 1
+        i += 2
+    _put_be(buffer, 16, 4)
+    _put(buffer, <const char*>out, 16)
+    return 1
+
+
+cdef int _field(_Buffer* buffer, int kind, const char* s, Py_ssize_t n) except -1:
+    if kind == K_INT2:
+        return _int(buffer, s, n, 2)
+    if kind == K_INT4:
+        return _int(buffer, s, n, 4)
+    if kind == K_INT8:
+        return _int(buffer, s, n, 8)
+    if kind == K_BOOL:
+        return _bool(buffer, s, n)
+    if kind == K_TEXT or kind == K_JSON:
+        return _bytes(buffer, s, n, -1)
+    if kind == K_NAME:
+        return _bytes(buffer, s, n, -1) if n < NAMEDATALEN else 0  # namerecv refuses longer
+    if kind == K_JSONB:
+        return _bytes(buffer, s, n, 1)
+    if kind == K_NUMERIC:
+        return _numeric(buffer, s, n)
+    if kind == K_FLOAT4:
+        return _float(buffer, s, n, True)
+    if kind == K_FLOAT8:
+        return _float(buffer, s, n, False)
+    if kind == K_DATE:
+        return _date_field(buffer, s, n)
+    if kind == K_TIMESTAMP:
+        return _timestamp(buffer, s, n, False)
+    if kind == K_TIMESTAMPTZ:
+        return _timestamp(buffer, s, n, True)
+    if kind == K_UUID:
+        return _uuid(buffer, s, n)
+    return 0
+
+
+def copy_binary(list rows, tuple columns, tuple kinds, tuple tail):
+    """Rows of text values, [({column: str or None}, lsn), ...], as a binary COPY: the
+    columns' values converted by their kinds (BINARY_KINDS' names), the LSN as int8, then
+    `tail`'s fields (each already a binary value). A missing column is NULL. None if a
+    value is not text or one of the parsers does not accept it: the caller COPYs text."""
+    cdef _Buffer buffer
+    cdef PyObject* value
+    cdef const char* text
+    cdef Py_ssize_t length, i, count = len(columns)
+    cdef int* codes
+    cdef long long lsn
+    if len(kinds) != count:
+        raise ValueError("one kind per column")
+    codes = <int*>malloc(sizeof(int) * (count + 1))
+    if codes == NULL:
+        raise MemoryError()
+    buffer.data = NULL
+    buffer.size = buffer.capacity = 0
+    try:
+        for i in range(count):
+            codes[i] = BINARY_KINDS[kinds[i]]
+        _put(&buffer, _COPY_SIGNATURE, 11)
+        _put_be(&buffer, 0, 4)  # flags
+        _put_be(&buffer, 0, 4)  # header extension length
+        for row, lsn in rows:
+            _put_be(&buffer, <unsigned long long>(count + 1 + len(tail)), 2)
+            for i in range(count):
+                value = PyDict_GetItem(row, columns[i])
+                if value == NULL or <object>value is None:
+                    _put_be(&buffer, 0xFFFFFFFF, 4)
+                elif type(<object>value) is str:
+                    text = PyUnicode_AsUTF8AndSize(<object>value, &length)
+                    if not _field(&buffer, codes[i], text, length):
+                        return None
+                else:
+                    return None
+            _put_be(&buffer, 8, 4)
+            _put_be(&buffer, <unsigned long long>lsn, 8)
+            for field in tail:
+                _put_be(&buffer, PyBytes_GET_SIZE(<bytes?>field), 4)
+                _put(&buffer, PyBytes_AS_STRING(field), PyBytes_GET_SIZE(field))
+        _put_be(&buffer, 0xFFFF, 2)  # the trailer
+        return PyBytes_FromStringAndSize(buffer.data, buffer.size)
+    finally:
+        free(codes)
         free(buffer.data)
 
 

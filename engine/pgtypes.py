@@ -110,3 +110,26 @@ def converter(oid: int) -> Callable[[bytes], object]:
             return _as_text(data)
 
     return convert
+
+
+# The kind (engine/_fastfold.pyx's copy_binary) that turns each type's text form into its
+# binary COPY form; the PostgreSQL writer COPYs columns of other types as text.
+BINARY_COPY_KINDS = {
+    OIDS["int2"]: "int2",
+    OIDS["int4"]: "int4",
+    OIDS["int8"]: "int8",
+    OIDS["bool"]: "bool",
+    OIDS["text"]: "text",
+    OIDS["varchar"]: "text",
+    OIDS["bpchar"]: "text",
+    OIDS["name"]: "name",
+    OIDS["json"]: "json",
+    OIDS["jsonb"]: "jsonb",
+    OIDS["numeric"]: "numeric",
+    OIDS["float4"]: "float4",
+    OIDS["float8"]: "float8",
+    OIDS["date"]: "date",
+    OIDS["timestamp"]: "timestamp",
+    OIDS["timestamptz"]: "timestamptz",
+    OIDS["uuid"]: "uuid",
+}
