@@ -257,7 +257,6 @@ cdef enum:
     K_INT8
     K_BOOL
     K_TEXT
-    K_NAME
     K_JSON
     K_JSONB
     K_NUMERIC
@@ -271,7 +270,7 @@ cdef enum:
 # engine.pgtypes.BINARY_COPY_KINDS names these
 BINARY_KINDS = {
     "int2": K_INT2, "int4": K_INT4, "int8": K_INT8, "bool": K_BOOL, "text": K_TEXT,
-    "name": K_NAME, "json": K_JSON, "jsonb": K_JSONB, "numeric": K_NUMERIC,
+    "json": K_JSON, "jsonb": K_JSONB, "numeric": K_NUMERIC,
     "float4": K_FLOAT4, "float8": K_FLOAT8, "date": K_DATE, "timestamp": K_TIMESTAMP,
     "timestamptz": K_TIMESTAMPTZ, "uuid": K_UUID,
 }
@@ -281,7 +280,6 @@ cdef enum:
     NUMERIC_MAX_GROUPS = 253  # base-10000 digits of that many, with padding
     MAX_YEAR = 200000  # timestamps end in 294276 AD; later dates go as text too
     DAYS_TO_2000 = 730425  # from 0000-03-01 to 2000-01-01, where binary dates count from
-    NAMEDATALEN = 64
 
 cdef const char* _COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
 
@@ -654,8 +652,6 @@ cdef int _field(_Buffer* buffer, int kind, const char* s, Py_ssize_t n) except -
         return _bool(buffer, s, n)
     if kind == K_TEXT or kind == K_JSON:
         return _bytes(buffer, s, n, -1)
-    if kind == K_NAME:
-        return _bytes(buffer, s, n, -1) if n < NAMEDATALEN else 0  # namerecv refuses longer
     if kind == K_JSONB:
         return _bytes(buffer, s, n, 1)
     if kind == K_NUMERIC:

@@ -122,7 +122,6 @@ BINARY_COPY_KINDS = {
     OIDS["text"]: "text",
     OIDS["varchar"]: "text",
     OIDS["bpchar"]: "text",
-    OIDS["name"]: "name",
     OIDS["json"]: "json",
     OIDS["jsonb"]: "jsonb",
     OIDS["numeric"]: "numeric",

@@ -469,11 +469,12 @@ class PostgresWriter(Writer):
         expected.update({name: oid for name, (oid, _) in META_TYPES.items()})
         target = self._table(target_table)
         conn.execute(sql.SQL("LOCK TABLE {} IN ROW EXCLUSIVE MODE").format(target))
-        actual = conn.execute(
-            "SELECT attname, atttypid::int FROM pg_attribute "
-            "WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped",
-            [target.as_string(conn)],
-        ).fetchall()
+        # The types as a statement sees them now, as the COPY will: not pg_attribute, which a
+        # REPEATABLE READ transaction would read as of its snapshot, before a type change
+        # committed since (its binary int4 1094861636 then stored as the text 'ABCD').
+        with conn.cursor() as cur:
+            cur.execute(sql.SQL("SELECT * FROM {} LIMIT 0").format(target))
+            actual = [(column.name, column.type_code) for column in cur.description]
         return {
             name: BINARY_COPY_KINDS[oid]
             for name, oid in actual
