@@ -293,7 +293,10 @@ def test_a_type_changed_after_a_repeatable_read_transaction_began_takes_text(
         apply(writer, relation, "edges", ["1094861636"], lsn=2000, first_id=1)
     finally:
         writer.close()
-    assert pg_reader.execute("SELECT v FROM analytics.edges ORDER BY id").fetchall() == [("1",), ("1094861636",)]
+    assert pg_reader.execute("SELECT v FROM analytics.edges ORDER BY id").fetchall() == [
+        ("1",),
+        ("1094861636",),
+    ]
     assert copies == [True, False]
 
 
