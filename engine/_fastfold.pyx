@@ -297,6 +297,13 @@ cdef inline bint _digit(char c) noexcept:
     return 48 <= c <= 57
 
 
+cdef inline Py_ssize_t _skip_digits(const char* s, Py_ssize_t i, Py_ssize_t n) noexcept:
+    """The position after the run of digits that starts at i."""
+    while i < n and _digit(s[i]):
+        i += 1
+    return i
+
+
 cdef bint _parse_int(const char* s, Py_ssize_t n, long long high, long long* out) noexcept:
     # -?[0-9]{1,19} within [-high - 1, high], as intNout writes it
     cdef Py_ssize_t i = 0
@@ -355,9 +362,7 @@ cdef int _numeric(_Buffer* buffer, const char* s, Py_ssize_t n) except -1:
     if negative:
         i = 1
     start = i
-    while i < n and _digit(s[i]):
-        i += 1
-    int_end = i
+    i = int_end = _skip_digits(s, i, n)
     if int_end == start:
         return 0
     if i < n:
@@ -365,9 +370,7 @@ cdef int _numeric(_Buffer* buffer, const char* s, Py_ssize_t n) except -1:
             return 0
         i += 1
         frac_start = i
-        while i < n and _digit(s[i]):
-            i += 1
-        frac_end = i
+        i = frac_end = _skip_digits(s, i, n)
         if frac_end == frac_start or i != n:
             return 0
     while start < int_end - 1 and s[start] == 48:  # leading zeros
@@ -427,15 +430,13 @@ cdef bint _float_form(const char* s, Py_ssize_t n) noexcept:
     if i < n and s[i] == 45:
         i += 1
     start = i
-    while i < n and _digit(s[i]):
-        i += 1
+    i = _skip_digits(s, i, n)
     if i == start:
         return False
     if i < n and s[i] == 46:
         i += 1
         start = i
-        while i < n and _digit(s[i]):
-            i += 1
+        i = _skip_digits(s, i, n)
         if i == start:
             return False
     if i < n and s[i] == 101:
@@ -443,8 +444,7 @@ cdef bint _float_form(const char* s, Py_ssize_t n) noexcept:
         if i < n and (s[i] == 43 or s[i] == 45):
             i += 1
         start = i
-        while i < n and _digit(s[i]):
-            i += 1
+        i = _skip_digits(s, i, n)
         if i == start:
             return False
     return i == n
