@@ -123,7 +123,8 @@ class PeakRSS:
 class ServerCPU:
     """CPU time of the clusters' processes while a line runs, by kind (walsender, the
     destination's backends, the native apply worker, each cluster's background processes),
-    from /proc, sampled every 0.1 s so that processes that come and go within the line are seen."""
+    from /proc, sampled every 0.1 s so that processes that come and go within the line are seen;
+    and the WAL the destination cluster wrote meanwhile."""
 
     TICK = os.sysconf("SC_CLK_TCK")
 
@@ -133,6 +134,13 @@ class ServerCPU:
             int((cluster.data_dir / "postmaster.pid").read_text().split()[0]): name
             for name, cluster in clusters.items()
         }
+        self.destination = clusters.get("destination")
+
+    def _wal_position(self) -> int:
+        if self.destination is None:
+            return 0
+        with psycopg.connect(self.destination.dsn(), autocommit=True) as conn:
+            return conn.execute("SELECT (pg_current_wal_lsn() - '0/0')::int8").fetchone()[0]
 
     def _children(self) -> dict[int, tuple[str, int]]:
         found = {}
@@ -163,6 +171,7 @@ class ServerCPU:
         return f"{cluster} background (checkpointer, WAL writer, ...)"
 
     def __enter__(self):
+        self.wal_start = self._wal_position()
         self.start = self._children()
         self.last = dict(self.start)
         self.running = True
@@ -179,16 +188,20 @@ class ServerCPU:
         self.running = False
         self.thread.join()
         self.last.update(self._children())
+        self.wal_written = self._wal_position() - self.wal_start
 
     def summary(self) -> str:
         spent = {}
         for pid, (kind, ticks) in self.last.items():
             before = self.start.get(pid, (kind, 0))[1]
             spent[kind] = spent.get(kind, 0) + (ticks - before) / self.TICK
-        return ", ".join(
+        cpu = ", ".join(
             f"{kind} {seconds:.2f} s"
             for kind, seconds in sorted(spent.items(), key=lambda i: -i[1])
             if seconds >= 0.05
+        )
+        return cpu + (
+            f"; destination WAL written {self.wal_written / 1e6:,.0f} MB" if self.wal_written else ""
         )
 
 
@@ -366,6 +379,8 @@ def main() -> None:
     # Only the peek limit and the decode + fold line: the client's share, which a shared
     # machine's load disturbs less than the end-to-end figures.
     parser.add_argument("--decode-only", action="store_true")
+    # One destination's lines only, to measure a change to its writer in less time.
+    parser.add_argument("--writers", choices=["both", "postgres", "duckdb"], default="both")
     args = parser.parse_args()
     rss = PeakRSS()
 
@@ -402,6 +417,10 @@ def main() -> None:
             ),
             "DuckDB": DuckDBWriter({"path": str(work / "bench.duckdb")}),
         }
+        if args.writers != "both":
+            writers = {
+                name: writer for name, writer in writers.items() if name.lower().startswith(args.writers[:4])
+            }
         slots = {"PostgreSQL": "bench_pg", "DuckDB": "bench_duck"}
         table_ddl = """
             CREATE TABLE orders (

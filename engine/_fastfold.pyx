@@ -12,20 +12,23 @@ import struct as _struct
 
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from cpython.dict cimport PyDict_GetItem, PyDict_Next
+from cpython.dict cimport PyDict_Copy, PyDict_GetItem, PyDict_Next, PyDict_SetItem
+from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
+from cpython.ref cimport Py_INCREF
+from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE, PyTuple_New, PyTuple_SET_ITEM
 from cpython.object cimport PyObject
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.math cimport INFINITY, NAN, isinf
 from libc.stdio cimport snprintf
 from libc.stdlib cimport free, malloc, realloc, strtod, strtof
-from libc.string cimport memcpy
+from libc.string cimport memcmp, memcpy
 
 from engine.batch import UNCHANGED
 from engine.pgoutput import _bad_kind
 
 # engine.fold.FASTFOLD_INTERFACE: raise both when a function is added or changed, so that a
 # module built from an older source is not used.
-INTERFACE = 3
+INTERFACE = 4
 
 
 cdef inline Py_ssize_t _be32(const unsigned char* p) noexcept:
@@ -99,6 +102,64 @@ def fast_change(builder, data) -> bool:
     return _fast_change(builder, data)
 
 
+cdef object _key_of(list values, tuple positions):
+    # the key tuple from a value list, by the key columns' positions (_RelationState.key_positions)
+    cdef Py_ssize_t i, count = PyTuple_GET_SIZE(positions)
+    key = PyTuple_New(count)
+    for i in range(count):
+        value = values[<Py_ssize_t>(<object>PyTuple_GET_ITEM(positions, i))]
+        Py_INCREF(value)
+        PyTuple_SET_ITEM(key, i, value)
+    return key
+
+
+cdef tuple _row_and_key(bytes data, Py_ssize_t pos, list names, dict template, tuple positions):
+    """An Insert's or Update's new tuple read straight into its row dict (a copy of the
+    relation's template, whose keys are the column names: no value list, no zip) and its
+    key tuple. None where the general path must decide: a tuple that runs past the
+    message's end, an UNCHANGED value, a column count other than the relation's."""
+    cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(data)
+    cdef Py_ssize_t size = PyBytes_GET_SIZE(data)
+    cdef Py_ssize_t count, i, length, k, key_count = PyTuple_GET_SIZE(positions)
+    cdef unsigned char kind
+    cdef PyObject* found
+    if pos < 0 or pos + 2 > size:
+        return None
+    count = <short>((p[pos] << 8) | p[pos + 1])
+    if count != PyList_GET_SIZE(names):
+        return None
+    pos += 2
+    row = PyDict_Copy(template)
+    for i in range(count):
+        if pos >= size:
+            return None
+        kind = p[pos]
+        if kind == 116:  # 't'
+            if pos + 5 > size:
+                return None
+            length = _be32(p + pos + 1)
+            pos += 5
+            if length < 0 or pos + length > size:
+                return None
+            PyDict_SetItem(row, <object>PyList_GET_ITEM(names, i),
+                           PyUnicode_DecodeUTF8(<const char*>p + pos, length, NULL))
+            pos += length
+        elif kind == 110:  # 'n': the template's None stays
+            pos += 1
+        elif kind == 117:  # 'u'
+            return None
+        else:
+            _bad_kind(kind)
+    key = PyTuple_New(key_count)
+    for k in range(key_count):
+        found = PyDict_GetItem(row, <object>PyList_GET_ITEM(
+            names, <Py_ssize_t>(<object>PyTuple_GET_ITEM(positions, k))))
+        value = None if found == NULL else <object>found
+        Py_INCREF(value)
+        PyTuple_SET_ITEM(key, k, value)
+    return row, key
+
+
 cdef bint _fast_change(builder, bytes data) except -1:
     cdef const unsigned char* p
     cdef Py_ssize_t size
@@ -123,33 +184,48 @@ cdef bint _fast_change(builder, bytes data) except -1:
         if row is None:
             return False
         values, _, unchanged = row
-        key = state.key_of_values(values)
+        key = _key_of(values, state.key_positions)
         if unchanged or None in key:
             return False
-        changes = builder._changes(state)
-        changes.upserts.pop(key, None)
+        changes = _table_changes(builder, state)
+        upserts = changes.upserts
+        if key in upserts:
+            del upserts[key]
         changes.deletes[key] = lsn
         changes.deleted += 1
         return True
     if p[5] != 78:  # 'N' new tuple; an Update's old key or row: the general path
         return False
-    row = _text_row(data, 6)
-    if row is None:
+    read = _row_and_key(data, 6, state.names, state.row_template, state.key_positions)
+    if read is None:
         return False
-    values, _, unchanged = row
-    key = state.key_of_values(values)
-    if unchanged or None in key:
+    row, key = read
+    if None in key:
         return False
-    changes = builder._changes(state)
-    if kind == 73 and key not in changes.upserts and key not in changes.deletes:
+    changes = _table_changes(builder, state)
+    upserts = changes.upserts
+    deletes = changes.deletes
+    if kind == 73 and key not in upserts and key not in deletes:
         changes.fresh.add(key)
-    changes.deletes.pop(key, None)
-    changes.upserts[key] = (dict(zip(state.names, values)), lsn)
+    if deletes and key in deletes:
+        del deletes[key]
+    upserts[key] = (row, lsn)
     if kind == 73:
         changes.inserted += 1
     else:
         changes.updated += 1
     return True
+
+
+cdef object _table_changes(builder, state):
+    """BatchBuilder._changes without a Python call where the table already has changes."""
+    cdef PyObject* found
+    batch = builder.batch
+    found = PyDict_GetItem(batch.tables, state.table_key)
+    if found == NULL:
+        return builder._changes(state)
+    batch.changes += 1
+    return <object>found
 
 
 # -- COPY text for the PostgreSQL writer ------------------------------------------------
@@ -717,6 +793,41 @@ def copy_binary(list rows, tuple columns, tuple kinds, tuple tail):
     finally:
         free(codes)
         free(buffer.data)
+
+
+def set_last_fields(bytearray payload, bytes value):
+    """Overwrite the last field of every row of a binary COPY made by copy_binary (a tail
+    field of the same length as `value`), in place: a payload built ahead of its
+    transaction gets that transaction's value. ValueError if the payload is not such a COPY."""
+    cdef unsigned char* p = <unsigned char*>payload
+    cdef Py_ssize_t size = len(payload), pos = 19, length, last
+    cdef Py_ssize_t width = PyBytes_GET_SIZE(value)
+    cdef int fields, i
+    if size < 21 or memcmp(p, _COPY_SIGNATURE, 11) != 0:
+        raise ValueError("not a binary COPY")
+    while True:
+        if pos + 2 > size:
+            raise ValueError("a binary COPY without its trailer")
+        fields = <short>((p[pos] << 8) | p[pos + 1])
+        pos += 2
+        if fields == -1:
+            return
+        if fields < 1:
+            raise ValueError("a binary COPY row without fields")
+        last = -1
+        for i in range(fields):
+            if pos + 4 > size:
+                raise ValueError("a binary COPY row past its end")
+            length = _be32(p + pos)
+            pos += 4
+            last = pos
+            if length > 0:
+                pos += length
+            if pos > size:
+                raise ValueError("a binary COPY row past its end")
+        if pos - last != width:
+            raise ValueError("the last field is not as wide as the value")
+        memcpy(p + last, PyBytes_AS_STRING(value), width)
 
 
 # -- for every writer ---------------------------------------------------------------------

@@ -124,6 +124,8 @@ class TableChanges:
     inserted: int = 0  # counts of source changes, before folding
     updated: int = 0
     deleted: int = 0
+    # What the writer's prepare_batch made of these changes ahead of apply_batch.
+    prepared: object = None
 
 
 @dataclass

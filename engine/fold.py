@@ -23,7 +23,7 @@ text_row = pgoutput.text_row
 # What engine/_fastfold.pyx's INTERFACE must say: a module built from an older source (a
 # pull without scripts/setup.sh, a build that failed and left the old one) lacks functions
 # that the fold, the stream and the writers call, so it is not used at all.
-FASTFOLD_INTERFACE = 3
+FASTFOLD_INTERFACE = 4
 
 
 def usable_fastfold(module) -> bool:
@@ -89,6 +89,9 @@ class _RelationState:
         "predates_copy",
         "generated",
         "key_of_values",
+        "key_positions",
+        "row_template",
+        "table_key",
         "fast",
     )
 
@@ -118,6 +121,11 @@ class _RelationState:
         # tuple's value list, by the key columns' positions, without a row dict.
         positions = [i for i, column in enumerate(relation.columns) if column.is_key]
         self.fast = bool(positions) and not self.generated
+        # for the compiled fast path: the key by position, each row a copy of this
+        # template (one dict copy instead of a zip and a fresh dict), the batch's table key
+        self.key_positions = tuple(positions)
+        self.row_template = dict.fromkeys(self.names)
+        self.table_key = spec.key
         if not positions:
             self.key_of_values = None
         elif len(positions) == 1:

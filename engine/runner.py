@@ -330,7 +330,13 @@ class Engine:
         transaction with its checkpoint) while this one reads and decodes part n + 1;
         part n is acknowledged once its commit is done. Source transactions are never
         cut, so a part may exceed max_changes_per_transaction."""
-        seconds = {"read + decode": 0.0, "apply": 0.0, "waiting for apply": 0.0, "advance": 0.0}
+        seconds = {
+            "read + decode": 0.0,
+            "prepare": 0.0,
+            "apply": 0.0,
+            "waiting for apply": 0.0,
+            "advance": 0.0,
+        }
         checkpoint = self.writer.read_checkpoint(self.pipeline_key)
         text_values = getattr(self.writer, "accepts_text_values", False)
         if not self.source.streaming(self.slot):
@@ -364,6 +370,9 @@ class Engine:
                     self._fill_moved_rows(part, builder.moved_keys, text_values)
                     self._fit_current_shape(part)
                     seconds["read + decode"] += time.perf_counter() - started
+                    started = time.perf_counter()
+                    self.writer.prepare_batch(part)  # while part n is still being applied
+                    seconds["prepare"] += time.perf_counter() - started
                     if pending:
                         self._finish_part(pending, total, seconds)
                     if part.transactions and self.before_apply:

@@ -421,3 +421,90 @@ def test_a_few_rows_go_as_text_without_checking_the_target(pg_destination, pg_re
         writer.binary_copy_min_rows,
         sum(range(writer.binary_copy_min_rows)),
     )
+
+
+# -- payloads made ahead, in the run's reading thread (PostgresWriter.prepare_batch) --------
+
+
+def mixed_part(relation, first_new: int, count: int, lsn: int, value):
+    """Keys up to first_new are updates of rows already applied; from there, fresh inserts."""
+    upserts = {(str(n),): ({"id": str(n), "v": value(n)}, lsn + n) for n in range(count)}
+    fresh = [key for key in upserts if int(key[0]) >= first_new]
+    changes = table_changes(relation, upserts=upserts, target_table="edges", fresh=fresh, text_values=True)
+    return make_batch(changes, end_lsn=lsn + count)
+
+
+def test_a_part_prepared_ahead_stores_what_it_stores_unprepared(writers, pg_reader, source_conn, copies):
+    """The applier then makes no COPY itself; the fresh rows' _rosetta_synced_at is still
+    the transaction's time, set into the payload made before the transaction began."""
+    relation = source_relation(source_conn, "numeric")
+    prepared_writer, plain_writer = writers
+    plain_writer.binary_copy = True
+    plain_writer.binary_copy_min_rows = 0
+    for target, writer in [("ahead", prepared_writer), ("plain", plain_writer)]:
+        first = mixed_part(relation, first_new=0, count=50, lsn=1000, value=lambda n: f"{n}.5")
+        writer.apply_batch(target, first)
+        part = mixed_part(relation, first_new=30, count=80, lsn=2000, value=lambda n: f"-{n}.25")
+        for changes in part.tables.values():
+            changes.target_table = target
+        if writer is prepared_writer:
+            copies.clear()
+            writer.prepare_batch(part)
+            assert copies == [True, True]  # the fresh rows and the updated ones
+            assert all(isinstance(c.prepared, postgres._Prepared) for c in part.tables.values())
+            copies.clear()
+        writer.apply_batch(target, part)
+        if writer is prepared_writer:
+            assert copies == []  # nothing made in the transaction
+    assert stored(pg_reader, "ahead") == stored(pg_reader, "plain")
+    assert len(stored(pg_reader, "ahead")) == 80
+    assert pg_reader.execute(
+        "SELECT count(*) FROM analytics.ahead a JOIN analytics._rosetta_checkpoints c "
+        "ON c.pipeline_key = 'ahead' WHERE a._rosetta_synced_at IS DISTINCT FROM c.updated_at"
+    ).fetchone() == (0,)
+
+
+def test_a_type_changed_between_prepare_and_apply_takes_text(pg_writer, pg_reader, source_conn, copies):
+    """A payload made for int4 is not sent into a column changed to text meanwhile: its
+    1094861636 would be stored as "ABCD"."""
+    relation = source_relation(source_conn, "int")
+    pg_writer.apply_batch("edges", mixed_part(relation, 0, 2, lsn=1000, value=str))
+    part = mixed_part(relation, first_new=1, count=3, lsn=2000, value=lambda n: str(1094861636 + n))
+    pg_writer.prepare_batch(part)
+    pg_reader.execute("ALTER TABLE analytics.edges ALTER v TYPE text")
+    copies.clear()
+    pg_writer.apply_batch("edges", part)
+    assert pg_reader.execute("SELECT id, v FROM analytics.edges ORDER BY id").fetchall() == [
+        (0, "1094861636"),
+        (1, "1094861637"),
+        (2, "1094861638"),
+    ]
+    assert copies == [False, False]  # both made anew in the transaction, as text
+
+
+def test_fresh_rows_found_in_the_target_are_merged_with_the_prepared_part(
+    pg_writer, pg_reader, source_conn, copies
+):
+    relation = source_relation(source_conn, "int")
+    pg_writer.apply_batch("edges", mixed_part(relation, 0, 2, lsn=1000, value=str))
+    pg_reader.execute("INSERT INTO analytics.edges (id, v) VALUES (3, -1)")  # by hand
+    part = mixed_part(relation, first_new=2, count=5, lsn=2000, value=lambda n: str(n * 10))
+    pg_writer.prepare_batch(part)
+    pg_writer.apply_batch("edges", part)
+    assert pg_reader.execute("SELECT id, v, _rosetta_lsn FROM analytics.edges ORDER BY id").fetchall() == [
+        (n, n * 10, 2000 + n) for n in range(5)
+    ]
+
+
+def test_set_last_fields_refuses_what_copy_binary_did_not_make():
+    payload = bytearray(_fastfold.copy_binary([({"v": "1"}, 7), ({"v": None}, 8)], ("v",), ("int4",), (bytes(8),)))
+    _fastfold.set_last_fields(payload, struct.pack("!q", 42))
+    assert payload.count(struct.pack("!q", 42)) == 2
+    for bad, value in [
+        (bytearray(b"not a copy at all, long enough"), bytes(8)),
+        (payload[:-2], bytes(8)),  # no trailer
+        (payload[:30], bytes(8)),  # cut in a row
+        (payload, bytes(4)),  # another width
+    ]:
+        with pytest.raises(ValueError):
+            _fastfold.set_last_fields(bad, value)

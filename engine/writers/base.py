@@ -157,6 +157,11 @@ class Writer:
         `search` keeps the rows whose text contains it (case-insensitive)."""
         raise NotImplementedError
 
+    def prepare_batch(self, batch) -> None:
+        """Work on a Batch that needs no connection, done ahead by the run's reading thread
+        while the batch before is applied (it may set TableChanges.prepared). apply_batch
+        must give the same result whether this ran or not."""
+
     def apply_batch(self, pipeline_key: str, batch, soft_delete: bool = False):
         """Apply a Batch in ONE transaction: create or widen target tables, truncate,
         upsert, delete (or soft-delete), write batch.end_lsn as the checkpoint.

@@ -26,6 +26,7 @@ import json
 import logging
 import struct
 import time
+from dataclasses import dataclass
 from functools import partial
 from operator import itemgetter
 
@@ -434,14 +435,34 @@ class PostgresWriter(Writer):
                 else {}
             )
             fresh = changes.fresh if self._keyed.get(changes.target_table) else ()
-            rows = [change for key, change in upserts.items() if key in fresh] if fresh else []
+            prepared = changes.prepared
+            if not (fresh and isinstance(prepared, _Prepared) and prepared.fits(kinds)):
+                prepared = None
+            if prepared:
+                rows, rest = prepared.fresh_rows, prepared.rest
+            else:
+                rows = [change for key, change in upserts.items() if key in fresh] if fresh else []
+                rest = None
             if rows:
                 inserted = self._insert_fresh(
-                    conn, relation, changes.target_table, rows, json_positions, changes.text_values, kinds
+                    conn,
+                    relation,
+                    changes.target_table,
+                    rows,
+                    json_positions,
+                    changes.text_values,
+                    kinds,
+                    prepared.fresh_payload if prepared else None,
                 )
                 if inserted is not None:
                     result.inserted += inserted
-                    upserts = {key: change for key, change in upserts.items() if key not in fresh}
+                    upserts = (
+                        rest
+                        if rest is not None
+                        else {key: change for key, change in upserts.items() if key not in fresh}
+                    )
+                else:
+                    prepared = None  # the fresh rows join the merge: the staged payload lacks them
             if upserts:
                 self._upsert(
                     conn,
@@ -452,7 +473,50 @@ class PostgresWriter(Writer):
                     json_positions,
                     changes.text_values,
                     kinds,
+                    prepared.rest_payload if prepared else None,
                 )
+
+    def prepare_batch(self, batch) -> None:
+        """The binary COPYs of each large table's fresh rows and merged rows, made in the
+        run's reading thread while the part before is applied: the applier then only checks,
+        under its lock, that the target's types are still those the payloads were made for
+        (_Prepared.fits) and sends them. Made for the types the source sends; a target
+        whose types differ is found then, and its rows are made anew in the transaction."""
+        if _fastfold is None or not self.binary_copy:
+            return
+        for changes in batch.tables.values():
+            upserts = changes.upserts
+            if not changes.text_values or len(upserts) < self.binary_copy_min_rows:
+                continue
+            if changes.target_table in self._altered or not changes.fresh:
+                continue
+            oids = self._expected_types(changes.relation)
+            kinds = {name: BINARY_COPY_KINDS[oid] for name, oid in oids.items() if oid in BINARY_COPY_KINDS}
+            columns = changes.relation.column_names
+            fresh = changes.fresh
+            rows = [change for key, change in upserts.items() if key in fresh]
+            rest = {key: change for key, change in upserts.items() if key not in fresh}
+            fresh_payload = _copy_binary(rows, columns, kinds, {SYNCED_AT: _SYNCED_AT_PLACEHOLDER})
+            groups = group_by_unchanged(rest) if rest else {}
+            rest_payload = None
+            if list(groups) == [frozenset()]:
+                rest_payload = _copy_binary(groups[frozenset()], columns, kinds)
+            if fresh_payload is None and rest_payload is None:
+                continue
+            changes.prepared = _Prepared(
+                tuple(kinds.get(name) for name in [*columns, LSN, SYNCED_AT]),
+                columns,
+                rows,
+                rest,
+                None if fresh_payload is None else bytearray(fresh_payload),
+                rest_payload,
+            )
+
+    def _expected_types(self, relation) -> dict[str, int]:
+        """{column: type OID} a target made for `relation` has, the metadata columns included."""
+        expected = {column.name: target_type(column)[0] for column in relation.columns}
+        expected.update({name: oid for name, (oid, _) in META_TYPES.items()})
+        return expected
 
     def _binary_kinds(self, conn, relation, target_table: str) -> dict[str, str]:
         """{column: copy_binary kind} for the target's columns that a CDC COPY may send in
@@ -463,10 +527,9 @@ class PostgresWriter(Writer):
         conservatively."""
         if _fastfold is None or not self.binary_copy or target_table in self._altered:
             return {}
-        expected = {column.name: target_type(column)[0] for column in relation.columns}
-        if not any(oid in BINARY_COPY_KINDS for oid in expected.values()):
+        if not any(target_type(column)[0] in BINARY_COPY_KINDS for column in relation.columns):
             return {}
-        expected.update({name: oid for name, (oid, _) in META_TYPES.items()})
+        expected = self._expected_types(relation)
         target = self._table(target_table)
         conn.execute(sql.SQL("LOCK TABLE {} IN ROW EXCLUSIVE MODE").format(target))
         # The types as a statement sees them now, as the COPY will: not pg_attribute, which a
@@ -540,7 +603,15 @@ class PostgresWriter(Writer):
             return cur.rowcount
 
     def _insert_fresh(
-        self, conn, relation, target_table: str, rows: list, json_positions, text_values: bool, kinds: dict
+        self,
+        conn,
+        relation,
+        target_table: str,
+        rows: list,
+        json_positions,
+        text_values: bool,
+        kinds: dict,
+        prepared: bytearray | None = None,
     ) -> int | None:
         """Rows under keys the destination should not hold (TableChanges.fresh) go
         straight into the table by COPY: no staging table and no conflict check, which
@@ -556,7 +627,11 @@ class PostgresWriter(Writer):
             "SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00', "
             "((extract(epoch FROM now()) - 946684800) * 1000000)::int8"
         ).fetchone()
-        binary = _copy_binary(rows, columns, kinds, {SYNCED_AT: struct.pack("!q", synced_at_binary)})
+        if prepared is not None:
+            _fastfold.set_last_fields(prepared, struct.pack("!q", synced_at_binary))
+            binary = prepared
+        else:
+            binary = _copy_binary(rows, columns, kinds, {SYNCED_AT: struct.pack("!q", synced_at_binary)})
         text = _copy_text(rows, columns, "\t" + synced_at) if text_values and binary is None else None
         values = ([*row, synced_at] for row in _row_values(rows, columns))
         try:
@@ -612,15 +687,19 @@ class PostgresWriter(Writer):
         json_positions,
         text_values: bool,
         kinds: dict,
+        prepared: bytes | None = None,
     ) -> None:
         """Merge per group of rows that share the same unchanged (TOASTed) columns,
-        so each group updates only the columns it has values for."""
+        so each group updates only the columns it has values for. `prepared`: the binary
+        COPY of the one group without unchanged columns, made by prepare_batch."""
         groups = group_by_unchanged(upserts)
         target = self._table(target_table)
         keys = relation.key_columns
         for unchanged, rows in groups.items():
             columns = [name for name in relation.column_names if name not in unchanged]
-            binary = _copy_binary(rows, columns, kinds)
+            binary = (
+                prepared if prepared is not None and not unchanged else _copy_binary(rows, columns, kinds)
+            )
             stage = self._stage(
                 conn,
                 target,
@@ -880,6 +959,28 @@ class PostgresWriter(Writer):
         for column in relation.columns:
             if column.number:
                 self._render(conn, target, schema_changes.RecordSourceColumn(column.name, column.number))
+
+
+# a binary timestamptz, overwritten with the transaction's (set_last_fields)
+_SYNCED_AT_PLACEHOLDER = bytes(8)
+
+
+@dataclass
+class _Prepared:
+    """A table's part as prepare_batch made it: the rows split into fresh and the rest, and
+    their binary COPYs (None where a value needs text) for the target types `kinds`."""
+
+    kinds: tuple  # the COPY kind of each of `columns`, LSN and SYNCED_AT
+    columns: list[str]
+    fresh_rows: list
+    rest: dict
+    fresh_payload: bytearray | None
+    rest_payload: bytes | None
+
+    def fits(self, kinds: dict) -> bool:
+        """Whether the target's types, as _binary_kinds read them in this transaction, are
+        those the payloads were made for."""
+        return tuple(kinds.get(name) for name in [*self.columns, LSN, SYNCED_AT]) == self.kinds
 
 
 def _json_positions(relation, columns: list[str]) -> list[tuple[int, bool]]:

@@ -203,3 +203,41 @@ def test_parts_are_applied_with_a_short_switch_interval_and_the_process_gets_its
     (run,) = services.run_until_caught_up(pipeline, hooks=services.RunHooks(before_apply=fail))
     assert run.outcome == PipelineRun.Outcome.FAILED
     assert sys.getswitchinterval() == own
+
+
+def test_each_part_is_prepared_by_the_reading_thread_before_it_is_applied(
+    source_db, target, make_pipeline, monkeypatch
+):
+    """Writer.prepare_batch (the PostgreSQL writer's binary COPYs) runs in the thread that
+    reads, while the part before is applied, not in the applier's turn."""
+    from engine.writers.duckdb import DuckDBWriter
+
+    create_tables(source_db)
+    pipeline = make_pipeline(["public.orders"], max_changes_per_transaction=10)
+    services.run_pipeline(pipeline)
+    for start in range(1, 41, 10):
+        insert_orders(source_db, range(start, start + 10))
+    events = []
+    prepare, apply = DuckDBWriter.prepare_batch, DuckDBWriter.apply_batch
+
+    def recorded_prepare(self, batch):
+        events.append(("prepare", id(batch), threading.current_thread().name))
+        return prepare(self, batch)
+
+    def recorded_apply(self, key, batch, **kwargs):
+        events.append(("apply", id(batch), threading.current_thread().name))
+        return apply(self, key, batch, **kwargs)
+
+    monkeypatch.setattr(DuckDBWriter, "prepare_batch", recorded_prepare)
+    monkeypatch.setattr(DuckDBWriter, "apply_batch", recorded_apply)
+    (run,) = services.run_until_caught_up(pipeline)
+    assert run.outcome == PipelineRun.Outcome.SUCCEEDED, run.error
+    assert target.count("orders") == 40
+    applied = [batch for kind, batch, _ in events if kind == "apply"]
+    assert len(applied) == 4
+    for batch in applied:
+        (prepared,) = [n for n, event in enumerate(events) if event[:2] == ("prepare", batch)]
+        (applying,) = [n for n, event in enumerate(events) if event[:2] == ("apply", batch)]
+        assert prepared < applying
+        assert not events[prepared][2].startswith("rosetta-apply")
+        assert events[applying][2].startswith("rosetta-apply")
