@@ -497,7 +497,9 @@ def test_fresh_rows_found_in_the_target_are_merged_with_the_prepared_part(
 
 
 def test_set_last_fields_refuses_what_copy_binary_did_not_make():
-    payload = bytearray(_fastfold.copy_binary([({"v": "1"}, 7), ({"v": None}, 8)], ("v",), ("int4",), (bytes(8),)))
+    payload = bytearray(
+        _fastfold.copy_binary([({"v": "1"}, 7), ({"v": None}, 8)], ("v",), ("int4",), (bytes(8),))
+    )
     _fastfold.set_last_fields(payload, struct.pack("!q", 42))
     assert payload.count(struct.pack("!q", 42)) == 2
     for bad, value in [
