@@ -33,6 +33,7 @@ import decimal
 import json
 import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
@@ -387,6 +388,20 @@ def column_lists(rows: list, columns: list[str]) -> list[list]:
     if _fastfold is not None:
         return _fastfold.column_lists(rows, columns)
     return [[row.get(name) for row, _ in rows] for name in columns]
+
+
+@dataclass
+class _PreparedGroup:
+    """prepare_batch's work on a table's rows without unchanged columns: a string array per
+    column (None for an array type, made at apply time) and their LSNs."""
+
+    columns: list[str]
+    rows: list
+    arrays: list
+    lsns: pa.Array
+
+    def values(self, position: int) -> list:
+        return column_lists(self.rows, [self.columns[position]])[0]
 
 
 class _ValuesDoNotFit(Exception):
@@ -854,31 +869,66 @@ class DuckDBWriter(Writer):
                 conn, relation, target, changes.deletes, duck_types, soft_delete, text_oids
             )
         if changes.upserts:
-            self._upsert(conn, relation, changes.target_table, changes.upserts, duck_types, result, text_oids)
+            self._upsert(
+                conn,
+                relation,
+                changes.target_table,
+                changes.upserts,
+                duck_types,
+                result,
+                text_oids,
+                changes.prepared,
+            )
+
+    def prepare_batch(self, batch) -> None:
+        """Each table's Arrow columns of text, made in the run's reading thread while the part
+        before is merged: for the rows without unchanged columns (the common case), one string
+        array per column whose source type is not an array (arrow_text_column's arrays depend
+        on the target's type; the others' do not)."""
+        for changes in batch.tables.values():
+            if not changes.text_values or not changes.upserts:
+                continue
+            groups = group_by_unchanged(changes.upserts)
+            rows = groups.get(frozenset())
+            if rows is None:
+                continue
+            columns = changes.relation.column_names
+            arrays = [
+                None if types.is_array(column.type_oid) else pa.array(values, pa.string())
+                for column, values in zip(changes.relation.columns, column_lists(rows, columns), strict=True)
+            ]
+            changes.prepared = _PreparedGroup(
+                columns, rows, arrays, pa.array([lsn for _, lsn in rows], pa.int64())
+            )
 
     def _stage(
         self,
         conn,
         columns: list[str],
         duck_types: dict,
-        column_values: list[list],
-        lsns: list[int],
+        column_values: list[list] | None,
+        lsns,
         text_oids: dict | None = None,
+        prepared: "_PreparedGroup | None" = None,
     ) -> str:
         """Register the batch rows as an Arrow table; returns a SELECT over it that
         yields the target's column types. `text_oids` ({column: source type OID})
-        when the values are PostgreSQL's text form."""
+        when the values are PostgreSQL's text form; `prepared`: their string arrays made
+        by prepare_batch (column_values is then None), used where the target's type takes
+        them as arrow_text_column would make them."""
         arrays, expressions = [], []
         for position, name in enumerate(columns):
+            duck_type = duck_types[name]
             if text_oids is None:
-                array, expression = arrow_column(column_values[position], duck_types[name])
+                array, expression = arrow_column(column_values[position], duck_type)
+            elif prepared and prepared.arrays[position] is not None and not duck_type.endswith("[]"):
+                array, expression = prepared.arrays[position], from_text("{}", duck_type, csv=True)
             else:
-                array, expression = arrow_text_column(
-                    column_values[position], duck_types[name], text_oids[name]
-                )
+                values = column_values[position] if prepared is None else prepared.values(position)
+                array, expression = arrow_text_column(values, duck_type, text_oids[name])
             arrays.append(array)
             expressions.append(f"{expression.format(quote(f'c{position}'))} AS {quote(name)}")
-        arrays.append(pa.array(lsns, pa.int64()))
+        arrays.append(lsns if isinstance(lsns, pa.Array) else pa.array(lsns, pa.int64()))
         expressions.append(f"{quote('lsn')} AS {LSN}")
         table = pa.Table.from_arrays(arrays, names=[*(f"c{p}" for p in range(len(columns))), "lsn"])
         conn.register("_rosetta_stage", table)
@@ -903,19 +953,44 @@ class DuckDBWriter(Writer):
         return count
 
     def _upsert(
-        self, conn, relation, target_table: str, upserts: dict, duck_types: dict, result, text_oids
+        self,
+        conn,
+        relation,
+        target_table: str,
+        upserts: dict,
+        duck_types: dict,
+        result,
+        text_oids,
+        prepared=None,
     ) -> None:
         """One MERGE per group of rows that share the same unchanged (TOASTed)
-        columns, so each group updates only the columns it has values for."""
-        groups = group_by_unchanged(upserts)
+        columns, so each group updates only the columns it has values for. `prepared`:
+        prepare_batch's arrays of the group without unchanged columns."""
+        if not (isinstance(prepared, _PreparedGroup) and prepared.columns == relation.column_names):
+            prepared = None
+        groups = group_by_unchanged(upserts) if prepared is None else None
+        if prepared is not None:
+            groups = {frozenset(): prepared.rows}
+            if len(prepared.rows) != len(upserts):
+                groups.update(
+                    (unchanged, rows) for unchanged, rows in group_by_unchanged(upserts).items() if unchanged
+                )
         target = self._table(target_table)
         keys = relation.key_columns
         match = " AND ".join(f"t.{quote(name)} = s.{quote(name)}" for name in keys)
         for unchanged, rows in groups.items():
             columns = [name for name in relation.column_names if name not in unchanged]
-            stage = self._stage(
-                conn, columns, duck_types, column_lists(rows, columns), [lsn for _, lsn in rows], text_oids
-            )
+            if prepared is not None and not unchanged:
+                stage = self._stage(conn, columns, duck_types, None, prepared.lsns, text_oids, prepared)
+            else:
+                stage = self._stage(
+                    conn,
+                    columns,
+                    duck_types,
+                    column_lists(rows, columns),
+                    [lsn for _, lsn in rows],
+                    text_oids,
+                )
             updates = [f"{quote(name)} = s.{quote(name)}" for name in columns if name not in keys]
             updates += [f"{LSN} = s.{LSN}", f"{SYNCED_AT} = now()", f"{DELETED_AT} = NULL"]
             insert_columns = ", ".join(quote(name) for name in [*columns, LSN])
