@@ -201,7 +201,7 @@ class ServerCPU:
             if seconds >= 0.05
         )
         return cpu + (
-            f"; destination WAL written {self.wal_written / 1e6:,.0f} MB" if self.wal_written else ""
+            f"; destination WAL written {self.wal_written / 1e6:,.0f} MB" if self.wal_written >= 1e6 else ""
         )
 
 

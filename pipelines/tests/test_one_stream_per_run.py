@@ -221,11 +221,11 @@ def test_each_part_is_prepared_by_the_reading_thread_before_it_is_applied(
     prepare, apply = DuckDBWriter.prepare_batch, DuckDBWriter.apply_batch
 
     def recorded_prepare(self, batch):
-        events.append(("prepare", id(batch), threading.current_thread().name))
+        events.append(("prepare", batch, threading.current_thread().name))  # the batch kept: no id reused
         return prepare(self, batch)
 
     def recorded_apply(self, key, batch, **kwargs):
-        events.append(("apply", id(batch), threading.current_thread().name))
+        events.append(("apply", batch, threading.current_thread().name))
         return apply(self, key, batch, **kwargs)
 
     monkeypatch.setattr(DuckDBWriter, "prepare_batch", recorded_prepare)
@@ -236,8 +236,8 @@ def test_each_part_is_prepared_by_the_reading_thread_before_it_is_applied(
     applied = [batch for kind, batch, _ in events if kind == "apply"]
     assert len(applied) == 4
     for batch in applied:
-        (prepared,) = [n for n, event in enumerate(events) if event[:2] == ("prepare", batch)]
-        (applying,) = [n for n, event in enumerate(events) if event[:2] == ("apply", batch)]
+        (prepared,) = [n for n, event in enumerate(events) if event[0] == "prepare" and event[1] is batch]
+        (applying,) = [n for n, event in enumerate(events) if event[0] == "apply" and event[1] is batch]
         assert prepared < applying
         assert not events[prepared][2].startswith("rosetta-apply")
         assert events[applying][2].startswith("rosetta-apply")
