@@ -862,6 +862,22 @@ def group_by_unchanged(dict upserts):
     return groups
 
 
+def split_fresh(dict upserts, set fresh):
+    """([change for key, change in upserts.items() if key in fresh],
+    {key: change for key, change in upserts.items() if key not in fresh}), in one pass."""
+    cdef Py_ssize_t position = 0
+    cdef PyObject* key
+    cdef PyObject* change
+    rows = []
+    rest = {}
+    while PyDict_Next(upserts, &position, &key, &change):
+        if <object>key in fresh:
+            rows.append(<object>change)
+        else:
+            rest[<object>key] = <object>change
+    return rows, rest
+
+
 def column_lists(list rows, list columns):
     """[[row.get(name) for row, _ in rows] for name in columns], compiled."""
     cdef PyObject* value

@@ -81,3 +81,15 @@ def test_compiled_grouping_and_column_lists_match_the_python_ones():
         assert duckdb_writer.column_lists(changes, ["id", "b", "missing"]) == [
             [row.get(name) for row, _ in changes] for name in ["id", "b", "missing"]
         ]
+
+
+def test_split_fresh_splits_as_the_comprehensions_do():
+    """The PostgreSQL writer's split of a part's upserts into rows under fresh keys (in the
+    upserts' order) and the rest, compiled, against the comprehensions it replaces."""
+    rnd = random.Random(7)
+    for _ in range(50):
+        upserts = {(str(rnd.randrange(1000)), "k"): ({"v": str(n)}, n) for n in range(rnd.randrange(200))}
+        fresh = {key for key in upserts if rnd.random() < 0.6} | {("gone", "k")}  # a deleted key too
+        rows, rest = _fastfold.split_fresh(upserts, fresh)
+        assert rows == [change for key, change in upserts.items() if key in fresh]
+        assert list(rest.items()) == [(key, change) for key, change in upserts.items() if key not in fresh]

@@ -441,8 +441,7 @@ class PostgresWriter(Writer):
             if prepared:
                 rows, rest = prepared.fresh_rows, prepared.rest
             else:
-                rows = [change for key, change in upserts.items() if key in fresh] if fresh else []
-                rest = None
+                rows, rest = _split_fresh(upserts, fresh) if fresh else ([], upserts)
             if rows:
                 inserted = self._insert_fresh(
                     conn,
@@ -456,11 +455,7 @@ class PostgresWriter(Writer):
                 )
                 if inserted is not None:
                     result.inserted += inserted
-                    upserts = (
-                        rest
-                        if rest is not None
-                        else {key: change for key, change in upserts.items() if key not in fresh}
-                    )
+                    upserts = rest
                 else:
                     prepared = None  # the fresh rows join the merge: the staged payload lacks them
             if upserts:
@@ -493,9 +488,7 @@ class PostgresWriter(Writer):
             oids = self._expected_types(changes.relation)
             kinds = {name: BINARY_COPY_KINDS[oid] for name, oid in oids.items() if oid in BINARY_COPY_KINDS}
             columns = changes.relation.column_names
-            fresh = changes.fresh
-            rows = [change for key, change in upserts.items() if key in fresh]
-            rest = {key: change for key, change in upserts.items() if key not in fresh}
+            rows, rest = _split_fresh(upserts, changes.fresh)
             fresh_payload = _copy_binary(rows, columns, kinds, {SYNCED_AT: _SYNCED_AT_PLACEHOLDER})
             groups = group_by_unchanged(rest) if rest else {}
             rest_payload = None
@@ -1024,6 +1017,16 @@ def _copy_binary(rows: list, columns: list[str], kinds: dict, tail: dict | None 
         return None
     return _fastfold.copy_binary(
         rows, tuple(columns), tuple(kinds[name] for name in columns), tuple(tail.values())
+    )
+
+
+def _split_fresh(upserts: dict, fresh: set) -> tuple[list, dict]:
+    """The upserts' changes under fresh keys (in order), and the other upserts."""
+    if _fastfold is not None:
+        return _fastfold.split_fresh(upserts, fresh)
+    return (
+        [change for key, change in upserts.items() if key in fresh],
+        {key: change for key, change in upserts.items() if key not in fresh},
     )
 
 
