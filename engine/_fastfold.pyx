@@ -184,6 +184,8 @@ cdef bint _fast_change(builder, bytes data) except -1:
         if row is None:
             return False
         values, _, unchanged = row
+        if PyList_GET_SIZE(values) != PyList_GET_SIZE(state.names):
+            return False  # not the relation's columns: the general path reports it
         key = _key_of(values, state.key_positions)
         if unchanged or None in key:
             return False
@@ -795,7 +797,7 @@ def copy_binary(list rows, tuple columns, tuple kinds, tuple tail):
         free(buffer.data)
 
 
-def set_last_fields(bytearray payload, bytes value):
+def set_last_fields(bytearray payload, bytes value not None):
     """Overwrite the last field of every row of a binary COPY made by copy_binary (a tail
     field of the same length as `value`), in place: a payload built ahead of its
     transaction gets that transaction's value. ValueError if the payload is not such a COPY."""
@@ -803,14 +805,16 @@ def set_last_fields(bytearray payload, bytes value):
     cdef Py_ssize_t size = len(payload), pos = 19, length, last
     cdef Py_ssize_t width = PyBytes_GET_SIZE(value)
     cdef int fields, i
-    if size < 21 or memcmp(p, _COPY_SIGNATURE, 11) != 0:
-        raise ValueError("not a binary COPY")
+    if size < 21 or memcmp(p, _COPY_SIGNATURE, 11) != 0 or _be32(p + 15) != 0:
+        raise ValueError("not a binary COPY as copy_binary makes it")
     while True:
         if pos + 2 > size:
             raise ValueError("a binary COPY without its trailer")
         fields = <short>((p[pos] << 8) | p[pos + 1])
         pos += 2
         if fields == -1:
+            if pos != size:
+                raise ValueError("bytes after a binary COPY's trailer")
             return
         if fields < 1:
             raise ValueError("a binary COPY row without fields")
@@ -821,6 +825,8 @@ def set_last_fields(bytearray payload, bytes value):
             length = _be32(p + pos)
             pos += 4
             last = pos
+            if length < -1:
+                raise ValueError("a binary COPY field of negative length")
             if length > 0:
                 pos += length
             if pos > size:

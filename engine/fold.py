@@ -351,6 +351,8 @@ class BatchBuilder:
             if data[5] != 75:  # 'K': only the key; 'O' goes the general way
                 return False
             values, _, unchanged = text_row(data, 6)
+            if len(values) != len(state.names):
+                return False  # not the relation's columns: the general path reports it
             key = state.key_of_values(values)
             if unchanged or None in key:
                 return False
@@ -367,6 +369,8 @@ class BatchBuilder:
             if data[5] != 78:
                 return False
             values, _, unchanged = text_row(data, 6)
+        if len(values) != len(state.names):
+            return False  # a tuple of other columns than the relation's: the general path
         key = state.key_of_values(values)
         if unchanged or None in key:
             return False

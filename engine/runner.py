@@ -371,7 +371,12 @@ class Engine:
                     self._fit_current_shape(part)
                     seconds["read + decode"] += time.perf_counter() - started
                     started = time.perf_counter()
-                    self.writer.prepare_batch(part)  # while part n is still being applied
+                    try:
+                        self.writer.prepare_batch(part)  # while part n is still being applied
+                    except BaseException:
+                        if pending:  # part n may be committed: confirmed and counted before failing
+                            self._finish_part(pending, total, seconds)
+                        raise
                     seconds["prepare"] += time.perf_counter() - started
                     if pending:
                         self._finish_part(pending, total, seconds)

@@ -502,11 +502,19 @@ def test_set_last_fields_refuses_what_copy_binary_did_not_make():
     )
     _fastfold.set_last_fields(payload, struct.pack("!q", 42))
     assert payload.count(struct.pack("!q", 42)) == 2
+    extended = payload[:15] + struct.pack("!i", 4) + b"\0" * 4 + payload[19:]  # a header extension
+    negative = bytearray(payload)
+    negative[21:25] = struct.pack("!i", -2)  # the first field's length
     for bad, value in [
         (bytearray(b"not a copy at all, long enough"), bytes(8)),
         (payload[:-2], bytes(8)),  # no trailer
         (payload[:30], bytes(8)),  # cut in a row
         (payload, bytes(4)),  # another width
+        (payload + b"\0", bytes(8)),  # bytes after the trailer
+        (extended, bytes(8)),
+        (negative, bytes(8)),
     ]:
         with pytest.raises(ValueError):
             _fastfold.set_last_fields(bad, value)
+    with pytest.raises(TypeError):
+        _fastfold.set_last_fields(payload, None)

@@ -6,6 +6,7 @@ import duckdb
 import pytest
 
 from engine.batch import UNCHANGED
+from engine.writers import duckdb as duckdb_writer
 from engine.writers.duckdb import DuckDBWriter
 
 from .batches import make_batch, relation_of, table_changes
@@ -46,7 +47,19 @@ def stored(path, schema: str, target: str) -> list[tuple]:
 
 
 @pytest.mark.parametrize("unchanged_every", [0, 4])
-def test_a_duckdb_part_prepared_ahead_stores_what_it_stores_unprepared(tmp_path, relation, unchanged_every):
+def test_a_duckdb_part_prepared_ahead_stores_what_it_stores_unprepared(
+    tmp_path, relation, unchanged_every, monkeypatch
+):
+    """And the apply makes string arrays only where prepare_batch left them to it: the
+    int[] column, and the columns of rows with an unchanged value."""
+    made = []
+    text_column = duckdb_writer.arrow_text_column
+
+    def recorded(values, duck_type, type_oid):
+        made.append(duck_type)
+        return text_column(values, duck_type, type_oid)
+
+    monkeypatch.setattr(duckdb_writer, "arrow_text_column", recorded)
     path = str(tmp_path / "w.duckdb")
     writer = DuckDBWriter({"path": path})
     try:
@@ -61,7 +74,16 @@ def test_a_duckdb_part_prepared_ahead_stores_what_it_stores_unprepared(tmp_path,
                 assert [array is None for array in changes.prepared.arrays] == [
                     column.name == "tags" for column in relation.columns
                 ]
+                made.clear()
             writer.apply_batch(target, later)
+            if prepare:
+                # the group without unchanged values: its int[] column only; with unchanged
+                # values, a second group of the five other columns
+                assert made == ["INTEGER[]"] + (
+                    ["INTEGER", "DECIMAL(12,2)", "VARCHAR", "INTEGER[]", "TIMESTAMP WITH TIME ZONE"]
+                    if unchanged_every
+                    else []
+                )
     finally:
         writer.close()
     ahead, plain = stored(path, writer.schema, "ahead"), stored(path, writer.schema, "plain")

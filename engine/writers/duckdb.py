@@ -869,15 +869,9 @@ class DuckDBWriter(Writer):
                 conn, relation, target, changes.deletes, duck_types, soft_delete, text_oids
             )
         if changes.upserts:
+            prepared, changes.prepared = changes.prepared, None  # not kept with the part once used
             self._upsert(
-                conn,
-                relation,
-                changes.target_table,
-                changes.upserts,
-                duck_types,
-                result,
-                text_oids,
-                changes.prepared,
+                conn, relation, changes.target_table, changes.upserts, duck_types, result, text_oids, prepared
             )
 
     def prepare_batch(self, batch) -> None:

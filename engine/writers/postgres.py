@@ -435,8 +435,8 @@ class PostgresWriter(Writer):
                 else {}
             )
             fresh = changes.fresh if self._keyed.get(changes.target_table) else ()
-            prepared = changes.prepared
-            if not (fresh and isinstance(prepared, _Prepared) and prepared.fits(kinds)):
+            prepared, changes.prepared = changes.prepared, None  # not kept with the part once used
+            if not (fresh and isinstance(prepared, _Prepared) and prepared.fits(relation, kinds)):
                 prepared = None
             if prepared:
                 rows, rest = prepared.fresh_rows, prepared.rest
@@ -970,10 +970,12 @@ class _Prepared:
     fresh_payload: bytearray | None
     rest_payload: bytes | None
 
-    def fits(self, kinds: dict) -> bool:
-        """Whether the target's types, as _binary_kinds read them in this transaction, are
-        those the payloads were made for."""
-        return tuple(kinds.get(name) for name in [*self.columns, LSN, SYNCED_AT]) == self.kinds
+    def fits(self, relation, kinds: dict) -> bool:
+        """Whether the payloads hold `relation`'s columns, and the target's types, as
+        _binary_kinds read them in this transaction, are those they were made for."""
+        return self.columns == relation.column_names and self.kinds == tuple(
+            kinds.get(name) for name in [*self.columns, LSN, SYNCED_AT]
+        )
 
 
 def _json_positions(relation, columns: list[str]) -> list[tuple[int, bool]]:

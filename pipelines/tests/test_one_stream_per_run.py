@@ -208,8 +208,9 @@ def test_parts_are_applied_with_a_short_switch_interval_and_the_process_gets_its
 def test_each_part_is_prepared_by_the_reading_thread_before_it_is_applied(
     source_db, target, make_pipeline, monkeypatch
 ):
-    """Writer.prepare_batch (the PostgreSQL writer's binary COPYs) runs in the thread that
-    reads, while the part before is applied, not in the applier's turn."""
+    """Writer.prepare_batch (the PostgreSQL writer's binary COPYs, the DuckDB writer's Arrow
+    arrays) runs in the thread that reads, before the part before it is waited for, not in
+    the applier's turn."""
     from engine.writers.duckdb import DuckDBWriter
 
     create_tables(source_db)
@@ -241,3 +242,38 @@ def test_each_part_is_prepared_by_the_reading_thread_before_it_is_applied(
         assert prepared < applying
         assert not events[prepared][2].startswith("rosetta-apply")
         assert events[applying][2].startswith("rosetta-apply")
+
+
+def test_a_part_whose_preparation_fails_leaves_the_part_before_confirmed_and_counted(
+    source_db, target, make_pipeline, monkeypatch
+):
+    """prepare_batch runs while the part before is applied: when it fails, that part is
+    waited for, confirmed and counted before the run fails, like a failure after it."""
+    from engine.writers.duckdb import DuckDBWriter
+
+    create_tables(source_db)
+    pipeline = make_pipeline(["public.orders"], max_changes_per_transaction=10)
+    services.run_pipeline(pipeline)
+    for start in range(1, 31, 10):
+        insert_orders(source_db, range(start, start + 10))
+    prepared = []
+    prepare = DuckDBWriter.prepare_batch
+
+    def fail_second(self, batch):
+        prepared.append(batch)
+        if len(prepared) == 2:
+            raise RuntimeError("out of memory, say")
+        return prepare(self, batch)
+
+    monkeypatch.setattr(DuckDBWriter, "prepare_batch", fail_second)
+    (run,) = services.run_until_caught_up(pipeline)
+    assert run.outcome == PipelineRun.Outcome.FAILED
+    assert "out of memory, say" in run.error
+    assert target.count("orders") == 10
+    assert (run.rows_inserted, run.changes_read) == (10, 10)
+    assert pipeline.tables.get().rows_inserted == 10
+    (confirmed,) = source_db.execute(
+        "SELECT confirmed_flush_lsn >= %s::pg_lsn FROM pg_replication_slots WHERE slot_name = %s",
+        [run.end_lsn, pipeline.source.slot_name],
+    ).fetchone()
+    assert confirmed  # the slot moved past the committed part: the next run does not read it again
