@@ -332,7 +332,7 @@ class Engine:
         cut, so a part may exceed max_changes_per_transaction."""
         seconds = {
             "read + decode": 0.0,
-            "prepare": 0.0,
+            "payloads": 0.0,
             "apply": 0.0,
             "waiting for apply": 0.0,
             "advance": 0.0,
@@ -377,7 +377,7 @@ class Engine:
                         if pending:  # part n may be committed: confirmed and counted before failing
                             self._finish_part(pending, total, seconds)
                         raise
-                    seconds["prepare"] += time.perf_counter() - started
+                    seconds["payloads"] += time.perf_counter() - started
                     if pending:
                         self._finish_part(pending, total, seconds)
                     if part.transactions and self.before_apply:
