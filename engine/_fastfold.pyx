@@ -1,10 +1,12 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, initializedcheck=False
 """The client's hot loops compiled: pgoutput's TupleData read in C, Insert/Update/Delete
-folded without message objects (mirroring engine.pgoutput.text_row and
-engine.fold.BatchBuilder._fast_change line for line), the stream's per-message loop
+folded without message objects (engine.pgoutput.text_row and the steps of
+engine.fold.BatchBuilder._fast_change; an Insert's or Update's row read straight into a
+copy of the relation's template dict), the stream's per-message loop
 (engine.stream._stream_messages), and the writers' helpers (COPY text, binary COPY from
-text values, grouping by unchanged columns, column lists). The Python versions stay the reference and the fallback
-where this module is not built; pipelines/tests/test_fold_paths.py, test_pgoutput.py,
+text values and its tail set afterwards, the fresh rows' split, grouping by unchanged
+columns, column lists). The Python versions stay the reference and the fallback where this
+module is not built; pipelines/tests/test_fold_paths.py, test_pgoutput.py,
 test_stream_loops.py and destinations/tests/test_writer_compiled_paths.py hold both to the
 same results. Built by scripts/setup.sh."""
 
