@@ -42,12 +42,41 @@ cdef inline unsigned int _ube32(const unsigned char* p) noexcept:
     return (<unsigned int>p[0] << 24) | (<unsigned int>p[1] << 16) | (<unsigned int>p[2] << 8) | p[3]
 
 
+cdef object _PAST_END = object()  # _read_value: the tuple runs past its message's end
+
+
+cdef inline object _read_value(const unsigned char* p, Py_ssize_t size, Py_ssize_t* pos):
+    """The TupleData value at *pos, *pos moved past it: its text as str ('t'), None ('n'),
+    UNCHANGED ('u'), or _PAST_END where it runs past the message's end."""
+    cdef Py_ssize_t at = pos[0], length
+    cdef unsigned char kind
+    if at >= size:
+        return _PAST_END
+    kind = p[at]
+    if kind == 116:  # 't'
+        if at + 5 > size:
+            return _PAST_END
+        length = _be32(p + at + 1)
+        at += 5
+        if length < 0 or at + length > size:
+            return _PAST_END
+        pos[0] = at + length
+        return PyUnicode_DecodeUTF8(<const char*>p + at, length, NULL)
+    if kind == 110:  # 'n'
+        pos[0] = at + 1
+        return None
+    if kind == 117:  # 'u'
+        pos[0] = at + 1
+        return UNCHANGED
+    _bad_kind(kind)
+    return _PAST_END
+
+
 cdef tuple _text_row(bytes data, Py_ssize_t pos):
     # None when the tuple runs past the message's end: the general path then reports it
     cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(data)
     cdef Py_ssize_t size = PyBytes_GET_SIZE(data)
-    cdef Py_ssize_t count, i, length
-    cdef unsigned char kind
+    cdef Py_ssize_t count, i
     cdef bint unchanged = False
     if pos < 0 or pos + 2 > size:
         return None
@@ -55,27 +84,12 @@ cdef tuple _text_row(bytes data, Py_ssize_t pos):
     pos += 2
     values = []
     for i in range(count):
-        if pos >= size:
+        value = _read_value(p, size, &pos)
+        if value is _PAST_END:
             return None
-        kind = p[pos]
-        if kind == 116:  # 't'
-            if pos + 5 > size:
-                return None
-            length = _be32(p + pos + 1)
-            pos += 5
-            if length < 0 or pos + length > size:
-                return None
-            values.append(PyUnicode_DecodeUTF8(<const char*>p + pos, length, NULL))
-            pos += length
-        elif kind == 110:  # 'n'
-            pos += 1
-            values.append(None)
-        elif kind == 117:  # 'u'
-            pos += 1
-            values.append(UNCHANGED)
+        if value is UNCHANGED:
             unchanged = True
-        else:
-            _bad_kind(kind)
+        values.append(value)
     return values, pos, unchanged
 
 
@@ -122,8 +136,7 @@ cdef tuple _row_and_key(bytes data, Py_ssize_t pos, list names, dict template, t
     message's end, an UNCHANGED value, a column count other than the relation's."""
     cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(data)
     cdef Py_ssize_t size = PyBytes_GET_SIZE(data)
-    cdef Py_ssize_t count, i, length, k, key_count = PyTuple_GET_SIZE(positions)
-    cdef unsigned char kind
+    cdef Py_ssize_t count, i, k, key_count = PyTuple_GET_SIZE(positions)
     cdef PyObject* found
     if pos < 0 or pos + 2 > size:
         return None
@@ -133,25 +146,11 @@ cdef tuple _row_and_key(bytes data, Py_ssize_t pos, list names, dict template, t
     pos += 2
     row = PyDict_Copy(template)
     for i in range(count):
-        if pos >= size:
+        value = _read_value(p, size, &pos)
+        if value is _PAST_END or value is UNCHANGED:
             return None
-        kind = p[pos]
-        if kind == 116:  # 't'
-            if pos + 5 > size:
-                return None
-            length = _be32(p + pos + 1)
-            pos += 5
-            if length < 0 or pos + length > size:
-                return None
-            PyDict_SetItem(row, <object>PyList_GET_ITEM(names, i),
-                           PyUnicode_DecodeUTF8(<const char*>p + pos, length, NULL))
-            pos += length
-        elif kind == 110:  # 'n': the template's None stays
-            pos += 1
-        elif kind == 117:  # 'u'
-            return None
-        else:
-            _bad_kind(kind)
+        if value is not None:  # else the template's None stays
+            PyDict_SetItem(row, <object>PyList_GET_ITEM(names, i), value)
     key = PyTuple_New(key_count)
     for k in range(key_count):
         found = PyDict_GetItem(row, <object>PyList_GET_ITEM(
