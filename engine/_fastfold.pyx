@@ -503,28 +503,30 @@ cdef inline bint _same(const char* a, const char* b, Py_ssize_t n) noexcept:
     return True
 
 
+cdef inline Py_ssize_t _some_digits(const char* s, Py_ssize_t i, Py_ssize_t n) noexcept:
+    # past one or more digits from i, or -1 if there is none
+    cdef Py_ssize_t end = _skip_digits(s, i, n)
+    return end if end > i else -1
+
+
 cdef bint _float_form(const char* s, Py_ssize_t n) noexcept:
     # -?[0-9]+(\.[0-9]+)?(e[+-][0-9]+)? as float8out writes a finite value
-    cdef Py_ssize_t i = 0, start
+    cdef Py_ssize_t i = 0
     if i < n and s[i] == 45:
         i += 1
-    start = i
-    i = _skip_digits(s, i, n)
-    if i == start:
+    i = _some_digits(s, i, n)
+    if i < 0:
         return False
     if i < n and s[i] == 46:
-        i += 1
-        start = i
-        i = _skip_digits(s, i, n)
-        if i == start:
+        i = _some_digits(s, i + 1, n)
+        if i < 0:
             return False
     if i < n and s[i] == 101:
         i += 1
         if i < n and (s[i] == 43 or s[i] == 45):
             i += 1
-        start = i
-        i = _skip_digits(s, i, n)
-        if i == start:
+        i = _some_digits(s, i, n)
+        if i < 0:
             return False
     return i == n
 
