@@ -64,11 +64,26 @@ def make_database(pg_cluster):
     yield make
     with psycopg.connect(pg_cluster.dsn(), autocommit=True) as conn:
         for name in created:
-            conn.execute(
-                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
-                "WHERE database = %s AND NOT active",
-                [name],
-            )
+            # A slot still streaming (a worker's run that outlived its test: DROP DATABASE
+            # refuses a database with an active slot, even WITH (FORCE)) is ended first.
+            deadline = time.monotonic() + 10
+            while True:
+                conn.execute(
+                    "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots "
+                    "WHERE database = %s AND active",
+                    [name],
+                )
+                conn.execute(
+                    "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+                    "WHERE database = %s AND NOT active",
+                    [name],
+                )
+                (left,) = conn.execute(
+                    "SELECT count(*) FROM pg_replication_slots WHERE database = %s", [name]
+                ).fetchone()
+                if not left or time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
