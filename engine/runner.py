@@ -378,11 +378,7 @@ class Engine:
                             self._finish_part(pending, total, seconds)
                         raise
                     seconds["payloads"] += time.perf_counter() - started
-                    if pending:
-                        self._finish_part(pending, total, seconds)
-                    if part.transactions and self.before_apply:
-                        self.before_apply(part)
-                    pending = (applier.submit(self._apply_part, part), part, builder)
+                    pending = self._hand_over(applier, pending, part, builder, total, seconds)
                     now = time.monotonic()
                     if part.transactions or builder.skipped_transactions:
                         last_change = now
@@ -433,21 +429,66 @@ class Engine:
                 self.after_apply(part)
         return result, time.perf_counter() - started
 
+    def _hand_over(self, applier, pending, part: Batch, builder, total: "_Totals", seconds: dict):
+        """Wait for part n's commit, give part n + 1 to the applier, then move the slot past
+        part n: the slot's confirmation (a round trip to the source and a wait until the slot
+        shows it) is not between the destination's two transactions. Returns the new pending."""
+        result = self._wait_for_part(pending, seconds) if pending else None
+        submitted = None
+        try:
+            if part.transactions and self.before_apply:
+                self.before_apply(part)
+            submitted = (applier.submit(self._apply_part, part), part, builder)
+            if pending:
+                self._confirm_part(pending, result, total, seconds)
+        except BaseException:
+            if pending and submitted is None:  # part n is committed: confirmed and counted first
+                self._confirm_part(pending, result, total, seconds)
+            elif submitted:  # part n + 1 may commit meanwhile: counted, its slot not moved
+                self._count_if_committed(submitted, total, seconds)
+            raise
+        return submitted
+
     def _finish_part(self, pending, total: "_Totals", seconds: dict) -> None:
         """Wait for a part's commit, then move the slot past it."""
-        future, part, builder = pending
+        self._confirm_part(pending, self._wait_for_part(pending, seconds), total, seconds)
+
+    @staticmethod
+    def _wait_for_part(pending, seconds: dict):
+        future, _, _ = pending
         started = time.perf_counter()
         result, applying = future.result()
         seconds["waiting for apply"] += time.perf_counter() - started
         seconds["apply"] += applying
+        return result
+
+    def _confirm_part(self, pending, result, total: "_Totals", seconds: dict) -> None:
+        """Move the slot past a committed part and count it (counted even if the slot could
+        not be moved: the destination has it)."""
+        _, part, builder = pending
         started = time.perf_counter()
         target = max(part.end_lsn, builder.read_position, builder.skipped_end_lsn)
-        if target and self.source.advance(self.slot, target):
-            total.advanced_to = target
-        seconds["advance"] += time.perf_counter() - started
+        try:
+            if target and self.source.advance(self.slot, target):
+                total.advanced_to = target
+        finally:
+            seconds["advance"] += time.perf_counter() - started
+            self._count_part(part, result, builder, total)
+
+    def _count_part(self, part: Batch, result, builder, total: "_Totals") -> None:
         total.add(part, result, builder.skipped_transactions)
         if self.after_part and part.transactions:
             self.after_part(part)
+
+    def _count_if_committed(self, pending, total: "_Totals", seconds: dict) -> None:
+        """While failing: a part already handed over is waited for, and counted if it
+        committed (the destination has it; the next run skips it by its checkpoint)."""
+        try:
+            result = self._wait_for_part(pending, seconds)
+        except BaseException:
+            return  # it failed too: the first error is the one reported
+        _, part, builder = pending
+        self._count_part(part, result, builder, total)
 
     def _fill_moved_rows(self, batch: Batch, moved_keys: dict, text_values: bool) -> None:
         """A primary-key change that left a TOASTed column unchanged (the value sits

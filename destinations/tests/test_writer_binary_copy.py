@@ -434,9 +434,17 @@ def mixed_part(relation, first_new: int, count: int, lsn: int, value):
     return make_batch(changes, end_lsn=lsn + count)
 
 
-def test_a_part_prepared_ahead_stores_what_it_stores_unprepared(writers, pg_reader, source_conn, copies):
+@pytest.mark.parametrize(
+    "first_new, made",
+    [(30, [True, True]), (80, [True])],
+    ids=["fresh and updated rows", "updated rows only"],
+)
+def test_a_part_prepared_ahead_stores_what_it_stores_unprepared(
+    writers, pg_reader, source_conn, copies, first_new, made
+):
     """The applier then makes no COPY itself; the fresh rows' _rosetta_synced_at is still
-    the transaction's time, set into the payload made before the transaction began."""
+    the transaction's time, set into the payload made before the transaction began. A part
+    of updates alone (no key new to it) is made ahead as well."""
     relation = source_relation(source_conn, "numeric")
     prepared_writer, plain_writer = writers
     plain_writer.binary_copy = True
@@ -444,13 +452,13 @@ def test_a_part_prepared_ahead_stores_what_it_stores_unprepared(writers, pg_read
     for target, writer in [("ahead", prepared_writer), ("plain", plain_writer)]:
         first = mixed_part(relation, first_new=0, count=50, lsn=1000, value=lambda n: f"{n}.5")
         writer.apply_batch(target, first)
-        part = mixed_part(relation, first_new=30, count=80, lsn=2000, value=lambda n: f"-{n}.25")
+        part = mixed_part(relation, first_new=first_new, count=80, lsn=2000, value=lambda n: f"-{n}.25")
         for changes in part.tables.values():
             changes.target_table = target
         if writer is prepared_writer:
             copies.clear()
             writer.prepare_batch(part)
-            assert copies == [True, True]  # the fresh rows and the updated ones
+            assert copies == made  # the fresh rows (if any) and the updated ones
             assert all(isinstance(c.prepared, postgres._Prepared) for c in part.tables.values())
             copies.clear()
         writer.apply_batch(target, part)

@@ -436,7 +436,11 @@ class PostgresWriter(Writer):
             )
             fresh = changes.fresh if self._keyed.get(changes.target_table) else ()
             prepared, changes.prepared = changes.prepared, None  # not kept with the part once used
-            if not (fresh and isinstance(prepared, _Prepared) and prepared.fits(relation, kinds)):
+            if not (
+                isinstance(prepared, _Prepared)
+                and (fresh or not prepared.fresh_rows)  # split as this transaction splits
+                and prepared.fits(relation, kinds)
+            ):
                 prepared = None
             if prepared:
                 rows, rest = prepared.fresh_rows, prepared.rest
@@ -483,13 +487,15 @@ class PostgresWriter(Writer):
             upserts = changes.upserts
             if not changes.text_values or len(upserts) < self.binary_copy_min_rows:
                 continue
-            if changes.target_table in self._altered or not changes.fresh:
+            if changes.target_table in self._altered:
                 continue
             oids = self._expected_types(changes.relation)
             kinds = {name: BINARY_COPY_KINDS[oid] for name, oid in oids.items() if oid in BINARY_COPY_KINDS}
             columns = changes.relation.column_names
-            rows, rest = _split_fresh(upserts, changes.fresh)
-            fresh_payload = _copy_binary(rows, columns, kinds, {SYNCED_AT: _SYNCED_AT_PLACEHOLDER})
+            rows, rest = _split_fresh(upserts, changes.fresh) if changes.fresh else ([], upserts)
+            fresh_payload = (
+                _copy_binary(rows, columns, kinds, {SYNCED_AT: _SYNCED_AT_PLACEHOLDER}) if rows else None
+            )
             groups = group_by_unchanged(rest) if rest else {}
             rest_payload = None
             if list(groups) == [frozenset()]:

@@ -277,3 +277,85 @@ def test_a_part_whose_preparation_fails_leaves_the_part_before_confirmed_and_cou
         [run.end_lsn, pipeline.source.slot_name],
     ).fetchone()
     assert confirmed  # the slot moved past the committed part: the next run does not read it again
+
+
+@pytest.fixture
+def applies_started(monkeypatch):
+    """The number of parts whose apply has begun, as a Condition to wait on."""
+    from engine.writers.duckdb import DuckDBWriter
+
+    started = {"parts": 0, "changed": threading.Condition()}
+    apply = DuckDBWriter.apply_batch
+
+    def counted(self, key, batch, **kwargs):
+        with started["changed"]:
+            started["parts"] += 1
+            started["changed"].notify_all()
+        return apply(self, key, batch, **kwargs)
+
+    monkeypatch.setattr(DuckDBWriter, "apply_batch", counted)
+    return started
+
+
+def test_the_next_part_is_applied_while_the_slot_is_moved_past_the_one_before(
+    source_db, target, make_pipeline, monkeypatch, applies_started
+):
+    """Moving the slot past a committed part is a round trip to the source and a wait until
+    the slot shows it: part n + 1 is handed to the applier first, so that the destination
+    does not wait between its two transactions."""
+    from engine.source import SourceDatabase
+
+    create_tables(source_db)
+    pipeline = make_pipeline(["public.orders"], max_changes_per_transaction=10)
+    services.run_pipeline(pipeline)
+    for start in range(1, 31, 10):
+        insert_orders(source_db, range(start, start + 10))
+    seen_at_advance = []  # parts whose apply had begun when the slot was moved past part n
+    advance = SourceDatabase.advance
+
+    def watched(self, slot, lsn):
+        changed = applies_started["changed"]
+        with changed:
+            if len(seen_at_advance) < 2:  # parts 1 and 2 have a part after them
+                changed.wait_for(lambda: applies_started["parts"] > len(seen_at_advance) + 1, timeout=5)
+            seen_at_advance.append(applies_started["parts"])
+        return advance(self, slot, lsn)
+
+    monkeypatch.setattr(SourceDatabase, "advance", watched)
+    (run,) = services.run_until_caught_up(pipeline)
+    assert run.outcome == PipelineRun.Outcome.SUCCEEDED, run.error
+    assert target.count("orders") == 30
+    assert seen_at_advance == [2, 3, 3]
+
+
+def test_a_part_handed_over_before_the_slot_failed_to_move_is_counted(
+    source_db, target, make_pipeline, monkeypatch, applies_started
+):
+    """Part n + 1 is already with the applier when moving the slot past part n fails: the
+    run fails, but both parts are in the destination and both are counted."""
+    from engine.source import SourceDatabase, SourceProblem
+
+    create_tables(source_db)
+    pipeline = make_pipeline(["public.orders"], max_changes_per_transaction=10)
+    services.run_pipeline(pipeline)
+    for start in range(1, 31, 10):
+        insert_orders(source_db, range(start, start + 10))
+
+    def lost(self, slot, lsn):
+        with applies_started["changed"]:
+            applies_started["changed"].wait_for(lambda: applies_started["parts"] >= 2, timeout=5)
+        raise SourceProblem("Source: the replication connection was lost")
+
+    monkeypatch.setattr(SourceDatabase, "advance", lost)
+    (run,) = services.run_until_caught_up(pipeline)
+    assert run.outcome == PipelineRun.Outcome.FAILED
+    assert "replication connection was lost" in run.error
+    assert target.count("orders") == 20
+    assert (run.rows_inserted, run.changes_read) == (20, 20)
+    assert pipeline.tables.get().rows_inserted == 20
+
+    monkeypatch.undo()  # the next run skips what the destination has and applies the rest
+    (run,) = services.run_until_caught_up(pipeline)
+    assert run.outcome == PipelineRun.Outcome.SUCCEEDED, run.error
+    assert target.count("orders") == 30
+    assert pipeline.tables.get().rows_inserted == 30
