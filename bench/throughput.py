@@ -124,7 +124,8 @@ class ServerCPU:
     """CPU time of the clusters' processes while a line runs, by kind (walsender, the
     destination's backends, the native apply worker, each cluster's background processes),
     from /proc, sampled every 0.1 s so that processes that come and go within the line are seen;
-    and the WAL the destination cluster wrote meanwhile."""
+    the time each kind, and this process's threads, spent runnable but waiting for one of the
+    machine's cores (/proc/<pid>/schedstat); and the WAL the destination cluster wrote meanwhile."""
 
     TICK = os.sysconf("SC_CLK_TCK")
 
@@ -155,9 +156,20 @@ class ServerCPU:
                     continue  # just forked or exiting (a zombie's cmdline is empty): keep its last sample
                 found[int(pid)] = (
                     self._kind(title, name),
-                    int(fields[11]) + int(fields[12]),
-                )  # utime + stime
+                    int(fields[11]) + int(fields[12]),  # utime + stime
+                    self._waited(pid),
+                )
+        for tid in os.listdir("/proc/self/task"):  # this process's threads (the applier's come and go)
+            found[-int(tid)] = ("this process", 0, self._waited(f"self/task/{tid}"))
         return found
+
+    @staticmethod
+    def _waited(pid) -> float:
+        """Seconds the process spent runnable but waiting for a CPU (/proc/<pid>/schedstat)."""
+        try:
+            return int(Path(f"/proc/{pid}/schedstat").read_text().split()[1]) / 1e9
+        except (OSError, IndexError):
+            return 0.0
 
     @staticmethod
     def _kind(title: str, cluster: str) -> str:
@@ -191,13 +203,19 @@ class ServerCPU:
         self.wal_written = self._wal_position() - self.wal_start
 
     def summary(self) -> str:
-        spent = {}
-        for pid, (kind, ticks) in self.last.items():
-            before = self.start.get(pid, (kind, 0))[1]
-            spent[kind] = spent.get(kind, 0) + (ticks - before) / self.TICK
+        spent, waited = {}, {}
+        for pid, (kind, ticks, wait) in self.last.items():
+            _, ticks_before, wait_before = self.start.get(pid, (kind, 0, 0.0))
+            spent[kind] = spent.get(kind, 0) + (ticks - ticks_before) / self.TICK
+            waited[kind] = waited.get(kind, 0) + wait - wait_before
         cpu = ", ".join(
             f"{kind} {seconds:.2f} s"
             for kind, seconds in sorted(spent.items(), key=lambda i: -i[1])
+            if seconds >= 0.05
+        )
+        cpu += "; waiting for a CPU: " + ", ".join(
+            f"{kind} {seconds:.2f} s"
+            for kind, seconds in sorted(waited.items(), key=lambda i: -i[1])
             if seconds >= 0.05
         )
         return cpu + (

@@ -77,10 +77,11 @@ psql -h 127.0.0.1 -U postgres -Atc "SELECT 1 FROM pg_database WHERE datname='ros
   || psql -h 127.0.0.1 -U postgres -qc "CREATE DATABASE rosetta_demo" postgres
 
 # The sample source needs wal_level=logical. If the local server does not have it, the demo
-# starts its own cluster from the server binaries on port 55432 instead of reconfiguring it.
+# starts its own cluster from the server binaries on port 25432 instead of reconfiguring it
+# (below the ephemeral port range, 32768 and up: 55432 was once held by an outgoing connection).
 SOURCE_PORT=5432
 if [ "$(psql -h 127.0.0.1 -U postgres -Atc 'SHOW wal_level' postgres)" != "logical" ]; then
-  SOURCE_PORT=55432
+  SOURCE_PORT=25432
   $PY - <<PYEOF
 from rosetta.pgcluster import Cluster
 Cluster(data_dir="$PGDIR", port=$SOURCE_PORT).start()
