@@ -32,7 +32,7 @@ from operator import itemgetter
 
 import psycopg
 from psycopg import sql
-from psycopg.copy import QueuedLibpqWriter
+from psycopg.copy import LibpqWriter, QueuedLibpqWriter
 
 from engine.batch import ApplyResult, SchemaAlignment
 from engine.fold import _fastfold
@@ -583,16 +583,17 @@ class PostgresWriter(Writer):
         psycopg."""
         column_list = sql.SQL(", ").join(sql.Identifier(name) for name in columns)
         options = sql.SQL(" (FORMAT binary)" if binary is not None else "")
+        payload = binary if binary is not None else text
         with conn.cursor() as cur:
-            # a writer thread sends while this one formats rows: the server parses in parallel
+            # Rows formatted here: a writer thread sends while this one formats, so the server
+            # parses in parallel. A payload made already is sent by this thread (no thread to
+            # start and hand chunks to), in slices of a memoryview (no chunk copied).
             with cur.copy(
                 sql.SQL("COPY {} ({}) FROM STDIN{}").format(table, column_list, options),
-                writer=QueuedLibpqWriter(cur),
+                writer=LibpqWriter(cur) if payload is not None else QueuedLibpqWriter(cur),
             ) as copy:
-                if binary is not None:
-                    copy.write(binary)
-                elif text is not None:
-                    copy.write(text)
+                if payload is not None:
+                    copy.write(memoryview(payload))
                 else:
                     for values in rows:
                         for position, is_array in json_positions:
