@@ -41,14 +41,21 @@ def opened(monkeypatch):
     return counts
 
 
-def test_a_backlog_is_applied_in_parts_over_one_stream_and_one_writer(
-    source_db, target, make_pipeline, opened
-):
+def pipeline_with_backlog(source_db, make_pipeline, transactions: int) -> Pipeline:
+    """A running pipeline in parts of 10 changes, and `transactions` source transactions
+    of 10 inserts each waiting in its slot: one part per transaction."""
     create_tables(source_db)
     pipeline = make_pipeline(["public.orders"], max_changes_per_transaction=10)
     services.run_pipeline(pipeline)  # slot, snapshot of the empty table
-    for start in range(1, 61, 10):
-        insert_orders(source_db, range(start, start + 10))  # six transactions of 10 changes
+    for start in range(1, transactions * 10, 10):
+        insert_orders(source_db, range(start, start + 10))
+    return pipeline
+
+
+def test_a_backlog_is_applied_in_parts_over_one_stream_and_one_writer(
+    source_db, target, make_pipeline, opened
+):
+    pipeline = pipeline_with_backlog(source_db, make_pipeline, transactions=6)
     opened.update(streams=0, writers=0)
     parts = []
 
@@ -87,11 +94,7 @@ def test_the_run_task_applies_changes_that_arrive_while_it_runs(source_db, targe
 
 @override_settings(ROSETTA_RUN_BUDGET_SECONDS=0)
 def test_a_run_still_busy_when_its_budget_ends_is_queued_again_at_once(source_db, target, make_pipeline):
-    create_tables(source_db)
-    pipeline = make_pipeline(["public.orders"], max_changes_per_transaction=10)
-    services.run_pipeline(pipeline)
-    for start in range(1, 41, 10):
-        insert_orders(source_db, range(start, start + 10))
+    pipeline = pipeline_with_backlog(source_db, make_pipeline, transactions=4)
     queued = []
 
     services.run_scheduled(pipeline.pk, requeue=queued.append)
@@ -148,11 +151,7 @@ def test_a_busy_run_keeps_its_stream_while_changes_keep_coming(
 def test_a_run_that_fails_after_committing_parts_still_counts_them(source_db, target, make_pipeline):
     """A run now lasts many parts: one that fails late must not lose the record of the parts
     it committed (the table counters and the run's counts), as the destination has them."""
-    create_tables(source_db)
-    pipeline = make_pipeline(["public.orders"], max_changes_per_transaction=10)
-    services.run_pipeline(pipeline)
-    for start in range(1, 61, 10):
-        insert_orders(source_db, range(start, start + 10))
+    pipeline = pipeline_with_backlog(source_db, make_pipeline, transactions=6)
     seen = []
 
     def fail_late(part):
@@ -213,11 +212,7 @@ def test_each_part_is_prepared_by_the_reading_thread_before_it_is_applied(
     the applier's turn."""
     from engine.writers.duckdb import DuckDBWriter
 
-    create_tables(source_db)
-    pipeline = make_pipeline(["public.orders"], max_changes_per_transaction=10)
-    services.run_pipeline(pipeline)
-    for start in range(1, 41, 10):
-        insert_orders(source_db, range(start, start + 10))
+    pipeline = pipeline_with_backlog(source_db, make_pipeline, transactions=4)
     events = []
     prepare, apply = DuckDBWriter.prepare_batch, DuckDBWriter.apply_batch
 
@@ -251,11 +246,7 @@ def test_a_part_whose_preparation_fails_leaves_the_part_before_confirmed_and_cou
     waited for, confirmed and counted before the run fails, like a failure after it."""
     from engine.writers.duckdb import DuckDBWriter
 
-    create_tables(source_db)
-    pipeline = make_pipeline(["public.orders"], max_changes_per_transaction=10)
-    services.run_pipeline(pipeline)
-    for start in range(1, 31, 10):
-        insert_orders(source_db, range(start, start + 10))
+    pipeline = pipeline_with_backlog(source_db, make_pipeline, transactions=3)
     prepared = []
     prepare = DuckDBWriter.prepare_batch
 
@@ -305,11 +296,7 @@ def test_the_next_part_is_applied_while_the_slot_is_moved_past_the_one_before(
     does not wait between its two transactions."""
     from engine.source import SourceDatabase
 
-    create_tables(source_db)
-    pipeline = make_pipeline(["public.orders"], max_changes_per_transaction=10)
-    services.run_pipeline(pipeline)
-    for start in range(1, 31, 10):
-        insert_orders(source_db, range(start, start + 10))
+    pipeline = pipeline_with_backlog(source_db, make_pipeline, transactions=3)
     seen_at_advance = []  # parts whose apply had begun when the slot was moved past part n
     advance = SourceDatabase.advance
 
@@ -335,11 +322,7 @@ def test_a_part_handed_over_before_the_slot_failed_to_move_is_counted(
     run fails, but both parts are in the destination and both are counted."""
     from engine.source import SourceDatabase, SourceProblem
 
-    create_tables(source_db)
-    pipeline = make_pipeline(["public.orders"], max_changes_per_transaction=10)
-    services.run_pipeline(pipeline)
-    for start in range(1, 31, 10):
-        insert_orders(source_db, range(start, start + 10))
+    pipeline = pipeline_with_backlog(source_db, make_pipeline, transactions=3)
 
     def lost(self, slot, lsn):
         with applies_started["changed"]:
