@@ -20,6 +20,7 @@ caught up and (with a deadline) no change has arrived for QUIET_SECONDS, or when
 its deadline passes; without a deadline, as soon as it has caught up.
 """
 
+import contextlib
 import gc
 import logging
 import sys
@@ -364,20 +365,20 @@ class Engine:
                         partitions=self.partition_of,
                     )
                     want = part_size if max_changes is None else min(part_size, max_changes - messages)
-                    read, caught_up = self.source.stream(self.slot, self.publication, want, builder.feed)
-                    messages += read
-                    part = builder.finish()
-                    self._fill_moved_rows(part, builder.moved_keys, text_values)
-                    self._fit_current_shape(part)
-                    seconds["read + decode"] += time.perf_counter() - started
-                    started = time.perf_counter()
                     try:
+                        read, caught_up = self.source.stream(self.slot, self.publication, want, builder.feed)
+                        messages += read
+                        part = builder.finish()
+                        self._fill_moved_rows(part, builder.moved_keys, text_values)
+                        self._fit_current_shape(part)
+                        seconds["read + decode"] += time.perf_counter() - started
+                        started = time.perf_counter()
                         self.writer.prepare_batch(part)  # while part n is still being applied
+                        seconds["payloads"] += time.perf_counter() - started
                     except BaseException:
-                        if pending:  # part n may be committed: confirmed and counted before failing
-                            self._finish_part(pending, total, seconds)
+                        if pending:  # part n may commit meanwhile: waited for, confirmed, counted
+                            self._settle(pending, total, seconds)
                         raise
-                    seconds["payloads"] += time.perf_counter() - started
                     pending = self._hand_over(applier, pending, part, builder, total, seconds)
                     now = time.monotonic()
                     if part.transactions or builder.skipped_transactions:
@@ -434,19 +435,20 @@ class Engine:
         part n: the slot's confirmation (a round trip to the source and a wait until the slot
         shows it) is not between the destination's two transactions. Returns the new pending."""
         result = self._wait_for_part(pending, seconds) if pending else None
-        submitted = None
         try:
             if part.transactions and self.before_apply:
                 self.before_apply(part)
             submitted = (applier.submit(self._apply_part, part), part, builder)
-            if pending:
-                self._confirm_part(pending, result, total, seconds)
         except BaseException:
-            if pending and submitted is None:  # part n is committed: confirmed and counted first
-                self._confirm_part(pending, result, total, seconds)
-            elif submitted:  # part n + 1 may commit meanwhile: counted, its slot not moved
-                self._count_if_committed(submitted, total, seconds)
+            if pending:  # part n is committed
+                self._settle(pending, total, seconds, result)
             raise
+        if pending:
+            try:
+                self._confirm_part(pending, result, total, seconds)
+            except BaseException:
+                self._settle(submitted, total, seconds)  # part n + 1 may commit meanwhile
+                raise
         return submitted
 
     def _finish_part(self, pending, total: "_Totals", seconds: dict) -> None:
@@ -473,22 +475,23 @@ class Engine:
                 total.advanced_to = target
         finally:
             seconds["advance"] += time.perf_counter() - started
-            self._count_part(part, result, builder, total)
+            total.add(part, result, builder.skipped_transactions)
+            if self.after_part and part.transactions:
+                self.after_part(part)
 
-    def _count_part(self, part: Batch, result, builder, total: "_Totals") -> None:
-        total.add(part, result, builder.skipped_transactions)
-        if self.after_part and part.transactions:
-            self.after_part(part)
+    _NOT_WAITED = object()
 
-    def _count_if_committed(self, pending, total: "_Totals", seconds: dict) -> None:
-        """While failing: a part already handed over is waited for, and counted if it
-        committed (the destination has it; the next run skips it by its checkpoint)."""
+    def _settle(self, pending, total: "_Totals", seconds: dict, result=_NOT_WAITED) -> None:
+        """While failing: a part already handed over is waited for and, if it committed
+        (the destination has it), confirmed if the source still answers and counted. The
+        run's own error is the one reported, not one met here."""
         try:
-            result = self._wait_for_part(pending, seconds)
+            if result is self._NOT_WAITED:
+                result = self._wait_for_part(pending, seconds)
         except BaseException:
-            return  # it failed too: the first error is the one reported
-        _, part, builder = pending
-        self._count_part(part, result, builder, total)
+            return  # it failed too: nothing committed to count
+        with contextlib.suppress(Exception):
+            self._confirm_part(pending, result, total, seconds)  # counts it even if the slot stays
 
     def _fill_moved_rows(self, batch: Batch, moved_keys: dict, text_values: bool) -> None:
         """A primary-key change that left a TOASTed column unchanged (the value sits

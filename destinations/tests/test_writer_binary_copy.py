@@ -436,7 +436,7 @@ def mixed_part(relation, first_new: int, count: int, lsn: int, value):
 
 @pytest.mark.parametrize(
     "first_new, made",
-    [(30, [True, True]), (80, [True])],
+    [(50, [True, True]), (80, [True])],
     ids=["fresh and updated rows", "updated rows only"],
 )
 def test_a_part_prepared_ahead_stores_what_it_stores_unprepared(
@@ -451,10 +451,10 @@ def test_a_part_prepared_ahead_stores_what_it_stores_unprepared(
     plain_writer.binary_copy_min_rows = 0
     for target, writer in [("ahead", prepared_writer), ("plain", plain_writer)]:
         first = mixed_part(relation, first_new=0, count=50, lsn=1000, value=lambda n: f"{n}.5")
-        writer.apply_batch(target, first)
         part = mixed_part(relation, first_new=first_new, count=80, lsn=2000, value=lambda n: f"-{n}.25")
-        for changes in part.tables.values():
-            changes.target_table = target
+        for changes in [*first.tables.values(), *part.tables.values()]:
+            changes.target_table = target  # first's rows are there: part's updates update them
+        writer.apply_batch(target, first)
         if writer is prepared_writer:
             copies.clear()
             writer.prepare_batch(part)
@@ -466,6 +466,7 @@ def test_a_part_prepared_ahead_stores_what_it_stores_unprepared(
             assert copies == []  # nothing made in the transaction
     assert stored(pg_reader, "ahead") == stored(pg_reader, "plain")
     assert len(stored(pg_reader, "ahead")) == 80
+    assert stored(pg_reader, "ahead")[:2] == ["(0,-0.25,2000,)", "(1,-1.25,2001,)"]
     assert pg_reader.execute(
         "SELECT count(*) FROM analytics.ahead a JOIN analytics._rosetta_checkpoints c "
         "ON c.pipeline_key = 'ahead' WHERE a._rosetta_synced_at IS DISTINCT FROM c.updated_at"

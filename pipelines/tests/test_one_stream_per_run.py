@@ -162,11 +162,12 @@ def test_a_run_that_fails_after_committing_parts_still_counts_them(source_db, ta
     (run,) = services.run_until_caught_up(pipeline, hooks=services.RunHooks(before_apply=fail_late))
 
     assert run.outcome == PipelineRun.Outcome.FAILED
-    counted = pipeline.tables.get().rows_inserted
-    assert counted >= 10 and counted % 10 == 0
-    assert run.rows_inserted == counted and run.changes_read == counted and run.end_lsn
+    assert target.count("orders") == 40  # parts 1-4 committed before part 5 failed
+    assert pipeline.tables.get().rows_inserted == 40
+    assert run.rows_inserted == 40 and run.changes_read == 40
     stored = PipelineRun.objects.get(pk=run.pk)
-    assert (stored.rows_inserted, stored.changes_read) == (counted, counted)
+    assert (stored.rows_inserted, stored.changes_read) == (40, 40)
+    assert slot_confirmed_past(source_db, pipeline, run.end_lsn)
 
 
 def test_parts_are_applied_with_a_short_switch_interval_and_the_process_gets_its_own_back(
@@ -263,11 +264,42 @@ def test_a_part_whose_preparation_fails_leaves_the_part_before_confirmed_and_cou
     assert target.count("orders") == 10
     assert (run.rows_inserted, run.changes_read) == (10, 10)
     assert pipeline.tables.get().rows_inserted == 10
-    (confirmed,) = source_db.execute(
+    # the slot moved past the committed part: the next run does not read it again
+    assert slot_confirmed_past(source_db, pipeline, run.end_lsn)
+
+
+def test_a_part_whose_read_fails_leaves_the_part_before_confirmed_and_counted(
+    source_db, target, make_pipeline, monkeypatch
+):
+    """The source's connection may die while part n + 1 is read: part n, with the applier
+    meanwhile, commits, and is counted and confirmed before the run fails."""
+    from engine.source import SourceDatabase, SourceProblem
+
+    pipeline = pipeline_with_backlog(source_db, make_pipeline, transactions=3)
+    reads = []
+    stream = SourceDatabase.stream
+
+    def lost_second(self, *args, **kwargs):
+        reads.append(args)
+        if len(reads) == 2:
+            raise SourceProblem("Source: the replication connection was lost")
+        return stream(self, *args, **kwargs)
+
+    monkeypatch.setattr(SourceDatabase, "stream", lost_second)
+    (run,) = services.run_until_caught_up(pipeline)
+    assert run.outcome == PipelineRun.Outcome.FAILED
+    assert "replication connection was lost" in run.error
+    assert target.count("orders") == 10
+    assert (run.rows_inserted, run.changes_read) == (10, 10)
+    assert pipeline.tables.get().rows_inserted == 10
+    assert slot_confirmed_past(source_db, pipeline, run.end_lsn)
+
+
+def slot_confirmed_past(source_db, pipeline, lsn: str) -> bool:
+    return source_db.execute(
         "SELECT confirmed_flush_lsn >= %s::pg_lsn FROM pg_replication_slots WHERE slot_name = %s",
-        [run.end_lsn, pipeline.source.slot_name],
-    ).fetchone()
-    assert confirmed  # the slot moved past the committed part: the next run does not read it again
+        [lsn, pipeline.source.slot_name],
+    ).fetchone()[0]
 
 
 @pytest.fixture
