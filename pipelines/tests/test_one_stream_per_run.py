@@ -240,58 +240,41 @@ def test_each_part_is_prepared_by_the_reading_thread_before_it_is_applied(
         assert events[applying][2].startswith("rosetta-apply")
 
 
-def test_a_part_whose_preparation_fails_leaves_the_part_before_confirmed_and_counted(
-    source_db, target, make_pipeline, monkeypatch
+@pytest.mark.parametrize(
+    "step, error",
+    [("prepare", "out of memory, say"), ("read", "Source: the replication connection was lost")],
+)
+def test_a_part_whose_read_or_preparation_fails_leaves_the_part_before_confirmed_and_counted(
+    source_db, target, make_pipeline, monkeypatch, step, error
 ):
-    """prepare_batch runs while the part before is applied: when it fails, that part is
-    waited for, confirmed and counted before the run fails, like a failure after it."""
+    """Part n + 1 is read from the source and prepared (prepare_batch) while part n is
+    applied: when either fails, part n is waited for, confirmed and counted before the run
+    fails, like a failure after it."""
+    from engine.source import SourceDatabase, SourceProblem
     from engine.writers.duckdb import DuckDBWriter
 
+    owner, name, exception = {
+        "prepare": (DuckDBWriter, "prepare_batch", RuntimeError),
+        "read": (SourceDatabase, "stream", SourceProblem),
+    }[step]
     pipeline = pipeline_with_backlog(source_db, make_pipeline, transactions=3)
-    prepared = []
-    prepare = DuckDBWriter.prepare_batch
+    calls = []
+    original = getattr(owner, name)
 
-    def fail_second(self, batch):
-        prepared.append(batch)
-        if len(prepared) == 2:
-            raise RuntimeError("out of memory, say")
-        return prepare(self, batch)
+    def fail_second(self, *args, **kwargs):
+        calls.append(args)
+        if len(calls) == 2:
+            raise exception(error)
+        return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(DuckDBWriter, "prepare_batch", fail_second)
+    monkeypatch.setattr(owner, name, fail_second)
     (run,) = services.run_until_caught_up(pipeline)
     assert run.outcome == PipelineRun.Outcome.FAILED
-    assert "out of memory, say" in run.error
+    assert error in run.error
     assert target.count("orders") == 10
     assert (run.rows_inserted, run.changes_read) == (10, 10)
     assert pipeline.tables.get().rows_inserted == 10
     # the slot moved past the committed part: the next run does not read it again
-    assert slot_confirmed_past(source_db, pipeline, run.end_lsn)
-
-
-def test_a_part_whose_read_fails_leaves_the_part_before_confirmed_and_counted(
-    source_db, target, make_pipeline, monkeypatch
-):
-    """The source's connection may die while part n + 1 is read: part n, with the applier
-    meanwhile, commits, and is counted and confirmed before the run fails."""
-    from engine.source import SourceDatabase, SourceProblem
-
-    pipeline = pipeline_with_backlog(source_db, make_pipeline, transactions=3)
-    reads = []
-    stream = SourceDatabase.stream
-
-    def lost_second(self, *args, **kwargs):
-        reads.append(args)
-        if len(reads) == 2:
-            raise SourceProblem("Source: the replication connection was lost")
-        return stream(self, *args, **kwargs)
-
-    monkeypatch.setattr(SourceDatabase, "stream", lost_second)
-    (run,) = services.run_until_caught_up(pipeline)
-    assert run.outcome == PipelineRun.Outcome.FAILED
-    assert "replication connection was lost" in run.error
-    assert target.count("orders") == 10
-    assert (run.rows_inserted, run.changes_read) == (10, 10)
-    assert pipeline.tables.get().rows_inserted == 10
     assert slot_confirmed_past(source_db, pipeline, run.end_lsn)
 
 
