@@ -445,7 +445,7 @@ class PostgresWriter(Writer):
             if prepared:
                 rows, rest = prepared.fresh_rows, prepared.rest
             else:
-                rows, rest = _split_fresh(upserts, fresh) if fresh else ([], upserts)
+                rows, rest = _split_fresh(upserts, fresh)
             if rows:
                 inserted = self._insert_fresh(
                     conn,
@@ -492,7 +492,7 @@ class PostgresWriter(Writer):
             oids = self._expected_types(changes.relation)
             kinds = {name: BINARY_COPY_KINDS[oid] for name, oid in oids.items() if oid in BINARY_COPY_KINDS}
             columns = changes.relation.column_names
-            rows, rest = _split_fresh(upserts, changes.fresh) if changes.fresh else ([], upserts)
+            rows, rest = _split_fresh(upserts, changes.fresh)
             fresh_payload = (
                 _copy_binary(rows, columns, kinds, {SYNCED_AT: _SYNCED_AT_PLACEHOLDER}) if rows else None
             )
@@ -692,14 +692,15 @@ class PostgresWriter(Writer):
         """Merge per group of rows that share the same unchanged (TOASTed) columns,
         so each group updates only the columns it has values for. `prepared`: the binary
         COPY of the one group without unchanged columns, made by prepare_batch."""
-        groups = group_by_unchanged(upserts)
+        # a prepared payload was made for rows without unchanged columns only, in one group
+        groups = (
+            {frozenset(): list(upserts.values())} if prepared is not None else group_by_unchanged(upserts)
+        )
         target = self._table(target_table)
         keys = relation.key_columns
         for unchanged, rows in groups.items():
             columns = [name for name in relation.column_names if name not in unchanged]
-            binary = (
-                prepared if prepared is not None and not unchanged else _copy_binary(rows, columns, kinds)
-            )
+            binary = prepared if prepared is not None else _copy_binary(rows, columns, kinds)
             stage = self._stage(
                 conn,
                 target,
@@ -1031,6 +1032,8 @@ def _copy_binary(rows: list, columns: list[str], kinds: dict, tail: dict | None 
 
 def _split_fresh(upserts: dict, fresh: set) -> tuple[list, dict]:
     """The upserts' changes under fresh keys (in order), and the other upserts."""
+    if not fresh:
+        return [], upserts
     if _fastfold is not None:
         return _fastfold.split_fresh(upserts, fresh)
     return (
