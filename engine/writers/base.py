@@ -127,9 +127,10 @@ class Writer:
     accepts_text_values = False
 
     # Fault injection for crash-safety tests (set by tests, None in production):
-    # apply_batch calls it inside its transaction, after all writes and the
-    # checkpoint and just before COMMIT. If it raises, nothing of the batch
-    # must be visible in the destination.
+    # apply_batch calls it inside its transaction, after the batch's rows are
+    # written, just before the commit (PostgreSQL's writes the checkpoint in
+    # the commit's round trip; the others before the hook). If it raises,
+    # nothing of the batch must be visible in the destination.
     before_commit_hook = None
 
     def read_checkpoint(self, pipeline_key: str) -> int:

@@ -33,6 +33,7 @@ from operator import itemgetter
 import psycopg
 from psycopg import sql
 from psycopg.copy import LibpqWriter, QueuedLibpqWriter
+from psycopg.pq import TransactionStatus
 
 from engine.batch import ApplyResult, SchemaAlignment
 from engine.fold import _fastfold
@@ -114,6 +115,10 @@ class PostgresWriter(Writer):
         self._keyed: dict[str, bool] = {}
         # target tables whose schema this writer changed: their CDC COPYs stay text
         self._altered: set[str] = set()
+        # target tables where a key the fold saw first inserted was there already (a
+        # soft-deleted row inserted again, a row written by hand): every row of theirs takes
+        # the merge from then on, so that a part is not applied twice again
+        self._merge_only: set[str] = set()
         # Seconds per step of the last load_snapshot (prepare, load, key, swap, commit),
         # for the benchmarks' breakdown of where a snapshot's time goes.
         self.snapshot_seconds: dict[str, float] = {}
@@ -259,43 +264,89 @@ class PostgresWriter(Writer):
         return columns, rows, total
 
     def apply_batch(self, pipeline_key: str, batch, soft_delete: bool = False) -> ApplyResult:
-        result = ApplyResult()
         if batch.is_empty:
-            return result
-        conn = self._connection()
-        try:
-            with conn.transaction():
-                self._ensure_checkpoint_table(conn)
-                row = conn.execute(
-                    sql.SQL("SELECT lsn FROM {} WHERE pipeline_key = %s FOR UPDATE").format(
-                        self._table(CHECKPOINTS)
-                    ),
-                    [pipeline_key],
-                ).fetchone()
-                if row and batch.end_lsn <= row[0]:
-                    result.notes.append(
-                        f"Changes up to {format_lsn(batch.end_lsn)} were already applied "
-                        f"(checkpoint {format_lsn(row[0])}): nothing to do."
-                    )
-                    return result
-                for key in sorted(batch.tables):
-                    self._apply_table(conn, batch.tables[key], soft_delete, result)
-                conn.execute(
-                    sql.SQL(
-                        "INSERT INTO {} (pipeline_key, lsn, updated_at, state) VALUES (%s, %s, now(), %s) "
-                        "ON CONFLICT (pipeline_key) DO UPDATE SET lsn = EXCLUDED.lsn, updated_at = now(), "
-                        "state = EXCLUDED.state"
-                    ).format(self._table(CHECKPOINTS)),
-                    [pipeline_key, batch.end_lsn, dump_state(batch.checkpoint_state)],
+            return ApplyResult()
+        while True:
+            try:
+                return self._apply_batch_once(pipeline_key, batch, soft_delete)
+            except _FreshKeyFound as found:
+                # the transaction is rolled back; the part again, that table's rows all merged
+                log.info(
+                    "A row inserted into %s.%s is already in %s.%s: merging instead",
+                    found.relation.schema,
+                    found.relation.name,
+                    self.schema,
+                    found.target_table,
                 )
-                if batch.rejects:
-                    self._write_rejects(conn, pipeline_key, batch.rejects)
-                if self.before_commit_hook:
-                    self.before_commit_hook()
+                self._merge_only.add(found.target_table)
+
+    def _apply_batch_once(self, pipeline_key: str, batch, soft_delete: bool) -> ApplyResult:
+        """One destination transaction. Its first round trip begins it and reads the
+        checkpoint; its last writes the checkpoint and commits (values as literals: a
+        query of several statements takes no parameters)."""
+        result = ApplyResult()
+        conn = self._connection()
+        self._ensure_checkpoint_table(conn)  # once per writer, committed on its own
+        checkpoints = self._table(CHECKPOINTS)
+        verified = dict(self._verified)
+        try:
+            # The checkpoint, locked, and what the rows' _rosetta_synced_at will be: the
+            # transaction's start, in ISO form with its offset (it reads back the same
+            # whatever DateStyle and TimeZone the session has) and in its binary form,
+            # microseconds since 2000-01-01 UTC (946684800 s after 1970; exact from
+            # PostgreSQL 14, where extract gives numeric, and to the microsecond before).
+            begun = conn.execute(
+                sql.SQL(
+                    "BEGIN; SELECT (SELECT lsn FROM {} WHERE pipeline_key = {} FOR UPDATE), "
+                    "to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00', "
+                    "((extract(epoch FROM now()) - 946684800) * 1000000)::int8"
+                ).format(checkpoints, sql.Literal(pipeline_key))
+            )
+            begun.nextset()
+            checkpoint, synced_at, synced_at_binary = begun.fetchone()
+            if checkpoint is not None and batch.end_lsn <= checkpoint:
+                result.notes.append(
+                    f"Changes up to {format_lsn(batch.end_lsn)} were already applied "
+                    f"(checkpoint {format_lsn(checkpoint)}): nothing to do."
+                )
+                conn.rollback()
+                return result
+            synced = _SyncedAt(synced_at, struct.pack("!q", synced_at_binary))
+            for key in sorted(batch.tables):
+                self._apply_table(conn, batch.tables[key], soft_delete, result, synced)
+            if batch.rejects:
+                self._write_rejects(conn, pipeline_key, batch.rejects)
+            if self.before_commit_hook:
+                self.before_commit_hook()
+            conn.execute(
+                sql.SQL(
+                    "INSERT INTO {} (pipeline_key, lsn, updated_at, state) VALUES ({}, {}, now(), {}) "
+                    "ON CONFLICT (pipeline_key) DO UPDATE SET lsn = EXCLUDED.lsn, updated_at = now(), "
+                    "state = EXCLUDED.state; COMMIT"
+                ).format(
+                    checkpoints,
+                    sql.Literal(pipeline_key),
+                    sql.Literal(batch.end_lsn),
+                    sql.Literal(dump_state(batch.checkpoint_state)),
+                )
+            )
         except BaseException:
-            self._verified.clear()  # DDL of the failed transaction was rolled back
+            # the DDL of the failed transaction is rolled back: what it verified is not so
+            self._verified.clear()
+            self._verified.update(verified)
+            self._roll_back(conn)
             raise
         return result
+
+    def _roll_back(self, conn) -> None:
+        """End a failed batch transaction. A connection that cannot take the ROLLBACK (gone,
+        or busy with what failed) is closed: the next batch connects again."""
+        if conn.closed or conn.info.transaction_status == TransactionStatus.IDLE:
+            return
+        try:
+            conn.rollback()
+        except psycopg.Error:
+            conn.close()
 
     def load_snapshot(self, relation, target_table: str, chunks, snapshot_lsn: int) -> int:
         """Binary COPY into a new table, primary key built after the load, then the
@@ -399,7 +450,9 @@ class PostgresWriter(Writer):
 
     # -- applying one table's changes -----------------------------------------------
 
-    def _apply_table(self, conn, changes, soft_delete: bool, result: ApplyResult) -> None:
+    def _apply_table(
+        self, conn, changes, soft_delete: bool, result: ApplyResult, synced: "_SyncedAt"
+    ) -> None:
         relation = changes.relation
         target = self._table(changes.target_table)
         recopy = self._ensure_table(conn, relation, changes.target_table, result.notes, changes.column_fills)
@@ -434,7 +487,11 @@ class PostgresWriter(Writer):
                 if changes.text_values and len(upserts) >= self.binary_copy_min_rows
                 else {}
             )
-            fresh = changes.fresh if self._keyed.get(changes.target_table) else ()
+            fresh = (
+                changes.fresh
+                if self._keyed.get(changes.target_table) and changes.target_table not in self._merge_only
+                else ()
+            )
             prepared, changes.prepared = changes.prepared, None  # not kept with the part once used
             if not (
                 isinstance(prepared, _Prepared)
@@ -447,7 +504,7 @@ class PostgresWriter(Writer):
             else:
                 rows, rest = _split_fresh(upserts, fresh)
             if rows:
-                inserted = self._insert_fresh(
+                result.inserted += self._insert_fresh(
                     conn,
                     relation,
                     changes.target_table,
@@ -455,13 +512,10 @@ class PostgresWriter(Writer):
                     json_positions,
                     changes.text_values,
                     kinds,
+                    synced,
                     prepared.fresh_payload if prepared else None,
                 )
-                if inserted is not None:
-                    result.inserted += inserted
-                    upserts = rest
-                else:
-                    prepared = None  # the fresh rows join the merge: the staged payload lacks them
+                upserts = rest
             if upserts:
                 self._upsert(
                     conn,
@@ -530,12 +584,15 @@ class PostgresWriter(Writer):
             return {}
         expected = self._expected_types(relation)
         target = self._table(target_table)
-        conn.execute(sql.SQL("LOCK TABLE {} IN ROW EXCLUSIVE MODE").format(target))
         # The types as a statement sees them now, as the COPY will: not pg_attribute, which a
         # REPEATABLE READ transaction would read as of its snapshot, before a type change
         # committed since (its binary int4 1094861636 then stored as the text 'ABCD').
+        # The lock and the read in one round trip.
         with conn.cursor() as cur:
-            cur.execute(sql.SQL("SELECT * FROM {} LIMIT 0").format(target))
+            cur.execute(
+                sql.SQL("LOCK TABLE {0} IN ROW EXCLUSIVE MODE; SELECT * FROM {0} LIMIT 0").format(target)
+            )
+            cur.nextset()
             actual = [(column.name, column.type_code) for column in cur.description]
         return {
             name: BINARY_COPY_KINDS[oid]
@@ -559,11 +616,10 @@ class PostgresWriter(Writer):
         so a value the source kept as text (e.g. 'infinity') lands as well as a typed one."""
         stage = sql.Identifier("_rosetta_stage")
         column_list = sql.SQL(", ").join(sql.Identifier(name) for name in columns)
-        conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(stage))
-        conn.execute(
-            sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT {} FROM {} WITH NO DATA").format(
-                stage, column_list, target
-            )
+        conn.execute(  # one round trip: no parameters, so psycopg sends both as one query
+            sql.SQL(
+                "DROP TABLE IF EXISTS {0}; CREATE TEMP TABLE {0} ON COMMIT DROP AS SELECT {1} FROM {2} WITH NO DATA"
+            ).format(stage, column_list, target)
         )
         self._copy_rows(conn, stage, columns, rows, json_positions, text, binary)
         return stage
@@ -611,49 +667,36 @@ class PostgresWriter(Writer):
         json_positions,
         text_values: bool,
         kinds: dict,
+        synced: "_SyncedAt",
         prepared: bytearray | None = None,
-    ) -> int | None:
+    ) -> int:
         """Rows under keys the destination should not hold (TableChanges.fresh) go
         straight into the table by COPY: no staging table and no conflict check, which
         is most of the merge's cost when most changes are inserts. If one is there
-        after all (a row written by hand, a soft-deleted row), the savepoint takes the
-        COPY back and None sends these rows through the merge instead."""
+        after all (a row written by hand, a soft-deleted row), _FreshKeyFound: the
+        transaction is rolled back and apply_batch applies the part again with this
+        table's rows merged. No savepoint: it would cost two round trips per part to
+        guard against what happens at most once per table and writer."""
         columns = relation.column_names
-        # what the merge writes: the transaction's start, in ISO form with its offset, which
-        # reads back the same whatever DateStyle and TimeZone the destination gives the session
-        # and its binary form, microseconds since 2000-01-01 UTC (946684800 s after 1970;
-        # exact from PostgreSQL 14, where extract gives numeric, and to the microsecond before)
-        synced_at, synced_at_binary = conn.execute(
-            "SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00', "
-            "((extract(epoch FROM now()) - 946684800) * 1000000)::int8"
-        ).fetchone()
         if prepared is not None:
-            _fastfold.set_last_fields(prepared, struct.pack("!q", synced_at_binary))
+            _fastfold.set_last_fields(prepared, synced.binary)
             binary = prepared
         else:
-            binary = _copy_binary(rows, columns, kinds, {SYNCED_AT: struct.pack("!q", synced_at_binary)})
-        text = _copy_text(rows, columns, "\t" + synced_at) if text_values and binary is None else None
-        values = ([*row, synced_at] for row in _row_values(rows, columns))
+            binary = _copy_binary(rows, columns, kinds, {SYNCED_AT: synced.binary})
+        text = _copy_text(rows, columns, "\t" + synced.text) if text_values and binary is None else None
+        values = ([*row, synced.text] for row in _row_values(rows, columns))
         try:
-            with conn.transaction():
-                return self._copy_rows(
-                    conn,
-                    self._table(target_table),
-                    [*columns, LSN, SYNCED_AT],
-                    values,
-                    json_positions(columns),
-                    text,
-                    binary,
-                )
-        except psycopg.errors.UniqueViolation:
-            log.info(
-                "A row inserted into %s.%s is already in %s.%s: merging instead",
-                relation.schema,
-                relation.name,
-                self.schema,
-                target_table,
+            return self._copy_rows(
+                conn,
+                self._table(target_table),
+                [*columns, LSN, SYNCED_AT],
+                values,
+                json_positions(columns),
+                text,
+                binary,
             )
-            return None
+        except psycopg.errors.UniqueViolation as error:
+            raise _FreshKeyFound(relation, target_table) from error
 
     def _delete(self, conn, relation, target, deletes: dict, soft_delete: bool, json_positions) -> int:
         keys = relation.key_columns
@@ -964,6 +1007,25 @@ class PostgresWriter(Writer):
 
 # a binary timestamptz, overwritten with the transaction's (set_last_fields)
 _SYNCED_AT_PLACEHOLDER = bytes(8)
+
+
+@dataclass(frozen=True)
+class _SyncedAt:
+    """The _rosetta_synced_at of a part's rows (its transaction's start): as COPY text and as
+    a binary timestamptz."""
+
+    text: str
+    binary: bytes
+
+
+class _FreshKeyFound(Exception):
+    """A fresh row's key is in the target already: its COPY failed and took the transaction
+    with it (PostgresWriter._insert_fresh)."""
+
+    def __init__(self, relation, target_table: str):
+        super().__init__(f"a fresh key of {relation.schema}.{relation.name} is in {target_table}")
+        self.relation = relation
+        self.target_table = target_table
 
 
 @dataclass

@@ -1,0 +1,153 @@
+"""The PostgreSQL writer's transaction per part: how many round trips it costs (each one is a
+network latency when the destination is not next door), a key first inserted in the part
+that the target holds already, and two writers on one checkpoint."""
+
+import logging
+import tempfile
+import threading
+import time
+
+import pytest
+from psycopg import pq
+
+from engine.fold import _fastfold
+from engine.writers.postgres import PostgresWriter
+
+from .batches import make_batch, relation_of, table_changes
+
+pytestmark = pytest.mark.skipif(
+    _fastfold is None, reason="engine/_fastfold is not built (scripts/build_fastfold.sh builds it)"
+)
+
+
+@pytest.fixture
+def writer(pg_destination):
+    writer = PostgresWriter(pg_destination)
+    writer.binary_copy_min_rows = 0  # the binary COPY, as a run's parts of thousands of rows take
+    yield writer
+    writer.close()
+
+
+def table(source_conn, name: str):
+    source_conn.execute(f"CREATE TABLE public.{name} (id int PRIMARY KEY, v text)")
+    return relation_of(source_conn, "public", name)
+
+
+def changes(relation, keys, lsn: int, fresh=True, value="v"):
+    """Upserts of `keys` as the fold makes them (text values); fresh: first inserted in the part."""
+    upserts = {(str(n),): ({"id": str(n), "v": f"{value}{n}"}, lsn) for n in keys}
+    return table_changes(relation, upserts=upserts, fresh=list(upserts) if fresh else (), text_values=True)
+
+
+def round_trips(writer, batch) -> int:
+    """Times the writer waited for the destination's answer while it applied `batch`: the
+    queries (and COPYs) it ended, each with the server's ReadyForQuery (libpq's trace)."""
+    conn = writer._connection()
+    with tempfile.TemporaryFile(mode="w+") as trace:
+        conn.pgconn.trace(trace.fileno())
+        conn.pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS | pq.Trace.REGRESS_MODE)
+        try:
+            writer.apply_batch("pipeline-1", batch)
+        finally:
+            conn.pgconn.untrace()
+        trace.seek(0)
+        return sum(1 for line in trace if "\tReadyForQuery" in line)
+
+
+def test_a_part_costs_four_round_trips_and_two_more_for_its_merge(writer, source_conn, pg_reader):
+    """Begin with the checkpoint's read, the target's lock and types, the COPY, then the
+    checkpoint's write with the commit; rows of keys already there add the staging table
+    and its COPY and merge. Each round trip is a latency of the network between the
+    worker and the destination, paid per part."""
+    relation = table(source_conn, "items")
+    writer.apply_batch("pipeline-1", make_batch(changes(relation, range(0, 10), lsn=10), end_lsn=10))
+
+    inserts = make_batch(changes(relation, range(10, 20), lsn=20), end_lsn=20)
+    assert round_trips(writer, inserts) == 4
+
+    updates = make_batch(changes(relation, range(0, 20), lsn=30, fresh=False, value="new "), end_lsn=30)
+    assert round_trips(writer, updates) == 6
+
+    assert pg_reader.execute("SELECT count(*), min(v), max(_rosetta_lsn) FROM analytics.items").fetchone() == (
+        20,
+        "new 0",
+        30,
+    )
+    assert writer.read_checkpoint("pipeline-1") == 30
+
+
+def test_a_fresh_key_found_in_the_target_rolls_the_part_back_and_merges_that_table(
+    writer, source_conn, pg_reader, caplog
+):
+    """A soft-deleted row, a row written by hand: the fresh rows' COPY fails on its key and
+    takes the part's transaction with it. The part is applied again, that table's rows merged;
+    nothing is counted or written twice, and the table's later parts are merged at once."""
+    caplog.set_level(logging.INFO, logger="engine.writers.postgres")
+    first, second = table(source_conn, "first"), table(source_conn, "second")
+    writer.apply_batch(
+        "pipeline-1",
+        make_batch(changes(first, [0], lsn=10), changes(second, [0], lsn=10), end_lsn=10),
+    )
+    pg_reader.execute("INSERT INTO analytics.second (id, v) VALUES (2, 'by hand'), (4, 'by hand')")
+
+    result = writer.apply_batch(
+        "pipeline-1",
+        make_batch(changes(first, [1, 2], lsn=20), changes(second, [1, 2], lsn=20), end_lsn=20),
+    )
+    assert (result.inserted, result.updated) == (3, 1)  # second's 2 was there: updated
+    assert caplog.text.count("is already in analytics.second: merging instead") == 1
+
+    result = writer.apply_batch("pipeline-1", make_batch(changes(second, [3, 4], lsn=30), end_lsn=30))
+    assert (result.inserted, result.updated) == (1, 1)
+    assert caplog.text.count("merging instead") == 1  # no COPY tried this time
+
+    rows = "SELECT id, v, _rosetta_lsn FROM analytics.{} ORDER BY id"
+    assert pg_reader.execute(rows.format("first")).fetchall() == [(0, "v0", 10), (1, "v1", 20), (2, "v2", 20)]
+    assert pg_reader.execute(rows.format("second")).fetchall() == [
+        (0, "v0", 10),
+        (1, "v1", 20),
+        (2, "v2", 20),
+        (3, "v3", 30),
+        (4, "v4", 30),
+    ]
+    assert writer.read_checkpoint("pipeline-1") == 30
+
+
+def test_a_second_writer_of_the_pipeline_waits_for_the_first_and_finds_the_part_applied(
+    writer, pg_destination, source_conn, pg_reader
+):
+    """The checkpoint's row is locked in the part's first round trip, as long as the part's
+    transaction lasts: a second writer of the same pipeline (a run that should not overlap
+    this one, but does) waits, then finds the part applied and writes nothing."""
+    relation = table(source_conn, "items")
+    writer.apply_batch("pipeline-1", make_batch(changes(relation, [0], lsn=10), end_lsn=10))
+    part = make_batch(changes(relation, [1], lsn=20, fresh=False), end_lsn=20)
+    other = PostgresWriter(pg_destination)
+    other.read_checkpoint("pipeline-1")  # connected, so that its backend is there to watch
+    other_pid = other._connection().info.backend_pid
+    results = {}
+
+    def apply_the_same_part():
+        results["other"] = other.apply_batch("pipeline-1", part)
+
+    def meanwhile():
+        thread.start()
+        deadline = time.monotonic() + 30
+        while pg_reader.execute(
+            "SELECT wait_event_type IS DISTINCT FROM 'Lock' FROM pg_stat_activity WHERE pid = %s", [other_pid]
+        ).fetchone()[0]:
+            assert time.monotonic() < deadline, "the second writer never waited for the checkpoint's lock"
+            time.sleep(0.01)
+
+    thread = threading.Thread(target=apply_the_same_part)
+    writer.before_commit_hook = meanwhile
+    try:
+        result = writer.apply_batch("pipeline-1", part)
+    finally:
+        writer.before_commit_hook = None
+        thread.join(30)
+        other.close()
+    assert result.inserted == 1
+    assert results["other"].inserted == 0
+    assert "were already applied" in results["other"].notes[0]
+    assert pg_reader.execute("SELECT count(*) FROM analytics.items").fetchone() == (2,)
