@@ -68,7 +68,9 @@ def test_a_part_costs_four_round_trips_and_two_more_for_its_merge(writer, source
     updates = make_batch(changes(relation, range(0, 20), lsn=30, fresh=False, value="new "), end_lsn=30)
     assert round_trips(writer, updates) == 6
 
-    assert pg_reader.execute("SELECT count(*), min(v), max(_rosetta_lsn) FROM analytics.items").fetchone() == (
+    assert pg_reader.execute(
+        "SELECT count(*), min(v), max(_rosetta_lsn) FROM analytics.items"
+    ).fetchone() == (
         20,
         "new 0",
         30,
