@@ -6,6 +6,8 @@ text."""
 import math
 import random
 import struct
+import threading
+import time
 import uuid
 
 import psycopg
@@ -267,32 +269,60 @@ def test_a_target_column_changed_by_hand_takes_text(new_type, pg_writer, pg_read
     assert copies == [True, False]
 
 
+@pytest.mark.parametrize("known", [True, False], ids=["a table the writer knows", "its first part"])
 def test_a_type_changed_after_a_repeatable_read_transaction_began_takes_text(
-    pg_destination, pg_reader, source_conn, copies, monkeypatch
+    pg_destination, pg_reader, source_conn, copies, monkeypatch, known
 ):
     """Under REPEATABLE READ, pg_attribute reads as of the transaction's snapshot: a type
-    change committed after it began, before the writer's lock, must still be seen. (New
-    keys: an update of a row the change rewrote fails to serialize, and is retried.)"""
+    change committed after it began, before the writer's lock, must still be seen. A
+    table the writer knows is locked in the part's first round trip: the change comes
+    while that round trip waits for the checkpoint's row. A table new to the writer is
+    locked after its checks: the change comes just before. (New keys: an update of a row
+    the change rewrote fails to serialize, and is retried.)"""
     pg_reader.execute(
         f"ALTER DATABASE \"{pg_destination['database']}\" SET default_transaction_isolation = 'repeatable read'"
     )
-    writer = PostgresWriter(pg_destination)
-    writer.binary_copy_min_rows = 0
     relation = source_relation(source_conn, "int")
-    apply(writer, relation, "edges", ["1"], lsn=1000)
-    check_types = postgres.PostgresWriter._binary_kinds
+    first = PostgresWriter(pg_destination)
+    first.binary_copy_min_rows = 0
+    apply(first, relation, "edges", ["1"], lsn=1000)
+    pg_reader.execute("SET lock_timeout = '10s'")  # an error, not a hang, if the writer held a lock
+    if known:
+        writer = first
+        pid = writer._connection().info.backend_pid
+        with psycopg.connect(pg_reader.info.dsn) as holder:  # a transaction holding the checkpoint
+            holder.execute("SELECT 1 FROM analytics._rosetta_checkpoints FOR UPDATE")
+            applied = threading.Thread(
+                target=apply,
+                args=(writer, relation, "edges", ["1094861636"]),
+                kwargs={"lsn": 2000, "first_id": 1},
+            )
+            applied.start()
+            deadline = time.monotonic() + 30
+            while pg_reader.execute(
+                "SELECT wait_event_type IS DISTINCT FROM 'Lock' FROM pg_stat_activity WHERE pid = %s", [pid]
+            ).fetchone()[0]:
+                assert time.monotonic() < deadline, "the writer never waited for the checkpoint's row"
+                time.sleep(0.01)
+            pg_reader.execute("ALTER TABLE analytics.edges ALTER v TYPE text")
+            holder.rollback()
+        applied.join(30)
+    else:
+        first.close()
+        writer = PostgresWriter(pg_destination)
+        writer.binary_copy_min_rows = 0
+        check_types = postgres.PostgresWriter._binary_kinds
 
-    def change_type_first(self, conn, *args):
-        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS  # its snapshot is taken
-        pg_reader.execute("SET lock_timeout = '10s'")  # an error, not a hang, if the writer held a lock
-        pg_reader.execute("ALTER TABLE analytics.edges ALTER v TYPE text")
-        return check_types(self, conn, *args)
+        def change_type_first(self, conn, *args):
+            assert (
+                conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
+            )  # its snapshot is taken
+            pg_reader.execute("ALTER TABLE analytics.edges ALTER v TYPE text")
+            return check_types(self, conn, *args)
 
-    monkeypatch.setattr(postgres.PostgresWriter, "_binary_kinds", change_type_first)
-    try:
+        monkeypatch.setattr(postgres.PostgresWriter, "_binary_kinds", change_type_first)
         apply(writer, relation, "edges", ["1094861636"], lsn=2000, first_id=1)
-    finally:
-        writer.close()
+    writer.close()
     assert pg_reader.execute("SELECT v FROM analytics.edges ORDER BY id").fetchall() == [
         ("1",),
         ("1094861636",),

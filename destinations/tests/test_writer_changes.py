@@ -189,8 +189,9 @@ def test_rows_first_inserted_in_a_batch_land_beside_its_updates_and_deletes(targ
 def test_a_row_first_inserted_in_a_batch_whose_key_the_destination_holds_is_merged(target, caplog):
     caplog.set_level("INFO", logger="engine.writers.postgres")
     """The destination may hold more than the checkpoint says: a soft-deleted row, a row
-    written by hand. A fresh key found there is merged like any other, in the same
-    transaction, and nothing of the batch is lost."""
+    written by hand. A fresh key found there is merged like any other (PostgreSQL: the
+    batch's transaction rolled back and the batch applied again, merged), and nothing of
+    the batch is lost."""
     relation = items_relation()
     apply(
         target, relation, end_lsn=10, upserts=upsert([{"id": 1, "name": "one"}, {"id": 2, "name": "two"}], 10)

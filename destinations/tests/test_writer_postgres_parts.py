@@ -7,10 +7,12 @@ import tempfile
 import threading
 import time
 
+import psycopg
 import pytest
 from psycopg import pq
 
 from engine.fold import _fastfold
+from engine.writers import postgres
 from engine.writers.postgres import PostgresWriter
 
 from .batches import make_batch, relation_of, table_changes
@@ -40,8 +42,9 @@ def changes(relation, keys, lsn: int, fresh=True, value="v"):
 
 
 def round_trips(writer, batch) -> int:
-    """Times the writer waited for the destination's answer while it applied `batch`: the
-    queries (and COPYs) it ended, each with the server's ReadyForQuery (libpq's trace)."""
+    """Times the writer waited for the destination's answer while it applied `batch`
+    (libpq's trace): for each query its ReadyForQuery, and for a COPY also the
+    CopyInResponse before its data."""
     conn = writer._connection()
     with tempfile.TemporaryFile(mode="w+") as trace:
         conn.pgconn.trace(trace.fileno())
@@ -51,35 +54,34 @@ def round_trips(writer, batch) -> int:
         finally:
             conn.pgconn.untrace()
         trace.seek(0)
-        return sum(1 for line in trace if "\tReadyForQuery" in line)
+        return sum(1 for line in trace if "\tReadyForQuery" in line or "\tCopyInResponse" in line)
 
 
 def test_a_part_costs_four_round_trips_and_two_more_for_its_merge(writer, source_conn, pg_reader):
-    """Begin with the checkpoint's read, the target's lock and types, the COPY, then the
-    checkpoint's write with the commit; rows of keys already there add the staging table
-    and its COPY and merge. Each round trip is a latency of the network between the
-    worker and the destination, paid per part."""
+    """BEGIN with the checkpoint's read and the target's lock and types; the COPY (two:
+    the server's go-ahead, then its end); the checkpoint's write with the COMMIT. Rows
+    of keys already there take the staging table, its COPY and the merge instead, part
+    after part (psycopg does not prepare the merge after five). Each round trip is a
+    latency of the network between the worker and the destination, paid per part."""
     relation = table(source_conn, "items")
     writer.apply_batch("pipeline-1", make_batch(changes(relation, range(0, 10), lsn=10), end_lsn=10))
 
     inserts = make_batch(changes(relation, range(10, 20), lsn=20), end_lsn=20)
     assert round_trips(writer, inserts) == 4
 
-    updates = make_batch(changes(relation, range(0, 20), lsn=30, fresh=False, value="new "), end_lsn=30)
-    assert round_trips(writer, updates) == 6
+    for lsn in range(30, 100, 10):
+        updates = make_batch(
+            changes(relation, range(0, 20), lsn=lsn, fresh=False, value=f"{lsn} "), end_lsn=lsn
+        )
+        assert round_trips(writer, updates) == 6
 
-    assert pg_reader.execute(
-        "SELECT count(*), min(v), max(_rosetta_lsn) FROM analytics.items"
-    ).fetchone() == (
-        20,
-        "new 0",
-        30,
-    )
-    assert writer.read_checkpoint("pipeline-1") == 30
+    stored = pg_reader.execute("SELECT count(*), min(v), max(_rosetta_lsn) FROM analytics.items").fetchone()
+    assert stored == (20, "90 0", 90)
+    assert writer.read_checkpoint("pipeline-1") == 90
 
 
 def test_a_fresh_key_found_in_the_target_rolls_the_part_back_and_merges_that_table(
-    writer, source_conn, pg_reader, caplog
+    writer, source_conn, pg_reader, caplog, monkeypatch
 ):
     """A soft-deleted row, a row written by hand: the fresh rows' COPY fails on its key and
     takes the part's transaction with it. The part is applied again, that table's rows merged;
@@ -99,9 +101,14 @@ def test_a_fresh_key_found_in_the_target_rolls_the_part_back_and_merges_that_tab
     assert (result.inserted, result.updated) == (3, 1)  # second's 2 was there: updated
     assert caplog.text.count("is already in analytics.second: merging instead") == 1
 
-    result = writer.apply_batch("pipeline-1", make_batch(changes(second, [3, 4], lsn=30), end_lsn=30))
+    part = make_batch(changes(second, [3, 4], lsn=30), end_lsn=30)
+    writer.prepare_batch(part)  # in the run's reading thread: made for the merge it will take
+    made_in_the_transaction = []
+    monkeypatch.setattr(postgres, "_copy_binary", lambda *a: made_in_the_transaction.append(a))
+    result = writer.apply_batch("pipeline-1", part)
     assert (result.inserted, result.updated) == (1, 1)
     assert caplog.text.count("merging instead") == 1  # no COPY tried this time
+    assert made_in_the_transaction == []  # the payload made ahead was the one sent
 
     rows = "SELECT id, v, _rosetta_lsn FROM analytics.{} ORDER BY id"
     assert pg_reader.execute(rows.format("first")).fetchall() == [(0, "v0", 10), (1, "v1", 20), (2, "v2", 20)]
@@ -153,3 +160,18 @@ def test_a_second_writer_of_the_pipeline_waits_for_the_first_and_finds_the_part_
     assert results["other"].inserted == 0
     assert "were already applied" in results["other"].notes[0]
     assert pg_reader.execute("SELECT count(*) FROM analytics.items").fetchone() == (2,)
+
+
+def test_a_failed_part_has_the_writer_check_its_tables_again(writer, source_conn, pg_reader):
+    """What the writer verified of a target table is not trusted after a part fails: a table
+    dropped by hand fails the next part, and the part after it finds the table missing and
+    makes it again, as a new run's writer would."""
+    relation = table(source_conn, "items")
+    writer.apply_batch("pipeline-1", make_batch(changes(relation, [0], lsn=10), end_lsn=10))
+    pg_reader.execute("DROP TABLE analytics.items")
+    part = make_batch(changes(relation, [1], lsn=20), end_lsn=20)
+    with pytest.raises(psycopg.errors.UndefinedTable):
+        writer.apply_batch("pipeline-1", part)
+    writer.apply_batch("pipeline-1", part)
+    assert pg_reader.execute("SELECT id, v FROM analytics.items").fetchall() == [(1, "v1")]
+    assert writer.read_checkpoint("pipeline-1") == 20

@@ -175,7 +175,9 @@ class PostgresWriter(Writer):
 
     def _connection(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed:
-            self._conn = self.connect(autocommit=True)
+            # prepare_threshold None: psycopg would prepare the merge after five parts (a
+            # round trip), then deallocate everything at the next staging table's DROP (another)
+            self._conn = self.connect(autocommit=True, prepare_threshold=None)
         return self._conn
 
     def close(self) -> None:
@@ -281,9 +283,10 @@ class PostgresWriter(Writer):
                 self._merge_only.add(found.target_table)
 
     def _apply_batch_once(self, pipeline_key: str, batch, soft_delete: bool) -> ApplyResult:
-        """One destination transaction. Its first round trip begins it and reads the
-        checkpoint; its last writes the checkpoint and commits (values as literals: a
-        query of several statements takes no parameters)."""
+        """One destination transaction. Its first round trip begins it, reads the checkpoint
+        and locks the known targets; its last writes the checkpoint and commits (values as
+        literals: a query of several statements takes no parameters). Round trips are what
+        a part costs most when the destination is across a network."""
         result = ApplyResult()
         conn = self._connection()
         self._ensure_checkpoint_table(conn)  # once per writer, committed on its own
@@ -295,15 +298,33 @@ class PostgresWriter(Writer):
             # whatever DateStyle and TimeZone the session has) and in its binary form,
             # microseconds since 2000-01-01 UTC (946684800 s after 1970; exact from
             # PostgreSQL 14, where extract gives numeric, and to the microsecond before).
+            # With them, the lock and column types of each table that may take a binary COPY
+            # and was checked already (it exists, and its shape is the relation's).
+            ahead = [
+                changes.target_table
+                for _, changes in sorted(batch.tables.items())
+                if self._binary_candidate(changes)
+                and self._verified.get(changes.target_table) == _signature(changes.relation)
+            ]
             begun = conn.execute(
-                sql.SQL(
-                    "BEGIN; SELECT (SELECT lsn FROM {} WHERE pipeline_key = {} FOR UPDATE), "
-                    "to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00', "
-                    "((extract(epoch FROM now()) - 946684800) * 1000000)::int8"
-                ).format(checkpoints, sql.Literal(pipeline_key))
+                sql.SQL("; ").join(
+                    [
+                        sql.SQL(
+                            "BEGIN; SELECT (SELECT lsn FROM {} WHERE pipeline_key = {} FOR UPDATE), "
+                            "to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00', "
+                            "((extract(epoch FROM now()) - 946684800) * 1000000)::int8"
+                        ).format(checkpoints, sql.Literal(pipeline_key)),
+                        *(self._lock_and_read_types(target_table) for target_table in ahead),
+                    ]
+                )
             )
             begun.nextset()
             checkpoint, synced_at, synced_at_binary = begun.fetchone()
+            types_read = {}
+            for target_table in ahead:
+                begun.nextset()  # the LOCK
+                begun.nextset()
+                types_read[target_table] = [(column.name, column.type_code) for column in begun.description]
             if checkpoint is not None and batch.end_lsn <= checkpoint:
                 result.notes.append(
                     f"Changes up to {format_lsn(batch.end_lsn)} were already applied "
@@ -313,7 +334,7 @@ class PostgresWriter(Writer):
                 return result
             synced = _SyncedAt(synced_at, struct.pack("!q", synced_at_binary))
             for key in sorted(batch.tables):
-                self._apply_table(conn, batch.tables[key], soft_delete, result, synced)
+                self._apply_table(conn, batch.tables[key], soft_delete, result, synced, types_read)
             if batch.rejects:
                 self._write_rejects(conn, pipeline_key, batch.rejects)
             if self.before_commit_hook:
@@ -330,10 +351,14 @@ class PostgresWriter(Writer):
                     sql.Literal(dump_state(batch.checkpoint_state)),
                 )
             )
-        except BaseException:
-            # the DDL of the failed transaction is rolled back: what it verified is not so
+        except _FreshKeyFound:
+            # retried at once: the DDL of this transaction is rolled back, what it verified is not so
             self._verified.clear()
             self._verified.update(verified)
+            self._roll_back(conn)
+            raise
+        except BaseException:
+            self._verified.clear()  # a table changed by hand, say: checked again next time
             self._roll_back(conn)
             raise
         return result
@@ -347,6 +372,9 @@ class PostgresWriter(Writer):
             conn.rollback()
         except psycopg.Error:
             conn.close()
+        except BaseException:  # interrupted: not left inside the transaction either
+            conn.close()
+            raise
 
     def load_snapshot(self, relation, target_table: str, chunks, snapshot_lsn: int) -> int:
         """Binary COPY into a new table, primary key built after the load, then the
@@ -451,7 +479,7 @@ class PostgresWriter(Writer):
     # -- applying one table's changes -----------------------------------------------
 
     def _apply_table(
-        self, conn, changes, soft_delete: bool, result: ApplyResult, synced: "_SyncedAt"
+        self, conn, changes, soft_delete: bool, result: ApplyResult, synced: "_SyncedAt", types_read: dict
     ) -> None:
         relation = changes.relation
         target = self._table(changes.target_table)
@@ -483,15 +511,11 @@ class PostgresWriter(Writer):
         if changes.upserts:
             upserts = changes.upserts
             kinds = (
-                self._binary_kinds(conn, relation, changes.target_table)
-                if changes.text_values and len(upserts) >= self.binary_copy_min_rows
+                self._binary_kinds(conn, relation, changes.target_table, types_read.get(changes.target_table))
+                if self._binary_candidate(changes)
                 else {}
             )
-            fresh = (
-                changes.fresh
-                if self._keyed.get(changes.target_table) and changes.target_table not in self._merge_only
-                else ()
-            )
+            fresh = self._fresh(changes)
             prepared, changes.prepared = changes.prepared, None  # not kept with the part once used
             if not (
                 isinstance(prepared, _Prepared)
@@ -546,7 +570,7 @@ class PostgresWriter(Writer):
             oids = self._expected_types(changes.relation)
             kinds = {name: BINARY_COPY_KINDS[oid] for name, oid in oids.items() if oid in BINARY_COPY_KINDS}
             columns = changes.relation.column_names
-            rows, rest = _split_fresh(upserts, changes.fresh)
+            rows, rest = _split_fresh(upserts, self._fresh(changes, keyed_if_unknown=True))
             fresh_payload = (
                 _copy_binary(rows, columns, kinds, {SYNCED_AT: _SYNCED_AT_PLACEHOLDER}) if rows else None
             )
@@ -565,38 +589,59 @@ class PostgresWriter(Writer):
                 rest_payload,
             )
 
+    def _fresh(self, changes, keyed_if_unknown: bool = False) -> set:
+        """The keys whose rows may go straight into the table by COPY: none where no primary
+        key would refuse one that is there already (a table made by hand), nor where one was
+        found there in this writer's life (_merge_only). `keyed_if_unknown`: prepare_batch,
+        ahead of the transaction that checks the table; the applier drops a payload made for
+        other keys than its own."""
+        keyed = self._keyed.get(changes.target_table, keyed_if_unknown)
+        return changes.fresh if keyed and changes.target_table not in self._merge_only else set()
+
     def _expected_types(self, relation) -> dict[str, int]:
         """{column: type OID} a target made for `relation` has, the metadata columns included."""
         expected = {column.name: target_type(column)[0] for column in relation.columns}
         expected.update({name: oid for name, (oid, _) in META_TYPES.items()})
         return expected
 
-    def _binary_kinds(self, conn, relation, target_table: str) -> dict[str, str]:
+    def _binary_candidate(self, changes) -> bool:
+        """Whether a table's upserts in this part may go as binary COPY: enough of them that
+        the check of the target's types pays, and a column whose type copy_binary converts.
+        Not for a table whose schema this writer changed (conservatively, all text)."""
+        return (
+            _fastfold is not None
+            and self.binary_copy
+            and changes.text_values
+            and len(changes.upserts) >= self.binary_copy_min_rows
+            and changes.target_table not in self._altered
+            and any(target_type(column)[0] in BINARY_COPY_KINDS for column in changes.relation.columns)
+        )
+
+    def _lock_and_read_types(self, target_table: str) -> sql.Composed:
+        """The target's lock, which its COPY and merge take anyway, then its column types as a
+        statement sees them under it, as the COPY will: not pg_attribute, which a REPEATABLE
+        READ transaction would read as of its snapshot, before a type change committed since
+        (its binary int4 1094861636 then stored as the text 'ABCD'). No type change can
+        come between this read and the end of the transaction."""
+        return sql.SQL("LOCK TABLE {0} IN ROW EXCLUSIVE MODE; SELECT * FROM {0} LIMIT 0").format(
+            self._table(target_table)
+        )
+
+    def _binary_kinds(self, conn, relation, target_table: str, read: list | None) -> dict[str, str]:
         """{column: copy_binary kind} for the target's columns that a CDC COPY may send in
         binary: the kind converts the text form of the relation's type, and the target
-        column has that very type (a column changed by hand may not). Read in every
-        transaction, under the lock its COPY and merge take anyway, so that no type change
-        can come between. Nothing (all text) for a table whose schema this writer changed,
-        conservatively."""
-        if _fastfold is None or not self.binary_copy or target_table in self._altered:
-            return {}
-        if not any(target_type(column)[0] in BINARY_COPY_KINDS for column in relation.columns):
-            return {}
+        column has that very type (a column changed by hand may not). `read`: the target's
+        (column, type OID) as the transaction's first round trip read them under the lock;
+        None: read now."""
+        if read is None:
+            with conn.cursor() as cur:
+                cur.execute(self._lock_and_read_types(target_table))
+                cur.nextset()
+                read = [(column.name, column.type_code) for column in cur.description]
         expected = self._expected_types(relation)
-        target = self._table(target_table)
-        # The types as a statement sees them now, as the COPY will: not pg_attribute, which a
-        # REPEATABLE READ transaction would read as of its snapshot, before a type change
-        # committed since (its binary int4 1094861636 then stored as the text 'ABCD').
-        # The lock and the read in one round trip.
-        with conn.cursor() as cur:
-            cur.execute(
-                sql.SQL("LOCK TABLE {0} IN ROW EXCLUSIVE MODE; SELECT * FROM {0} LIMIT 0").format(target)
-            )
-            cur.nextset()
-            actual = [(column.name, column.type_code) for column in cur.description]
         return {
             name: BINARY_COPY_KINDS[oid]
-            for name, oid in actual
+            for name, oid in read
             if oid == expected.get(name) and oid in BINARY_COPY_KINDS
         }
 
@@ -887,7 +932,7 @@ class PostgresWriter(Writer):
         """Create the target table, or bring it in line with the relation as the
         schema-change planner says (engine/writers/schema_changes.py).
         Returns why the table must be copied again, or None."""
-        signature = (relation.schema, relation.name, tuple(relation.columns))
+        signature = _signature(relation)
         if self._verified.get(target_table) == signature:
             return None
         target = self._table(target_table)
@@ -1007,6 +1052,11 @@ class PostgresWriter(Writer):
 
 # a binary timestamptz, overwritten with the transaction's (set_last_fields)
 _SYNCED_AT_PLACEHOLDER = bytes(8)
+
+
+def _signature(relation) -> tuple:
+    """What PostgresWriter._verified keeps of a relation checked against its target table."""
+    return (relation.schema, relation.name, tuple(relation.columns))
 
 
 @dataclass(frozen=True)
