@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/throughput.py [--rows 300000] [--changes 300000] [--max-changes-per-transaction N]
         [--read-path stream|peek] [--dlt-backend pyarrow|sqlalchemy|none]
+        [--writers both|postgres|duckdb] [--destination-latency-ms MS]
 
 Starts two throwaway PostgreSQL clusters (rosetta/pgcluster.py), a source and a
 destination, and a source table of --rows rows of ~330 bytes (bigint key, int,
@@ -25,6 +26,8 @@ numeric(12,2), text, ~230 B jsonb, two timestamptz), then prints, for the Postgr
   client's share alone (decode + fold of the whole backlog, nothing applied, in the
   run's parts; and, for comparison, in one batch, which pays for ~1 GB of fresh memory).
   Rosetta's CDC rates are printed as a ratio to the peek and to the subscription.
+  With --destination-latency-ms, Rosetta's PostgreSQL destination is reached through
+  bench/delay_proxy.py, that far away each way (nothing else is): the cost of its round trips.
   --changes 0 skips CDC.
 """
 
@@ -34,6 +37,8 @@ import logging
 import os
 import resource
 import shutil
+import socket
+import subprocess
 import sys
 import tempfile
 import threading
@@ -50,7 +55,7 @@ from engine.runner import DEFAULT_MAX_CHANGES_PER_TRANSACTION, Engine, _counting
 from engine.source import SourceDatabase  # noqa: E402
 from engine.writers.duckdb import DuckDBWriter  # noqa: E402
 from engine.writers.postgres import PostgresWriter  # noqa: E402
-from rosetta.pgcluster import Cluster  # noqa: E402
+from rosetta.pgcluster import Cluster, free_port  # noqa: E402
 
 TABLE = TableSpec("public", "orders", "orders")
 
@@ -272,6 +277,18 @@ def dlt_snapshot(port: int, work: Path, backend: str) -> tuple[int, float] | Non
     return count, seconds
 
 
+def wait_for_port(port: int, seconds: float = 10) -> None:
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 def rate(count: float, seconds: float) -> str:
     return f"{count / seconds:>11,.0f}/s" if seconds else "          -"
 
@@ -399,8 +416,12 @@ def main() -> None:
     parser.add_argument("--decode-only", action="store_true")
     # One destination's lines only, to measure a change to its writer in less time.
     parser.add_argument("--writers", choices=["both", "postgres", "duckdb"], default="both")
+    # Rosetta's PostgreSQL destination behind bench/delay_proxy.py, this many ms away each way
+    # (the source, the subscription and the limits stay next door): what its round trips cost.
+    parser.add_argument("--destination-latency-ms", type=float, default=0)
     args = parser.parse_args()
     rss = PeakRSS()
+    proxy = None
 
     work = Path(tempfile.mkdtemp(prefix="rosetta-bench-"))
     # Source and destinations in two clusters, as they are deployed: the source's WAL then
@@ -422,11 +443,27 @@ def main() -> None:
             admin.execute("CREATE DATABASE bench_native")  # PostgreSQL's own subscription
         source_kwargs = {"host": "127.0.0.1", "port": cluster.port, "dbname": "bench_src", "user": "postgres"}
         native_kwargs = {**source_kwargs, "port": destination.port, "dbname": "bench_native"}
+        destination_port = destination.port
+        if args.destination_latency_ms:
+            destination_port = free_port()
+            proxy = subprocess.Popen(
+                [
+                    sys.executable,
+                    str(Path(__file__).with_name("delay_proxy.py")),
+                    str(destination_port),
+                    str(destination.port),
+                    str(args.destination_latency_ms),
+                ]
+            )
+            wait_for_port(destination_port)
+            print(
+                f"Rosetta's PostgreSQL destination {args.destination_latency_ms:g} ms away each way (bench/delay_proxy.py)"
+            )
         writers = {
             "PostgreSQL": PostgresWriter(
                 {
                     "host": "127.0.0.1",
-                    "port": destination.port,
+                    "port": destination_port,
                     "database": "bench_dst",
                     "username": "postgres",
                     "password": "",
@@ -657,6 +694,8 @@ def main() -> None:
         for writer in writers.values():
             writer.close()
     finally:
+        if proxy is not None:
+            proxy.terminate()
         cluster.stop()
         destination.stop()
         shutil.rmtree(work, ignore_errors=True)
