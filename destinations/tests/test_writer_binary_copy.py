@@ -6,9 +6,9 @@ text."""
 import math
 import random
 import struct
-import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import psycopg
 import pytest
@@ -290,23 +290,23 @@ def test_a_type_changed_after_a_repeatable_read_transaction_began_takes_text(
     if known:
         writer = first
         pid = writer._connection().info.backend_pid
+        pool = ThreadPoolExecutor(1)
         with psycopg.connect(pg_reader.info.dsn) as holder:  # a transaction holding the checkpoint
             holder.execute("SELECT 1 FROM analytics._rosetta_checkpoints FOR UPDATE")
-            applied = threading.Thread(
-                target=apply,
-                args=(writer, relation, "edges", ["1094861636"]),
-                kwargs={"lsn": 2000, "first_id": 1},
-            )
-            applied.start()
-            deadline = time.monotonic() + 30
-            while pg_reader.execute(
-                "SELECT wait_event_type IS DISTINCT FROM 'Lock' FROM pg_stat_activity WHERE pid = %s", [pid]
-            ).fetchone()[0]:
-                assert time.monotonic() < deadline, "the writer never waited for the checkpoint's row"
-                time.sleep(0.01)
-            pg_reader.execute("ALTER TABLE analytics.edges ALTER v TYPE text")
-            holder.rollback()
-        applied.join(30)
+            applied = pool.submit(apply, writer, relation, "edges", ["1094861636"], lsn=2000, first_id=1)
+            try:
+                deadline = time.monotonic() + 30
+                while pg_reader.execute(
+                    "SELECT wait_event_type IS DISTINCT FROM 'Lock' FROM pg_stat_activity WHERE pid = %s",
+                    [pid],
+                ).fetchone()[0]:
+                    assert time.monotonic() < deadline, "the writer never waited for the checkpoint's row"
+                    time.sleep(0.01)
+                pg_reader.execute("ALTER TABLE analytics.edges ALTER v TYPE text")
+            finally:
+                holder.rollback()
+        applied.result(timeout=30)  # raises what the writer raised
+        pool.shutdown()
     else:
         first.close()
         writer = PostgresWriter(pg_destination)
@@ -314,9 +314,8 @@ def test_a_type_changed_after_a_repeatable_read_transaction_began_takes_text(
         check_types = postgres.PostgresWriter._binary_kinds
 
         def change_type_first(self, conn, *args):
-            assert (
-                conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
-            )  # its snapshot is taken
+            # its snapshot is taken
+            assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
             pg_reader.execute("ALTER TABLE analytics.edges ALTER v TYPE text")
             return check_types(self, conn, *args)
 

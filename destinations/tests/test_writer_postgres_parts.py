@@ -6,6 +6,7 @@ import logging
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import psycopg
 import pytest
@@ -137,7 +138,10 @@ def test_a_second_writer_of_the_pipeline_waits_for_the_first_and_finds_the_part_
     results = {}
 
     def apply_the_same_part():
-        results["other"] = other.apply_batch("pipeline-1", part)
+        try:
+            results["other"] = other.apply_batch("pipeline-1", part)
+        except BaseException as error:  # shown by the assertion below
+            results["other"] = error
 
     def meanwhile():
         thread.start()
@@ -157,6 +161,8 @@ def test_a_second_writer_of_the_pipeline_waits_for_the_first_and_finds_the_part_
         thread.join(30)
         other.close()
     assert result.inserted == 1
+    assert not thread.is_alive()
+    assert not isinstance(results["other"], BaseException), results["other"]
     assert results["other"].inserted == 0
     assert "were already applied" in results["other"].notes[0]
     assert pg_reader.execute("SELECT count(*) FROM analytics.items").fetchone() == (2,)
@@ -175,3 +181,33 @@ def test_a_failed_part_has_the_writer_check_its_tables_again(writer, source_conn
     writer.apply_batch("pipeline-1", part)
     assert pg_reader.execute("SELECT id, v FROM analytics.items").fetchall() == [(1, "v1")]
     assert writer.read_checkpoint("pipeline-1") == 20
+
+
+def test_a_part_that_truncates_a_table_locks_it_by_its_truncate_first(writer, source_conn, pg_reader):
+    """A TRUNCATE waits for the table's readers. The part must not hold a weaker lock on the
+    table meanwhile (the first round trip's, for a table it knows): a reader's next step
+    that needs more than reading (CREATE INDEX, here) would then deadlock with it, and
+    PostgreSQL would abort one of the two."""
+    relation = table(source_conn, "items")
+    writer.apply_batch("pipeline-1", make_batch(changes(relation, [0], lsn=10), end_lsn=10))
+    part = changes(relation, [1], lsn=20)
+    part.truncated = True
+    pid = writer._connection().info.backend_pid
+    pool = ThreadPoolExecutor(1)
+    with psycopg.connect(pg_reader.info.dsn) as reader:
+        reader.execute("SELECT count(*) FROM analytics.items")  # a transaction that read the table
+        applied = pool.submit(writer.apply_batch, "pipeline-1", make_batch(part, end_lsn=20))
+        try:
+            deadline = time.monotonic() + 30
+            while pg_reader.execute(
+                "SELECT wait_event_type IS DISTINCT FROM 'Lock' FROM pg_stat_activity WHERE pid = %s", [pid]
+            ).fetchone()[0]:
+                assert time.monotonic() < deadline, "the part never waited for the reader"
+                time.sleep(0.01)
+            reader.execute("CREATE INDEX ON analytics.items (v)")
+        finally:
+            reader.commit()
+    result = applied.result(timeout=30)  # raises what the writer raised
+    pool.shutdown()
+    assert result.inserted == 1
+    assert pg_reader.execute("SELECT id, v FROM analytics.items").fetchall() == [(1, "v1")]

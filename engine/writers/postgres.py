@@ -103,7 +103,9 @@ class PostgresWriter(Writer):
     # compare the two).
     binary_copy = True
     # Below this many upserts in a table's part, text it is: the check of the target's types
-    # costs two round trips, more than the server saves in parsing a few rows.
+    # (in the part's first round trip, or a round trip of its own for a table new to the
+    # writer) and its lock from the part's start cost more than the server saves in parsing
+    # a few rows.
     binary_copy_min_rows = 1000
 
     def __init__(self, settings: dict, connect_timeout: int = 10):
@@ -299,12 +301,15 @@ class PostgresWriter(Writer):
             # microseconds since 2000-01-01 UTC (946684800 s after 1970; exact from
             # PostgreSQL 14, where extract gives numeric, and to the microsecond before).
             # With them, the lock and column types of each table that may take a binary COPY
-            # and was checked already (it exists, and its shape is the relation's).
+            # (_binary_candidate) and was checked already (it exists, and its shape is the
+            # relation's); not one that is truncated first (its TRUNCATE takes the stronger
+            # lock first, as before, rather than upgrading this one under a reader's).
             ahead = [
                 changes.target_table
                 for _, changes in sorted(batch.tables.items())
                 if self._binary_candidate(changes)
                 and self._verified.get(changes.target_table) == _signature(changes.relation)
+                and not changes.truncated  # its TRUNCATE's lock first, as before: no upgrade
             ]
             begun = conn.execute(
                 sql.SQL("; ").join(
