@@ -1,5 +1,8 @@
 """Building the writers' inputs by hand: Relations from a real table's catalog
-entry, Batches as plain dataclasses, and snapshot chunks from a real COPY."""
+entry, Batches as plain dataclasses, and snapshot chunks from a real COPY; and waiting
+for a writer's backend to block on a lock."""
+
+import time
 
 import psycopg
 from psycopg import sql
@@ -127,3 +130,14 @@ def cdc_row(conn: psycopg.Connection, relation: Relation, key: int) -> dict:
         column.name: None if text is None else pgtypes.converter(column.type_oid)(text.encode())
         for column, text in zip(relation.columns, texts, strict=True)
     }
+
+
+def wait_until_waiting_for_a_lock(conn: psycopg.Connection, pid: int, what: str, seconds: float = 30) -> None:
+    """Until backend `pid` waits for a lock (pg_stat_activity, read on `conn`, an
+    autocommit connection); AssertionError after `seconds`, naming `what` did not wait."""
+    deadline = time.monotonic() + seconds
+    while conn.execute(
+        "SELECT wait_event_type IS DISTINCT FROM 'Lock' FROM pg_stat_activity WHERE pid = %s", [pid]
+    ).fetchone()[0]:
+        assert time.monotonic() < deadline, f"{what} never waited for a lock"
+        time.sleep(0.01)

@@ -6,7 +6,6 @@ text."""
 import math
 import random
 import struct
-import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
@@ -18,7 +17,7 @@ from engine.fold import _fastfold
 from engine.writers import postgres
 from engine.writers.postgres import PostgresWriter
 
-from .batches import make_batch, relation_of, table_changes
+from .batches import make_batch, relation_of, table_changes, wait_until_waiting_for_a_lock
 
 pytestmark = pytest.mark.skipif(
     _fastfold is None, reason="engine/_fastfold is not built (scripts/build_fastfold.sh builds it)"
@@ -295,13 +294,7 @@ def test_a_type_changed_after_a_repeatable_read_transaction_began_takes_text(
             holder.execute("SELECT 1 FROM analytics._rosetta_checkpoints FOR UPDATE")
             applied = pool.submit(apply, writer, relation, "edges", ["1094861636"], lsn=2000, first_id=1)
             try:
-                deadline = time.monotonic() + 30
-                while pg_reader.execute(
-                    "SELECT wait_event_type IS DISTINCT FROM 'Lock' FROM pg_stat_activity WHERE pid = %s",
-                    [pid],
-                ).fetchone()[0]:
-                    assert time.monotonic() < deadline, "the writer never waited for the checkpoint's row"
-                    time.sleep(0.01)
+                wait_until_waiting_for_a_lock(pg_reader, pid, "the writer")
                 pg_reader.execute("ALTER TABLE analytics.edges ALTER v TYPE text")
             finally:
                 holder.rollback()

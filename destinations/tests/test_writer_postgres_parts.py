@@ -5,7 +5,6 @@ that the target holds already, and two writers on one checkpoint."""
 import logging
 import tempfile
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import psycopg
@@ -16,7 +15,7 @@ from engine.fold import _fastfold
 from engine.writers import postgres
 from engine.writers.postgres import PostgresWriter
 
-from .batches import make_batch, relation_of, table_changes
+from .batches import make_batch, relation_of, table_changes, wait_until_waiting_for_a_lock
 
 pytestmark = pytest.mark.skipif(
     _fastfold is None, reason="engine/_fastfold is not built (scripts/build_fastfold.sh builds it)"
@@ -145,12 +144,7 @@ def test_a_second_writer_of_the_pipeline_waits_for_the_first_and_finds_the_part_
 
     def meanwhile():
         thread.start()
-        deadline = time.monotonic() + 30
-        while pg_reader.execute(
-            "SELECT wait_event_type IS DISTINCT FROM 'Lock' FROM pg_stat_activity WHERE pid = %s", [other_pid]
-        ).fetchone()[0]:
-            assert time.monotonic() < deadline, "the second writer never waited for the checkpoint's lock"
-            time.sleep(0.01)
+        wait_until_waiting_for_a_lock(pg_reader, other_pid, "the second writer")
 
     thread = threading.Thread(target=apply_the_same_part)
     writer.before_commit_hook = meanwhile
@@ -198,12 +192,7 @@ def test_a_part_that_truncates_a_table_locks_it_by_its_truncate_first(writer, so
         reader.execute("SELECT count(*) FROM analytics.items")  # a transaction that read the table
         applied = pool.submit(writer.apply_batch, "pipeline-1", make_batch(part, end_lsn=20))
         try:
-            deadline = time.monotonic() + 30
-            while pg_reader.execute(
-                "SELECT wait_event_type IS DISTINCT FROM 'Lock' FROM pg_stat_activity WHERE pid = %s", [pid]
-            ).fetchone()[0]:
-                assert time.monotonic() < deadline, "the part never waited for the reader"
-                time.sleep(0.01)
+            wait_until_waiting_for_a_lock(pg_reader, pid, "the part")
             reader.execute("CREATE INDEX ON analytics.items (v)")
         finally:
             reader.commit()
