@@ -285,51 +285,15 @@ class PostgresWriter(Writer):
                 self._merge_only.add(found.target_table)
 
     def _apply_batch_once(self, pipeline_key: str, batch, soft_delete: bool) -> ApplyResult:
-        """One destination transaction. Its first round trip begins it, reads the checkpoint
-        and locks the known targets; its last writes the checkpoint and commits (values as
-        literals: a query of several statements takes no parameters). Round trips are what
-        a part costs most when the destination is across a network."""
+        """One destination transaction: _begin's round trip, the tables' changes, then
+        _commit's round trip. Round trips are what a part costs most when the destination
+        is across a network."""
         result = ApplyResult()
         conn = self._connection()
         self._ensure_checkpoint_table(conn)  # once per writer, committed on its own
-        checkpoints = self._table(CHECKPOINTS)
         verified = dict(self._verified)
         try:
-            # The checkpoint, locked, and what the rows' _rosetta_synced_at will be: the
-            # transaction's start, in ISO form with its offset (it reads back the same
-            # whatever DateStyle and TimeZone the session has) and in its binary form,
-            # microseconds since 2000-01-01 UTC (946684800 s after 1970; exact from
-            # PostgreSQL 14, where extract gives numeric, and to the microsecond before).
-            # With them, the lock and column types of each table that may take a binary COPY
-            # (_binary_candidate) and was checked already (it exists, and its shape is the
-            # relation's); not one that is truncated first (its TRUNCATE takes the stronger
-            # lock first, as before, rather than upgrading this one under a reader's).
-            ahead = [
-                changes.target_table
-                for _, changes in sorted(batch.tables.items())
-                if self._binary_candidate(changes)
-                and self._verified.get(changes.target_table) == _signature(changes.relation)
-                and not changes.truncated  # its TRUNCATE's lock first, as before: no upgrade
-            ]
-            begun = conn.execute(
-                sql.SQL("; ").join(
-                    [
-                        sql.SQL(
-                            "BEGIN; SELECT (SELECT lsn FROM {} WHERE pipeline_key = {} FOR UPDATE), "
-                            "to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00', "
-                            "((extract(epoch FROM now()) - 946684800) * 1000000)::int8"
-                        ).format(checkpoints, sql.Literal(pipeline_key)),
-                        *(self._lock_and_read_types(target_table) for target_table in ahead),
-                    ]
-                )
-            )
-            begun.nextset()
-            checkpoint, synced_at, synced_at_binary = begun.fetchone()
-            types_read = {}
-            for target_table in ahead:
-                begun.nextset()  # the LOCK
-                begun.nextset()
-                types_read[target_table] = [(column.name, column.type_code) for column in begun.description]
+            checkpoint, synced, types_read = self._begin(conn, pipeline_key, batch)
             if checkpoint is not None and batch.end_lsn <= checkpoint:
                 result.notes.append(
                     f"Changes up to {format_lsn(batch.end_lsn)} were already applied "
@@ -337,25 +301,13 @@ class PostgresWriter(Writer):
                 )
                 conn.rollback()
                 return result
-            synced = _SyncedAt(synced_at, struct.pack("!q", synced_at_binary))
             for key in sorted(batch.tables):
                 self._apply_table(conn, batch.tables[key], soft_delete, result, synced, types_read)
             if batch.rejects:
                 self._write_rejects(conn, pipeline_key, batch.rejects)
             if self.before_commit_hook:
                 self.before_commit_hook()
-            conn.execute(
-                sql.SQL(
-                    "INSERT INTO {} (pipeline_key, lsn, updated_at, state) VALUES ({}, {}, now(), {}) "
-                    "ON CONFLICT (pipeline_key) DO UPDATE SET lsn = EXCLUDED.lsn, updated_at = now(), "
-                    "state = EXCLUDED.state; COMMIT"
-                ).format(
-                    checkpoints,
-                    sql.Literal(pipeline_key),
-                    sql.Literal(batch.end_lsn),
-                    sql.Literal(dump_state(batch.checkpoint_state)),
-                )
-            )
+            self._commit(conn, pipeline_key, batch)
         except _FreshKeyFound:
             # retried at once: the DDL of this transaction is rolled back, what it verified is not so
             self._verified.clear()
@@ -367,6 +319,60 @@ class PostgresWriter(Writer):
             self._roll_back(conn)
             raise
         return result
+
+    def _begin(self, conn, pipeline_key: str, batch) -> tuple[int | None, "_SyncedAt", dict]:
+        """BEGIN, in one round trip with the checkpoint, locked (None: there is none yet), and
+        what the rows' _rosetta_synced_at will be: the transaction's start, in ISO form with
+        its offset (it reads back the same whatever DateStyle and TimeZone the session has)
+        and in its binary form, microseconds since 2000-01-01 UTC (946684800 s after 1970;
+        exact from PostgreSQL 14, where extract gives numeric, and to the microsecond
+        before). With them, the lock and column types ({target: [(column, type OID)]}) of
+        each table that may take a binary COPY and was checked already (it exists, and its
+        shape is the relation's), but not one truncated first: its TRUNCATE takes the stronger
+        lock first, as before, rather than upgrading this one under a reader's. Values as
+        literals: a query of several statements takes no parameters."""
+        ahead = [
+            changes.target_table
+            for _, changes in sorted(batch.tables.items())
+            if self._binary_candidate(changes)
+            and self._verified.get(changes.target_table) == _signature(changes.relation)
+            and not changes.truncated
+        ]
+        begun = conn.execute(
+            sql.SQL("; ").join(
+                [
+                    sql.SQL(
+                        "BEGIN; SELECT (SELECT lsn FROM {} WHERE pipeline_key = {} FOR UPDATE), "
+                        "to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00', "
+                        "((extract(epoch FROM now()) - 946684800) * 1000000)::int8"
+                    ).format(self._table(CHECKPOINTS), sql.Literal(pipeline_key)),
+                    *(self._lock_and_read_types(target_table) for target_table in ahead),
+                ]
+            )
+        )
+        begun.nextset()
+        checkpoint, synced_at, synced_at_binary = begun.fetchone()
+        types_read = {}
+        for target_table in ahead:
+            begun.nextset()  # the LOCK
+            begun.nextset()
+            types_read[target_table] = [(column.name, column.type_code) for column in begun.description]
+        return checkpoint, _SyncedAt(synced_at, struct.pack("!q", synced_at_binary)), types_read
+
+    def _commit(self, conn, pipeline_key: str, batch) -> None:
+        """The checkpoint's write and the COMMIT, in one round trip."""
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO {} (pipeline_key, lsn, updated_at, state) VALUES ({}, {}, now(), {}) "
+                "ON CONFLICT (pipeline_key) DO UPDATE SET lsn = EXCLUDED.lsn, updated_at = now(), "
+                "state = EXCLUDED.state; COMMIT"
+            ).format(
+                self._table(CHECKPOINTS),
+                sql.Literal(pipeline_key),
+                sql.Literal(batch.end_lsn),
+                sql.Literal(dump_state(batch.checkpoint_state)),
+            )
+        )
 
     def _roll_back(self, conn) -> None:
         """End a failed batch transaction. A connection that cannot take the ROLLBACK (gone,
