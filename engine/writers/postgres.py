@@ -570,14 +570,10 @@ class PostgresWriter(Writer):
         under its lock, that the target's types are still those the payloads were made for
         (_Prepared.fits) and sends them. Made for the types the source sends; a target
         whose types differ is found then, and its rows are made anew in the transaction."""
-        if _fastfold is None or not self.binary_copy:
-            return
         for changes in batch.tables.values():
+            if not self._binary_candidate(changes):  # as the applier will decide, bar its type check
+                continue
             upserts = changes.upserts
-            if not changes.text_values or len(upserts) < self.binary_copy_min_rows:
-                continue
-            if changes.target_table in self._altered:
-                continue
             oids = self._expected_types(changes.relation)
             kinds = {name: BINARY_COPY_KINDS[oid] for name, oid in oids.items() if oid in BINARY_COPY_KINDS}
             columns = changes.relation.column_names
