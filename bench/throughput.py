@@ -615,7 +615,16 @@ def main() -> None:
             peek_limit = count / seconds
             line("limit: one peek of everything, discarded", count, nbytes, seconds)
             native_rate = None
+
+            def clean_destination():
+                # Each CDC line starts with no dirty buffers in the destination cluster: the
+                # lines before it wrote ~450 MB of WAL there, and a checkpoint (or evictions by
+                # the next line's backends) would charge their writes to whichever line came next.
+                with psycopg.connect(destination.dsn(), autocommit=True) as conn:
+                    conn.execute("CHECKPOINT")
+
             if not args.decode_only:
+                clean_destination()
                 gc.collect()
                 with ServerCPU(clusters) as servers:
                     seconds = native_subscription(source_kwargs, native_kwargs, "bench_native", end_lsn)
@@ -625,6 +634,7 @@ def main() -> None:
             for name, writer in writers.items():
                 totals = {}
                 applied = 0
+                clean_destination()
                 gc.collect()
                 baseline = rss.reset()
                 usage = resource.getrusage(resource.RUSAGE_SELF)
