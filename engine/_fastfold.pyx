@@ -13,6 +13,7 @@ same results. Built by scripts/setup.sh."""
 import struct as _struct
 
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_Resize
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.dict cimport PyDict_Copy, PyDict_GetItem, PyDict_Next, PyDict_SetItem
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
@@ -241,6 +242,9 @@ cdef struct _Buffer:
     char* data
     Py_ssize_t size
     Py_ssize_t capacity
+    # NULL: `data` is malloc'd. Else a bytearray whose memory `data` is, grown in place, so
+    # that it is what the caller returns: no copy of megabytes into fresh pages at the end.
+    PyObject* owner
 
 
 cdef int _reserve(_Buffer* buffer, Py_ssize_t extra) except -1:
@@ -249,19 +253,21 @@ cdef int _reserve(_Buffer* buffer, Py_ssize_t extra) except -1:
     if buffer.size + extra <= buffer.capacity:
         return 0
     capacity = max(buffer.size + extra, buffer.capacity * 2, 65536)
-    data = <char*>realloc(buffer.data, capacity)
-    if data == NULL:
-        raise MemoryError()
+    if buffer.owner != NULL:
+        PyByteArray_Resize(<object>buffer.owner, capacity)
+        data = PyByteArray_AS_STRING(<object>buffer.owner)
+    else:
+        data = <char*>realloc(buffer.data, capacity)
+        if data == NULL:
+            raise MemoryError()
     buffer.data = data
     buffer.capacity = capacity
     return 0
 
 
 cdef int _put(_Buffer* buffer, const char* text, Py_ssize_t length) except -1:
-    cdef Py_ssize_t i
     _reserve(buffer, length)
-    for i in range(length):
-        buffer.data[buffer.size + i] = text[i]
+    memcpy(buffer.data + buffer.size, text, length)
     buffer.size += length
     return 0
 
@@ -299,6 +305,7 @@ def copy_text(list rows, tuple columns, str tail):
     cdef long long lsn
     buffer.data = NULL
     buffer.size = buffer.capacity = 0
+    buffer.owner = NULL
     tail_text = tail.encode()
     tail_length = len(tail_text)
     try:
@@ -753,23 +760,29 @@ cdef int _field(_Buffer* buffer, int kind, const char* s, Py_ssize_t n) except -
 
 
 def copy_binary(list rows, tuple columns, tuple kinds, tuple tail):
-    """Rows of text values, [({column: str or None}, lsn), ...], as a binary COPY: the
-    columns' values converted by their kinds (BINARY_KINDS' names), the LSN as int8, then
-    `tail`'s fields (each already a binary value). A missing column is NULL. None if a
-    value is not text or one of the parsers does not accept it: the caller COPYs text."""
+    """Rows of text values, [({column: str or None}, lsn), ...], as a binary COPY, in a
+    bytearray: the columns' values converted by their kinds (BINARY_KINDS' names), the LSN
+    as int8, then `tail`'s fields (each already a binary value). A missing column is NULL.
+    None if a value is not text or one of the parsers does not accept it: the caller COPYs
+    text."""
     cdef _Buffer buffer
     cdef PyObject* value
+    cdef PyObject* key
+    cdef PyObject* found
     cdef const char* text
-    cdef Py_ssize_t length, i, count = len(columns)
+    cdef Py_ssize_t length, i, position, count = len(columns)
     cdef int* codes
     cdef long long lsn
+    cdef bint walking
     if len(kinds) != count:
         raise ValueError("one kind per column")
     codes = <int*>malloc(sizeof(int) * (count + 1))
     if codes == NULL:
         raise MemoryError()
+    payload = bytearray()
     buffer.data = NULL
     buffer.size = buffer.capacity = 0
+    buffer.owner = <PyObject*>payload
     try:
         for i in range(count):
             codes[i] = BINARY_KINDS[kinds[i]]
@@ -778,8 +791,17 @@ def copy_binary(list rows, tuple columns, tuple kinds, tuple tail):
         _put_be(&buffer, 0, 4)  # header extension length
         for row, lsn in rows:
             _put_be(&buffer, <unsigned long long>(count + 1 + len(tail)), 2)
+            # A row made from its relation's template holds the columns in this order:
+            # walked in step, no lookup by name, until a key is not the column's.
+            position = 0
+            walking = PyDict_Next(row, &position, &key, &found)
             for i in range(count):
-                value = PyDict_GetItem(row, columns[i])
+                if walking and key == PyTuple_GET_ITEM(columns, i):
+                    value = found
+                    walking = PyDict_Next(row, &position, &key, &found)
+                else:
+                    walking = False
+                    value = PyDict_GetItem(row, columns[i])
                 if value == NULL or <object>value is None:
                     _put_be(&buffer, 0xFFFFFFFF, 4)
                 elif type(<object>value) is str:
@@ -794,10 +816,10 @@ def copy_binary(list rows, tuple columns, tuple kinds, tuple tail):
                 _put_be(&buffer, PyBytes_GET_SIZE(<bytes?>field), 4)
                 _put(&buffer, PyBytes_AS_STRING(field), PyBytes_GET_SIZE(field))
         _put_be(&buffer, 0xFFFF, 2)  # the trailer
-        return PyBytes_FromStringAndSize(buffer.data, buffer.size)
+        PyByteArray_Resize(payload, buffer.size)
+        return payload
     finally:
         free(codes)
-        free(buffer.data)
 
 
 def set_last_fields(bytearray payload, bytes value not None):

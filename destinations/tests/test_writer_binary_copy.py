@@ -549,3 +549,21 @@ def test_set_last_fields_refuses_what_copy_binary_did_not_make():
             _fastfold.set_last_fields(bad, value)
     with pytest.raises(TypeError):
         _fastfold.set_last_fields(payload, None)
+
+
+def test_copy_binary_reads_rows_whatever_the_order_of_their_keys():
+    """copy_binary walks a row made from its relation's template in column order; a row whose
+    keys are in another order, lack a column or hold another key first is read by name."""
+    columns, kinds = ("id", "note", "amount"), ("int8", "text", "numeric")
+    in_order = [({"id": str(n), "note": f"n{n}", "amount": f"{n}.5"}, n) for n in range(3)]
+    expected = _fastfold.copy_binary(in_order, columns, kinds, ())
+    assert isinstance(expected, bytearray)
+    shuffled = [
+        ({"amount": "0.5", "id": "0", "note": "n0"}, 0),
+        ({"id": "1", "extra": "x", "note": "n1", "amount": "1.5"}, 1),
+        ({"id": "2", "amount": "2.5", "note": "n2"}, 2),
+    ]
+    assert _fastfold.copy_binary(shuffled, columns, kinds, ()) == expected
+    missing = _fastfold.copy_binary([({"id": "0", "amount": "0.5"}, 0)], columns, kinds, ())
+    with_null = _fastfold.copy_binary([({"id": "0", "note": None, "amount": "0.5"}, 0)], columns, kinds, ())
+    assert missing == with_null

@@ -592,7 +592,7 @@ class PostgresWriter(Writer):
                 columns,
                 rows,
                 rest,
-                None if fresh_payload is None else bytearray(fresh_payload),
+                fresh_payload,
                 rest_payload,
             )
 
@@ -660,7 +660,7 @@ class PostgresWriter(Writer):
         rows,
         json_positions: list,
         text: bytes | None = None,
-        binary: bytes | None = None,
+        binary: bytearray | None = None,
     ) -> sql.Identifier:
         """COPY rows into a temporary table shaped like the target's `columns` (the same
         types, so `binary` made for the target fits), in text format unless `binary` is
@@ -684,7 +684,7 @@ class PostgresWriter(Writer):
         rows,
         json_positions: list,
         text: bytes | None = None,
-        binary: bytes | None = None,
+        binary: bytearray | None = None,
     ) -> int:
         """COPY into `table`: `binary` when _copy_binary made it, else in text format:
         `text` when _copy_text made it, else `rows` (lists in `columns` order) formatted by
@@ -1095,7 +1095,7 @@ class _Prepared:
     fresh_rows: list
     rest: dict
     fresh_payload: bytearray | None
-    rest_payload: bytes | None
+    rest_payload: bytearray | None
 
     def fits(self, relation, kinds: dict) -> bool:
         """Whether the payloads hold `relation`'s columns, and the target's types, as
@@ -1136,7 +1136,7 @@ def _copy_text(rows: list, columns: list[str], tail: str = "") -> bytes | None:
     return _fastfold.copy_text(rows, tuple(columns), tail)
 
 
-def _copy_binary(rows: list, columns: list[str], kinds: dict, tail: dict | None = None) -> bytes | None:
+def _copy_binary(rows: list, columns: list[str], kinds: dict, tail: dict | None = None) -> bytearray | None:
     """Rows of text values ({column: text}, lsn) as a binary COPY of `columns`, the LSN and
     `tail` ({column: its binary value}), made by the compiled module. None unless every one
     of these columns has a kind (PostgresWriter._binary_kinds), or if a value is not text or
