@@ -31,7 +31,7 @@ from engine.pgoutput import _bad_kind
 
 # engine.fold.FASTFOLD_INTERFACE: raise both when a function is added or changed, so that a
 # module built from an older source is not used.
-INTERFACE = 4
+INTERFACE = 5
 
 
 cdef inline Py_ssize_t _be32(const unsigned char* p) noexcept:
@@ -101,22 +101,102 @@ def text_row(data, Py_ssize_t pos):
     return _text_row(data, pos)
 
 
+cdef class FoldState:
+    """What the compiled fold reads of its builder for every row change, read once per run
+    of row changes: from a builder's attributes at the first change after a message that
+    went the general way (every Begin and Commit does), and kept until the next such message.
+    A change then reads no attribute of the builder, its relation or its table but the
+    counters it moves. Each compiled BatchBuilder holds one (BatchBuilder._fold_state)."""
+
+    cdef bint loaded, usable
+    cdef object lsn
+    cdef dict relations
+    cdef object batch
+    cdef dict tables
+    # the relation of the last change, and its table's changes in this batch
+    cdef unsigned int oid
+    cdef object state
+    cdef list names
+    cdef dict template
+    cdef tuple positions
+    cdef object changes
+    cdef dict upserts
+    cdef dict deletes
+    cdef set fresh
+
+    cpdef forget(self):
+        """Drop what was read: the general path may change any of it."""
+        self.loaded = False
+        self.lsn = self.relations = self.batch = self.tables = None
+        self._forget_relation()
+
+    cdef _forget_relation(self):
+        self.state = self.names = self.template = self.positions = None
+        self.changes = self.upserts = self.deletes = self.fresh = None
+
+    cdef _load(self, builder):
+        self.loaded = True
+        self.usable = not builder._skip and builder._in_transaction
+        self.lsn = builder._lsn
+        self.relations = builder._relations
+        self.batch = builder.batch
+        self.tables = self.batch.tables
+        self._forget_relation()
+
+    cdef bint _take_relation(self, builder, unsigned int oid) except -1:
+        """The relation of a change: True if its changes may take the fast path."""
+        cdef PyObject* found = PyDict_GetItem(self.relations, oid)
+        if found == NULL:
+            return False
+        state = <object>found
+        if state is None or not state.fast:
+            return False
+        if state.predates_copy and self.lsn < state.spec.copied_below_lsn:
+            return False
+        self.oid = oid
+        self.state = state
+        self.names = state.names
+        self.template = state.row_template
+        self.positions = state.key_positions
+        self.changes = None
+        return True
+
+    cdef object _table_changes(self, builder):
+        """BatchBuilder._changes: this table's changes in the batch, counted."""
+        cdef PyObject* found
+        batch = self.batch
+        if self.changes is None:
+            found = PyDict_GetItem(self.tables, self.state.table_key)
+            if found == NULL:
+                changes = builder._changes(self.state)  # made, and counted, the general way
+            else:
+                changes = <object>found
+                batch.changes += 1
+            self.changes = changes
+            self.upserts = changes.upserts
+            self.deletes = changes.deletes
+            self.fresh = changes.fresh
+            return changes
+        batch.changes += 1
+        return self.changes
+
+
 def feed(builder, data):
     """engine.fold.BatchBuilder.feed, compiled."""
+    cdef FoldState state = builder._fold_state
     builder.messages += 1
     builder.batch.bytes_read += len(data)
     if type(data) is not bytes:
         data = bytes(data)
-    if PyBytes_GET_SIZE(data) and data[0] in (73, 85, 68) and _fast_change(builder, data):
-        return
+    if PyBytes_GET_SIZE(data) and data[0] in (73, 85, 68):
+        try:
+            if _fast_change(builder, state, data):
+                return
+        except BaseException:
+            state.forget()
+            raise
+    state.forget()
     builder._feed_message(data)
-
-
-def fast_change(builder, data) -> bool:
-    """engine.fold.BatchBuilder._fast_change, compiled."""
-    if type(data) is not bytes:
-        data = bytes(data)
-    return _fast_change(builder, data)
 
 
 cdef object _key_of(list values, tuple positions):
@@ -162,22 +242,24 @@ cdef tuple _row_and_key(bytes data, Py_ssize_t pos, list names, dict template, t
     return row, key
 
 
-cdef bint _fast_change(builder, bytes data) except -1:
+cdef bint _fast_change(builder, FoldState hot, bytes data) except -1:
     cdef const unsigned char* p
     cdef Py_ssize_t size
     cdef unsigned char kind
-    if builder._skip or not builder._in_transaction:
+    cdef dict upserts, deletes
+    if not hot.loaded:
+        hot._load(builder)
+    if not hot.usable:
         return False
     p = <const unsigned char*>PyBytes_AS_STRING(data)
     size = PyBytes_GET_SIZE(data)
     if size < 6:
         return False  # the general path reports what is wrong
-    state = builder._relations.get(_ube32(p + 1))
-    if state is None or not state.fast:
-        return False
-    lsn = builder._lsn
-    if state.predates_copy and lsn < state.spec.copied_below_lsn:
-        return False
+    if hot.state is None or hot.oid != _ube32(p + 1):
+        if not hot._take_relation(builder, _ube32(p + 1)):
+            hot._forget_relation()
+            return False
+    lsn = hot.lsn
     kind = p[0]
     if kind == 68:  # 'D'
         if p[5] != 75:  # 'K': only the key; 'O' goes the general way
@@ -186,31 +268,31 @@ cdef bint _fast_change(builder, bytes data) except -1:
         if row is None:
             return False
         values, _, unchanged = row
-        if PyList_GET_SIZE(values) != PyList_GET_SIZE(state.names):
+        if PyList_GET_SIZE(values) != PyList_GET_SIZE(hot.names):
             return False  # not the relation's columns: the general path reports it
-        key = _key_of(values, state.key_positions)
+        key = _key_of(values, hot.positions)
         if unchanged or None in key:
             return False
-        changes = _table_changes(builder, state)
-        upserts = changes.upserts
+        changes = hot._table_changes(builder)
+        upserts = hot.upserts
         if key in upserts:
             del upserts[key]
-        changes.deletes[key] = lsn
+        hot.deletes[key] = lsn
         changes.deleted += 1
         return True
     if p[5] != 78:  # 'N' new tuple; an Update's old key or row: the general path
         return False
-    read = _row_and_key(data, 6, state.names, state.row_template, state.key_positions)
+    read = _row_and_key(data, 6, hot.names, hot.template, hot.positions)
     if read is None:
         return False
     row, key = read
     if None in key:
         return False
-    changes = _table_changes(builder, state)
-    upserts = changes.upserts
-    deletes = changes.deletes
+    changes = hot._table_changes(builder)
+    upserts = hot.upserts
+    deletes = hot.deletes
     if kind == 73 and key not in upserts and key not in deletes:
-        changes.fresh.add(key)
+        hot.fresh.add(key)
     if deletes and key in deletes:
         del deletes[key]
     upserts[key] = (row, lsn)
@@ -219,17 +301,6 @@ cdef bint _fast_change(builder, bytes data) except -1:
     else:
         changes.updated += 1
     return True
-
-
-cdef object _table_changes(builder, state):
-    """BatchBuilder._changes without a Python call where the table already has changes."""
-    cdef PyObject* found
-    batch = builder.batch
-    found = PyDict_GetItem(batch.tables, state.table_key)
-    if found == NULL:
-        return builder._changes(state)
-    batch.changes += 1
-    return <object>found
 
 
 # -- COPY text for the PostgreSQL writer ------------------------------------------------

@@ -23,7 +23,7 @@ text_row = pgoutput.text_row
 # What engine/_fastfold.pyx's INTERFACE must say: a module built from an older source (a
 # pull without scripts/setup.sh, a build that failed and left the old one) lacks functions
 # that the fold, the stream and the writers call, so it is not used at all.
-FASTFOLD_INTERFACE = 4
+FASTFOLD_INTERFACE = 5
 
 
 def usable_fastfold(module) -> bool:
@@ -192,6 +192,7 @@ class BatchBuilder:
             # cycle, and the runner folds with the garbage collector off, so every part
             # would stay in memory until the end of the run.
             self.__class__ = _CompiledBatchBuilder
+            self._fold_state = _fastfold.FoldState()
         self._relations: dict[int, _RelationState | None] = self.relations
         self._in_transaction = False
         self._skip = False
