@@ -20,7 +20,7 @@ from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
 from cpython.ref cimport Py_INCREF
 from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE, PyTuple_New, PyTuple_SET_ITEM
 from cpython.object cimport PyObject
-from cpython.unicode cimport PyUnicode_DecodeUTF8
+from cpython.unicode cimport PyUnicode_CheckExact, PyUnicode_Compare, PyUnicode_DecodeUTF8
 from libc.math cimport INFINITY, NAN, isinf
 from libc.stdio cimport snprintf
 from libc.stdlib cimport free, malloc, realloc, strtod, strtof
@@ -840,6 +840,7 @@ def copy_binary(list rows, tuple columns, tuple kinds, tuple tail):
     cdef PyObject* value
     cdef PyObject* key
     cdef PyObject* found
+    cdef PyObject* column
     cdef const char* text
     cdef Py_ssize_t length, i, position, count = len(columns)
     cdef int* codes
@@ -863,11 +864,17 @@ def copy_binary(list rows, tuple columns, tuple kinds, tuple tail):
         for row, lsn in rows:
             _put_be(&buffer, <unsigned long long>(count + 1 + len(tail)), 2)
             # A row made from its relation's template holds the columns in this order:
-            # walked in step, no lookup by name, until a key is not the column's.
+            # walked in step, no lookup by name, until a key is not the column's (the names
+            # are equal strings, not always the same objects: the run reads the table's
+            # current shape from the catalog).
             position = 0
             walking = PyDict_Next(row, &position, &key, &found)
             for i in range(count):
-                if walking and key == PyTuple_GET_ITEM(columns, i):
+                column = PyTuple_GET_ITEM(columns, i)
+                if walking and (key == column or (
+                    PyUnicode_CheckExact(<object>key) and PyUnicode_CheckExact(<object>column)
+                    and PyUnicode_Compare(<object>key, <object>column) == 0
+                )):
                     value = found
                     walking = PyDict_Next(row, &position, &key, &found)
                 else:

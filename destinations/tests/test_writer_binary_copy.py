@@ -564,6 +564,11 @@ def test_copy_binary_reads_rows_whatever_the_order_of_their_keys():
         ({"id": "2", "amount": "2.5", "note": "n2"}, 2),
     ]
     assert _fastfold.copy_binary(shuffled, columns, kinds, ()) == expected
+    # the run's column names are equal strings, not the rows' own key objects
+    names = tuple("".join(list(name)) for name in columns)
+    assert all(a is not b for a, b in zip(names, columns, strict=True))
+    assert _fastfold.copy_binary(in_order, names, kinds, ()) == expected
+    assert _fastfold.copy_binary(shuffled, names, kinds, ()) == expected
     missing = _fastfold.copy_binary([({"id": "0", "amount": "0.5"}, 0)], columns, kinds, ())
     with_null = _fastfold.copy_binary([({"id": "0", "note": None, "amount": "0.5"}, 0)], columns, kinds, ())
     assert missing == with_null
