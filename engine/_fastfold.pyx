@@ -184,11 +184,13 @@ cdef class FoldState:
 def feed(builder, data):
     """engine.fold.BatchBuilder.feed, compiled."""
     cdef FoldState state = builder._fold_state
+    cdef char kind
     builder.messages += 1
     builder.batch.bytes_read += len(data)
     if type(data) is not bytes:
         data = bytes(data)
-    if PyBytes_GET_SIZE(data) and data[0] in (73, 85, 68):
+    kind = PyBytes_AS_STRING(data)[0] if PyBytes_GET_SIZE(data) else 0
+    if kind == 73 or kind == 85 or kind == 68:  # Insert, Update, Delete
         try:
             if _fast_change(builder, state, data):
                 return
