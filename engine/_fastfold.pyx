@@ -16,14 +16,14 @@ from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_Resize
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.dict cimport PyDict_Copy, PyDict_GetItem, PyDict_Next, PyDict_SetItem
-from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
+from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE, PyList_SetItem
 from cpython.ref cimport Py_INCREF
 from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE, PyTuple_New, PyTuple_SET_ITEM
 from cpython.object cimport PyObject
 from cpython.unicode cimport PyUnicode_CheckExact, PyUnicode_Compare, PyUnicode_DecodeUTF8
 from libc.math cimport INFINITY, NAN, isinf
 from libc.stdio cimport snprintf
-from libc.stdlib cimport free, malloc, realloc, strtod, strtof
+from libc.stdlib cimport calloc, free, malloc, realloc, strtod, strtof
 from libc.string cimport memcmp, memcpy
 
 from engine.batch import UNCHANGED
@@ -31,7 +31,7 @@ from engine.pgoutput import _bad_kind
 
 # engine.fold.FASTFOLD_INTERFACE: raise both when a function is added or changed, so that a
 # module built from an older source is not used.
-INTERFACE = 5
+INTERFACE = 6
 
 
 cdef inline Py_ssize_t _be32(const unsigned char* p) noexcept:
@@ -832,6 +832,35 @@ cdef int _field(_Buffer* buffer, int kind, const char* s, Py_ssize_t n) except -
     return 0
 
 
+cdef struct _RowWalk:
+    Py_ssize_t position
+    PyObject* key
+    PyObject* value
+    bint walking
+
+
+cdef inline void _start_walk(_RowWalk* walk, object row) noexcept:
+    walk.position = 0
+    walk.walking = PyDict_Next(row, &walk.position, &walk.key, &walk.value)
+
+
+cdef inline PyObject* _walk_to(_RowWalk* walk, object row, PyObject* column) noexcept:
+    """The row's value of `column` (borrowed; NULL if it has none), the columns asked for in
+    order. A row made from its relation's template holds them in this order: walked in step,
+    no lookup by name, until a key is not the column's (the names are equal strings, not
+    always the same objects: the run reads the table's current shape from the catalog)."""
+    cdef PyObject* value
+    if walk.walking and (walk.key == column or (
+        PyUnicode_CheckExact(<object>walk.key) and PyUnicode_CheckExact(<object>column)
+        and PyUnicode_Compare(<object>walk.key, <object>column) == 0
+    )):
+        value = walk.value
+        walk.walking = PyDict_Next(row, &walk.position, &walk.key, &walk.value)
+        return value
+    walk.walking = False
+    return PyDict_GetItem(row, <object>column)
+
+
 def copy_binary(list rows, tuple columns, tuple kinds, tuple tail):
     """Rows of text values, [({column: str or None}, lsn), ...], as a binary COPY, in a
     bytearray: the columns' values converted by their kinds (BINARY_KINDS' names), the LSN
@@ -840,14 +869,11 @@ def copy_binary(list rows, tuple columns, tuple kinds, tuple tail):
     text."""
     cdef _Buffer buffer
     cdef PyObject* value
-    cdef PyObject* key
-    cdef PyObject* found
-    cdef PyObject* column
+    cdef _RowWalk walk
     cdef const char* text
-    cdef Py_ssize_t length, i, position, count = len(columns)
+    cdef Py_ssize_t length, i, count = len(columns)
     cdef int* codes
     cdef long long lsn
-    cdef bint walking
     if len(kinds) != count:
         raise ValueError("one kind per column")
     codes = <int*>malloc(sizeof(int) * (count + 1))
@@ -865,23 +891,9 @@ def copy_binary(list rows, tuple columns, tuple kinds, tuple tail):
         _put_be(&buffer, 0, 4)  # header extension length
         for row, lsn in rows:
             _put_be(&buffer, <unsigned long long>(count + 1 + len(tail)), 2)
-            # A row made from its relation's template holds the columns in this order:
-            # walked in step, no lookup by name, until a key is not the column's (the names
-            # are equal strings, not always the same objects: the run reads the table's
-            # current shape from the catalog).
-            position = 0
-            walking = PyDict_Next(row, &position, &key, &found)
+            _start_walk(&walk, row)
             for i in range(count):
-                column = PyTuple_GET_ITEM(columns, i)
-                if walking and (key == column or (
-                    PyUnicode_CheckExact(<object>key) and PyUnicode_CheckExact(<object>column)
-                    and PyUnicode_Compare(<object>key, <object>column) == 0
-                )):
-                    value = found
-                    walking = PyDict_Next(row, &position, &key, &found)
-                else:
-                    walking = False
-                    value = PyDict_GetItem(row, columns[i])
+                value = _walk_to(&walk, row, PyTuple_GET_ITEM(columns, i))
                 if value == NULL or <object>value is None:
                     _put_be(&buffer, 0xFFFFFFFF, 4)
                 elif type(<object>value) is str:
@@ -990,16 +1002,92 @@ def split_fresh(dict upserts, set fresh):
 
 
 def column_lists(list rows, list columns):
-    """[[row.get(name) for row, _ in rows] for name in columns], compiled."""
+    """[[row.get(name) for row, _ in rows] for name in columns], compiled: each row's dict
+    read once, in step with the columns (_walk_to), into every column's list."""
+    cdef Py_ssize_t n = len(rows), count = len(columns), i, j
     cdef PyObject* value
-    lists = []
-    for name in columns:
-        values = []
-        for change in rows:
-            value = PyDict_GetItem((<tuple>change)[0], name)
-            values.append(None if value == NULL else <object>value)
-        lists.append(values)
+    cdef _RowWalk walk
+    lists = [[None] * n for _ in range(count)]
+    for i in range(n):
+        row = (<tuple>rows[i])[0]
+        _start_walk(&walk, row)
+        for j in range(count):
+            value = _walk_to(&walk, row, PyList_GET_ITEM(columns, j))
+            if value != NULL:
+                Py_INCREF(<object>value)
+                PyList_SetItem(<object>PyList_GET_ITEM(lists, j), i, <object>value)
     return lists
+
+
+def text_columns(list rows, list columns):
+    """The rows' ((row, lsn) pairs) values of each column as the buffers of an Arrow string
+    array, for pyarrow.Array.from_buffers: (validity bitmap, offsets, data, null count), or
+    None for a column with a value that is not text (or None), or with 2 GB of text or more.
+    Each row's dict is read once, in step with the columns (_walk_to); no Python string is
+    converted one by one, as pyarrow.array would."""
+    cdef Py_ssize_t n = len(rows), count = len(columns), i, j, length
+    cdef PyObject* value
+    cdef _RowWalk walk
+    cdef const char* text
+    cdef _Buffer* data = NULL
+    cdef int** offsets = NULL
+    cdef unsigned char** validity = NULL
+    cdef Py_ssize_t* nulls = NULL
+    cdef bint* failed = NULL
+    outputs = []
+    try:
+        data = <_Buffer*>calloc(count, sizeof(_Buffer))
+        offsets = <int**>calloc(count, sizeof(int*))
+        validity = <unsigned char**>calloc(count, sizeof(unsigned char*))
+        nulls = <Py_ssize_t*>calloc(count, sizeof(Py_ssize_t))
+        failed = <bint*>calloc(count, sizeof(bint))
+        if not (data and offsets and validity and nulls and failed):
+            raise MemoryError()
+        for j in range(count):
+            bits = bytearray(b"\xff" * ((n + 7) // 8))
+            starts = bytearray((n + 1) * 4)
+            text_bytes = bytearray()
+            outputs.append((bits, starts, text_bytes))
+            validity[j] = <unsigned char*>PyByteArray_AS_STRING(bits)
+            offsets[j] = <int*>PyByteArray_AS_STRING(starts)
+            data[j].owner = <PyObject*>text_bytes
+        for i in range(n):
+            row = (<tuple>rows[i])[0]
+            _start_walk(&walk, row)
+            for j in range(count):
+                value = _walk_to(&walk, row, PyList_GET_ITEM(columns, j))
+                if failed[j]:
+                    continue
+                if value == NULL or <object>value is None:
+                    validity[j][i >> 3] &= ~(1 << (i & 7))
+                    nulls[j] += 1
+                elif type(<object>value) is str:
+                    text = PyUnicode_AsUTF8AndSize(<object>value, &length)
+                    if data[j].size + length > 2147483647:
+                        failed[j] = True
+                        continue
+                    _put(&data[j], text, length)
+                else:
+                    failed[j] = True
+                    continue
+                offsets[j][i + 1] = <int>data[j].size
+        result = []
+        for j in range(count):
+            if failed[j]:
+                result.append(None)
+                continue
+            bits, starts, text_bytes = outputs[j]
+            PyByteArray_Resize(text_bytes, data[j].size)
+            result.append((bits, starts, text_bytes, nulls[j]))
+        return result
+    finally:
+        free(data)
+        free(offsets)
+        free(validity)
+        free(nulls)
+        free(failed)
+
+
 # -- the replication stream's message loop -----------------------------------------------
 # engine.stream._stream_messages compiled (the reference and fallback, line for line): what
 # ReplicationStream.read does for every message, so that a 'w' message costs one copy and

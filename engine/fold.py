@@ -23,7 +23,7 @@ text_row = pgoutput.text_row
 # What engine/_fastfold.pyx's INTERFACE must say: a module built from an older source (a
 # pull without scripts/setup.sh, a build that failed and left the old one) lacks functions
 # that the fold, the stream and the writers call, so it is not used at all.
-FASTFOLD_INTERFACE = 5
+FASTFOLD_INTERFACE = 6
 
 
 def usable_fastfold(module) -> bool:

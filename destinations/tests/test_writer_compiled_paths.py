@@ -4,6 +4,7 @@ psycopg's write_row loads."""
 
 import random
 
+import pyarrow as pa
 import pytest
 
 from engine.batch import UNCHANGED
@@ -78,9 +79,17 @@ def test_compiled_grouping_and_column_lists_match_the_python_ones():
         reference = python_group_by_unchanged(upserts)
         assert list(groups.items()) == list(reference.items())  # the same order too
         changes = list(upserts.values())
-        assert duckdb_writer.column_lists(changes, ["id", "b", "missing"]) == [
-            [row.get(name) for row, _ in changes] for name in ["id", "b", "missing"]
-        ]
+        # in the rows' order, in another, and with equal names that are other objects
+        # (the compiled one walks a row in step with the columns while its keys match)
+        for columns in [
+            ["id", "a", "b"],
+            ["id", "b", "missing"],
+            ["b", "id"],
+            ["".join("id"), "".join(["a"])],
+        ]:
+            assert duckdb_writer.column_lists(changes, columns) == [
+                [row.get(name) for row, _ in changes] for name in columns
+            ]
 
 
 def test_split_fresh_splits_as_the_comprehensions_do():
@@ -93,3 +102,30 @@ def test_split_fresh_splits_as_the_comprehensions_do():
         rows, rest = _fastfold.split_fresh(upserts, fresh)
         assert rows == [change for key, change in upserts.items() if key in fresh]
         assert list(rest.items()) == [(key, change) for key, change in upserts.items() if key not in fresh]
+
+
+def test_string_arrays_made_from_buffers_equal_pyarrows_own():
+    """The DuckDB writer's Arrow string arrays, their buffers made by the compiled module,
+    against pyarrow.array over each column's values: nulls (None, a missing column), empty
+    and non-ASCII text, and a column holding something other than text (pyarrow's own path)."""
+    rnd = random.Random(11)
+    texts = ["", "x", "é, 漢字, 🙂", "tab\there", "a" * 300]
+    for size in [0, 1, 7, 8, 9, 200]:
+        changes = []
+        for n in range(size):
+            row = {"id": str(n), "t": rnd.choice([*texts, None]), "u": rnd.choice(texts)}
+            if rnd.random() < 0.2:
+                del row["u"]
+            if rnd.random() < 0.1:
+                row = {"u": row.get("u"), "id": row["id"]}  # keys in another order, "t" missing
+            changes.append((row, n))
+        columns = ["id", "t", "u", "".join("missing")]
+        arrays = duckdb_writer.string_arrays(changes, columns)
+        for name, array in zip(columns, arrays, strict=True):
+            expected = pa.array([row.get(name) for row, _ in changes], pa.string())
+            array.validate(full=True)
+            assert array.equals(expected), (size, name)
+    other = [({"id": "1", "v": 5}, 1), ({"id": "2", "v": None}, 2)]
+    assert _fastfold.text_columns(other, ["id", "v"])[1] is None
+    with pytest.raises(pa.ArrowTypeError):
+        duckdb_writer.string_arrays(other, ["id", "v"])  # as pyarrow.array refuses an int
