@@ -1035,6 +1035,8 @@ def text_columns(list rows, list columns):
     cdef Py_ssize_t* nulls = NULL
     cdef bint* failed = NULL
     outputs = []
+    if count == 0:
+        return []
     try:
         data = <_Buffer*>calloc(count, sizeof(_Buffer))
         offsets = <int**>calloc(count, sizeof(int*))

@@ -910,10 +910,11 @@ class DuckDBWriter(Writer):
             if rows is None:
                 continue
             columns = changes.relation.column_names
-            arrays = [
-                None if types.is_array(column.type_oid) else array
-                for column, array in zip(changes.relation.columns, string_arrays(rows, columns), strict=True)
+            texts = [
+                column.name for column in changes.relation.columns if not types.is_array(column.type_oid)
             ]
+            made = dict(zip(texts, string_arrays(rows, texts), strict=True))
+            arrays = [made.get(name) for name in columns]
             changes.prepared = _PreparedGroup(
                 columns, rows, arrays, pa.array([lsn for _, lsn in rows], pa.int64())
             )
