@@ -365,6 +365,35 @@ cdef int _put_escaped(_Buffer* buffer, const char* text, Py_ssize_t length) exce
     return 0
 
 
+cdef struct _RowWalk:
+    Py_ssize_t position
+    PyObject* key
+    PyObject* value
+    bint walking
+
+
+cdef inline void _start_walk(_RowWalk* walk, object row) noexcept:
+    walk.position = 0
+    walk.walking = PyDict_Next(row, &walk.position, &walk.key, &walk.value)
+
+
+cdef inline PyObject* _walk_to(_RowWalk* walk, object row, PyObject* column) noexcept:
+    """The row's value of `column` (borrowed; NULL if it has none), the columns asked for in
+    order. A row made from its relation's template holds them in this order: walked in step,
+    no lookup by name, until a key is not the column's (the names are equal strings, not
+    always the same objects: the run reads the table's current shape from the catalog)."""
+    cdef PyObject* value
+    if walk.walking and (walk.key == column or (
+        PyUnicode_CheckExact(<object>walk.key) and PyUnicode_CheckExact(<object>column)
+        and PyUnicode_Compare(<object>walk.key, <object>column) == 0
+    )):
+        value = walk.value
+        walk.walking = PyDict_Next(row, &walk.position, &walk.key, &walk.value)
+        return value
+    walk.walking = False
+    return PyDict_GetItem(row, <object>column)
+
+
 def copy_text(list rows, tuple columns, str tail):
     """Rows of text values, [({column: str or None}, lsn), ...], as the lines of a text
     COPY: the columns' values, the LSN, then `tail` (already COPY text). A missing
@@ -376,6 +405,8 @@ def copy_text(list rows, tuple columns, str tail):
     cdef char number[24]
     cdef int width
     cdef long long lsn
+    cdef Py_ssize_t i, count = len(columns)
+    cdef _RowWalk walk
     buffer.data = NULL
     buffer.size = buffer.capacity = 0
     buffer.owner = NULL
@@ -383,8 +414,9 @@ def copy_text(list rows, tuple columns, str tail):
     tail_length = len(tail_text)
     try:
         for row, lsn in rows:
-            for name in columns:
-                value = PyDict_GetItem(row, name)
+            _start_walk(&walk, row)
+            for i in range(count):
+                value = _walk_to(&walk, row, PyTuple_GET_ITEM(columns, i))
                 if value == NULL or <object>value is None:
                     _put(&buffer, b"\\N\t", 3)
                 elif type(<object>value) is str:
@@ -830,35 +862,6 @@ cdef int _field(_Buffer* buffer, int kind, const char* s, Py_ssize_t n) except -
     if kind == K_UUID:
         return _uuid(buffer, s, n)
     return 0
-
-
-cdef struct _RowWalk:
-    Py_ssize_t position
-    PyObject* key
-    PyObject* value
-    bint walking
-
-
-cdef inline void _start_walk(_RowWalk* walk, object row) noexcept:
-    walk.position = 0
-    walk.walking = PyDict_Next(row, &walk.position, &walk.key, &walk.value)
-
-
-cdef inline PyObject* _walk_to(_RowWalk* walk, object row, PyObject* column) noexcept:
-    """The row's value of `column` (borrowed; NULL if it has none), the columns asked for in
-    order. A row made from its relation's template holds them in this order: walked in step,
-    no lookup by name, until a key is not the column's (the names are equal strings, not
-    always the same objects: the run reads the table's current shape from the catalog)."""
-    cdef PyObject* value
-    if walk.walking and (walk.key == column or (
-        PyUnicode_CheckExact(<object>walk.key) and PyUnicode_CheckExact(<object>column)
-        and PyUnicode_Compare(<object>walk.key, <object>column) == 0
-    )):
-        value = walk.value
-        walk.walking = PyDict_Next(row, &walk.position, &walk.key, &walk.value)
-        return value
-    walk.walking = False
-    return PyDict_GetItem(row, <object>column)
 
 
 def copy_binary(list rows, tuple columns, tuple kinds, tuple tail):
