@@ -127,6 +127,58 @@ def test_a_snapshot_checks_its_key_for_nulls_as_it_loads_not_in_a_second_pass(pg
     ]
 
 
+def test_a_snapshots_rows_share_its_position_and_time_without_storing_them(pg_writer, pg_reader):
+    """The snapshot's LSN and time are the same for every row it loads: they are added after
+    the COPY as constant defaults, which PostgreSQL keeps once in the catalog instead of in
+    each row (a smaller load, less WAL). Rows written later still carry their own, and the
+    columns keep no default for them."""
+    relation = Relation(9, "public", "towns", [Column("id", 20, -1, True), Column("name", 25)])
+    header = b"PGCOPY\n\xff\r\n\x00" + bytes(8)
+    body = b"".join(
+        b"\x00\x02" + (8).to_bytes(4, "big") + n.to_bytes(8, "big") + (4).to_bytes(4, "big") + b"town"
+        for n in (1, 2, 3)
+    )
+    assert pg_writer.load_snapshot(relation, "towns", iter([header + body + b"\xff\xff"]), 4242) == 3
+
+    rows = pg_reader.execute(
+        "SELECT id, _rosetta_lsn, _rosetta_synced_at, _rosetta_deleted_at FROM analytics.towns ORDER BY id"
+    ).fetchall()
+    assert [(id, lsn, deleted) for id, lsn, _, deleted in rows] == [
+        (1, 4242, None),
+        (2, 4242, None),
+        (3, 4242, None),
+    ]
+    assert len({synced for _, _, synced, _ in rows}) == 1 and rows[0][2] is not None
+    assert pg_reader.execute(
+        "SELECT attname, atthasmissing, atthasdef FROM pg_attribute "
+        "WHERE attrelid = 'analytics.towns'::regclass AND attname LIKE '\\_rosetta\\_%' ORDER BY attnum"
+    ).fetchall() == [
+        ("_rosetta_lsn", True, False),
+        ("_rosetta_synced_at", True, False),
+        ("_rosetta_deleted_at", False, False),
+    ]
+
+    pg_writer.apply_batch(
+        "p",
+        make_batch(
+            table_changes(
+                relation, upserts={(n,): ({"id": n, "name": "new"}, 5000) for n in (2, 4)}, fresh=[(4,)]
+            ),
+            end_lsn=5000,
+        ),
+    )
+    assert pg_reader.execute("SELECT id, _rosetta_lsn FROM analytics.towns ORDER BY id").fetchall() == [
+        (1, 4242),
+        (2, 5000),
+        (3, 4242),
+        (4, 5000),
+    ]
+    pg_reader.execute("INSERT INTO analytics.towns (id, name) VALUES (5, 'by hand')")
+    assert pg_reader.execute(
+        "SELECT _rosetta_lsn, _rosetta_synced_at FROM analytics.towns WHERE id = 5"
+    ).fetchone() == (None, None)
+
+
 def items_batch(relation, ids, end_lsn):
     upserts = {(n,): ({"id": n, "name": f"item {n}"}, end_lsn) for n in ids}
     changes = table_changes(relation, upserts=upserts, fresh=list(upserts))

@@ -413,17 +413,11 @@ class PostgresWriter(Writer):
                 # The key columns are NOT NULL from the start (the COPY checks each row):
                 # otherwise ADD PRIMARY KEY scans the whole table again to check them.
                 conn.execute(
-                    sql.SQL(
-                        "CREATE TABLE {} ({}, {} bigint DEFAULT {}, {} timestamptz DEFAULT now(), {} timestamptz)"
-                    ).format(
+                    sql.SQL("CREATE TABLE {} ({})").format(
                         new_table,
                         self._column_definitions(
                             relation.column_names, type_names, not_null=schema_changes.require_key(relation)
                         ),
-                        sql.Identifier(LSN),
-                        sql.Literal(snapshot_lsn),
-                        sql.Identifier(SYNCED_AT),
-                        sql.Identifier(DELETED_AT),
                     )
                 )
                 step("prepare")
@@ -435,6 +429,20 @@ class PostgresWriter(Writer):
                             copy.write(chunk)
                     rows = cur.rowcount
                 step("load")
+                # The bookkeeping columns come after the load, with constant defaults: PostgreSQL
+                # keeps such a value once in the catalog for the rows already there, so the COPY
+                # neither computes them per row nor stores them in each row and in the WAL.
+                conn.execute(
+                    sql.SQL(
+                        "ALTER TABLE {} ADD {} bigint DEFAULT {}, ADD {} timestamptz DEFAULT now(), ADD {} timestamptz"
+                    ).format(
+                        new_table,
+                        sql.Identifier(LSN),
+                        sql.Literal(snapshot_lsn),
+                        sql.Identifier(SYNCED_AT),
+                        sql.Identifier(DELETED_AT),
+                    )
+                )
                 # The key's sort in memory (and in parallel workers) rather than on disk.
                 conn.execute("SELECT set_config('maintenance_work_mem', %s, true)", [SNAPSHOT_INDEX_MEMORY])
                 conn.execute(
