@@ -24,7 +24,8 @@ numeric(12,2), text, ~230 B jsonb, two timestamptz), then prints, for the Postgr
   destination cluster, holding the same rows, with copy_data = false on a slot created before the
   changes, enabled after them, timed until its slot confirms the end); then the
   client's share alone (decode + fold of the whole backlog, nothing applied, in the
-  run's parts; and, for comparison, in one batch, which pays for ~1 GB of fresh memory).
+  run's parts; for comparison, in one batch, which pays for ~1 GB of fresh memory; and in
+  parts with the rows kept as pgoutput's bytes, as the PostgreSQL writer's fold keeps them).
   Rosetta's CDC rates are printed as a ratio to the peek and to the subscription.
   With --destination-latency-ms, Rosetta's PostgreSQL destination is reached through
   bench/delay_proxy.py, that far away each way (nothing else is): the cost of its round trips.
@@ -376,11 +377,14 @@ def peek_messages(kwargs: dict, slot: str) -> list[bytes]:
         return [data for (data,) in cur]
 
 
-def decode_only(messages: list[bytes], part_size: int | None) -> tuple[int, float, str]:
+def decode_only(
+    messages: list[bytes], part_size: int | None, wire_rows: bool = False
+) -> tuple[int, float, str]:
     """Decode and fold the backlog without applying it (the client's share). In parts of
     `part_size` messages ended on a commit, as a run folds its stream (each part's batch
     dropped once built, as a run drops it once applied), or (None) in one batch of the
-    whole backlog. Returns (changes, seconds, this thread's CPU: user, kernel, page faults):
+    whole backlog. `wire_rows`: rows kept as pgoutput's bytes, as the PostgreSQL writer's
+    fold keeps them. Returns (changes, seconds, this thread's CPU: user, kernel, page faults):
     a batch of the whole backlog is ~1 GB of fresh memory, whose page faults this machine
     (a VM) makes cost up to ~10 us each, more than the fold itself."""
     gc.disable()  # as the engine does while it builds a batch
@@ -388,13 +392,17 @@ def decode_only(messages: list[bytes], part_size: int | None) -> tuple[int, floa
     started = time.perf_counter()
     relations = {}
     changes = 0
+
     # text values: what both writers take
-    builder = BatchBuilder(0, {TABLE.key: TABLE}, text_values=True, relations=relations)
+    def new_builder():
+        return BatchBuilder(0, {TABLE.key: TABLE}, text_values=True, relations=relations, wire_rows=wire_rows)
+
+    builder = new_builder()
     for data in messages:
         builder.feed(data)
         if part_size and builder.messages >= part_size and data[0] == 67:  # a Commit ends a part
             changes += builder.finish().changes
-            builder = BatchBuilder(0, {TABLE.key: TABLE}, text_values=True, relations=relations)
+            builder = new_builder()
     changes += builder.finish().changes
     seconds = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_THREAD)
@@ -704,6 +712,11 @@ def main() -> None:
             print(
                 f"    in one batch of the whole backlog: {rate(decoded, seconds).strip()} "
                 f"({decoded / seconds / peek_limit:.1%} of the limit); {cpu}"
+            )
+            decoded, seconds, cpu = decode_only(messages, args.max_changes_per_transaction, wire_rows=True)
+            print(
+                f"    rows kept as pgoutput's bytes (the PostgreSQL writer's fold), in parts: "
+                f"{rate(decoded, seconds).strip()} ({decoded / seconds / peek_limit:.1%} of the limit); {cpu}"
             )
             del messages
         for writer in writers.values():

@@ -15,7 +15,7 @@ import struct as _struct
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_Resize
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from cpython.dict cimport PyDict_Copy, PyDict_GetItem, PyDict_Next, PyDict_SetItem
+from cpython.dict cimport PyDict_Check, PyDict_Copy, PyDict_GetItem, PyDict_Next, PyDict_SetItem
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE, PyList_SetItem
 from cpython.ref cimport Py_INCREF
 from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE, PyTuple_New, PyTuple_SET_ITEM
@@ -26,12 +26,14 @@ from libc.stdio cimport snprintf
 from libc.stdlib cimport calloc, free, malloc, realloc, strtod, strtof
 from libc.string cimport memcmp, memcpy
 
+cimport cython
+
 from engine.batch import UNCHANGED
 from engine.pgoutput import _bad_kind
 
 # engine.fold.FASTFOLD_INTERFACE: raise both when a function is added or changed, so that a
 # module built from an older source is not used.
-INTERFACE = 6
+INTERFACE = 7
 
 
 cdef inline Py_ssize_t _be32(const unsigned char* p) noexcept:
@@ -109,6 +111,7 @@ cdef class FoldState:
     counters it moves. Each compiled BatchBuilder holds one (BatchBuilder._fold_state)."""
 
     cdef bint loaded, usable
+    cdef bint wire  # rows kept as WireRow (BatchBuilder.wire_rows)
     cdef object lsn
     cdef dict relations
     cdef object batch
@@ -137,6 +140,7 @@ cdef class FoldState:
     cdef _load(self, builder):
         self.loaded = True
         self.usable = not builder._skip and builder._in_transaction
+        self.wire = builder.wire_rows
         self.lsn = builder._lsn
         self.relations = builder._relations
         self.batch = builder.batch
@@ -172,6 +176,8 @@ cdef class FoldState:
             else:
                 changes = <object>found
                 batch.changes += 1
+            if self.wire:
+                changes.wire_rows = True
             self.changes = changes
             self.upserts = changes.upserts
             self.deletes = changes.deletes
@@ -244,6 +250,71 @@ cdef tuple _row_and_key(bytes data, Py_ssize_t pos, list names, dict template, t
     return row, key
 
 
+@cython.no_gc
+@cython.final
+@cython.auto_pickle(False)
+cdef class WireRow:
+    """An Insert's or Update's new tuple as pgoutput sent it (text or NULL values, none
+    UNCHANGED), kept as the message's bytes for a writer that reads rows so
+    (BatchBuilder.wire_rows): copy_binary reads its values where they are, where a row
+    dict costs a dict and a str per value to make, read and free. Whatever reads rows by
+    column makes it a dict first (as_dict; TableChanges.materialize)."""
+
+    cdef readonly bytes data
+    cdef readonly Py_ssize_t start  # where the TupleData begins (its column count)
+    cdef readonly dict template  # the relation's row template when it was read: the columns, in order
+
+    def as_dict(self):
+        """The row dict the fold would have made: {column: str or None}."""
+        read = None
+        if self.data is not None and self.template is not None:
+            read = _row_and_key(self.data, self.start, list(self.template), self.template, ())
+        if read is None:
+            raise ValueError("a WireRow whose tuple is not its template's")
+        return read[0]
+
+
+cdef tuple _wire_row_and_key(bytes data, Py_ssize_t pos, list names, dict template, tuple positions):
+    """_row_and_key for a builder that keeps rows as WireRow: the tuple checked as
+    _row_and_key checks it, and only its key's values decoded (text that is not UTF-8
+    elsewhere in the row fails at the destination's COPY, not here)."""
+    cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(data)
+    cdef Py_ssize_t size = PyBytes_GET_SIZE(data)
+    cdef Py_ssize_t start = pos, count, i, k, length, key_count = PyTuple_GET_SIZE(positions)
+    cdef unsigned char kind
+    cdef WireRow row
+    if pos < 0 or pos + 2 > size:
+        return None
+    count = <short>((p[pos] << 8) | p[pos + 1])
+    if count != PyList_GET_SIZE(names):
+        return None
+    pos += 2
+    values = [None] * key_count  # the key's values, in the key's order
+    for i in range(count):
+        if pos >= size:
+            return None
+        kind = p[pos]
+        if kind == 110:  # 'n'
+            pos += 1
+            continue
+        if kind != 116:  # 'u' (UNCHANGED) or another kind: the general path decides
+            return None
+        if pos + 5 > size:
+            return None
+        length = _be32(p + pos + 1)
+        if length < 0 or pos + 5 + length > size:
+            return None
+        for k in range(key_count):
+            if <Py_ssize_t>(<object>PyTuple_GET_ITEM(positions, k)) == i:
+                values[k] = PyUnicode_DecodeUTF8(<const char*>p + pos + 5, length, NULL)
+        pos += 5 + length
+    row = WireRow.__new__(WireRow)
+    row.data = data
+    row.start = start
+    row.template = template
+    return row, tuple(values)
+
+
 cdef bint _fast_change(builder, FoldState hot, bytes data) except -1:
     cdef const unsigned char* p
     cdef Py_ssize_t size
@@ -284,7 +355,10 @@ cdef bint _fast_change(builder, FoldState hot, bytes data) except -1:
         return True
     if p[5] != 78:  # 'N' new tuple; an Update's old key or row: the general path
         return False
-    read = _row_and_key(data, 6, hot.names, hot.template, hot.positions)
+    if hot.wire:
+        read = _wire_row_and_key(data, 6, hot.names, hot.template, hot.positions)
+    else:
+        read = _row_and_key(data, 6, hot.names, hot.template, hot.positions)
     if read is None:
         return False
     row, key = read
@@ -372,21 +446,29 @@ cdef struct _RowWalk:
     bint walking
 
 
-cdef inline void _start_walk(_RowWalk* walk, object row) noexcept:
+cdef inline int _start_walk(_RowWalk* walk, object row) except -1:
+    if not PyDict_Check(row):  # a WireRow: copy_binary reads it, other readers need its dict
+        raise TypeError(f"a row to read by column is a dict, not {type(row).__name__} (TableChanges.materialize)")
     walk.position = 0
     walk.walking = PyDict_Next(row, &walk.position, &walk.key, &walk.value)
+    return 0
+
+
+cdef inline bint _same_name(PyObject* name, PyObject* column) noexcept:
+    """The same column name: the same object, or equal strings (the run reads the table's
+    current shape from the catalog, whose names are other objects than the fold's)."""
+    return name == column or (
+        PyUnicode_CheckExact(<object>name) and PyUnicode_CheckExact(<object>column)
+        and PyUnicode_Compare(<object>name, <object>column) == 0
+    )
 
 
 cdef inline PyObject* _walk_to(_RowWalk* walk, object row, PyObject* column) noexcept:
     """The row's value of `column` (borrowed; NULL if it has none), the columns asked for in
     order. A row made from its relation's template holds them in this order: walked in step,
-    no lookup by name, until a key is not the column's (the names are equal strings, not
-    always the same objects: the run reads the table's current shape from the catalog)."""
+    no lookup by name, until a key is not the column's (_same_name)."""
     cdef PyObject* value
-    if walk.walking and (walk.key == column or (
-        PyUnicode_CheckExact(<object>walk.key) and PyUnicode_CheckExact(<object>column)
-        and PyUnicode_Compare(<object>walk.key, <object>column) == 0
-    )):
+    if walk.walking and _same_name(walk.key, column):
         value = walk.value
         walk.walking = PyDict_Next(row, &walk.position, &walk.key, &walk.value)
         return value
@@ -655,9 +737,11 @@ cdef bint _nonzero_digit(const char* s, Py_ssize_t n) noexcept:
 
 
 cdef int _float(_Buffer* buffer, const char* s, Py_ssize_t n, bint single) except -1:
-    # strtod / strtof as float8in / float4in use them (s is NUL-terminated: CPython's UTF-8);
-    # overflow to infinity and underflow to zero are errors there (denormals are not), so
-    # text
+    # strtod / strtof as float8in / float4in use them, on a NUL-terminated copy (a WireRow's
+    # value is followed by the next one); overflow to infinity and underflow to zero are
+    # errors there (denormals are not), so text. Longer than pgoutput's shortest exact form
+    # of any float: text as well.
+    cdef char copy[64]
     cdef char* end
     cdef double d
     cdef float f
@@ -669,15 +753,17 @@ cdef int _float(_Buffer* buffer, const char* s, Py_ssize_t n, bint single) excep
         d = INFINITY
     elif n == 9 and _same(s, b"-Infinity", 9):
         d = -INFINITY
-    elif not _float_form(s, n):
+    elif n >= 64 or not _float_form(s, n):
         return 0
     else:
+        memcpy(copy, s, n)
+        copy[n] = 0
         if single:
-            f = strtof(s, &end)
+            f = strtof(copy, &end)
             d = f
         else:
-            d = strtod(s, &end)
-        if end != s + n or isinf(d) or (d == 0 and _nonzero_digit(s, n)):
+            d = strtod(copy, &end)
+        if end != copy + n or isinf(d) or (d == 0 and _nonzero_digit(s, n)):
             return 0
     if single:
         f = <float>d
@@ -864,8 +950,73 @@ cdef int _field(_Buffer* buffer, int kind, const char* s, Py_ssize_t n) except -
     return 0
 
 
+cdef struct _WireColumns:
+    # copy_binary's columns in the WireRows of one template: where each column is in the tuple
+    PyObject* template  # borrowed: the rows hold it
+    Py_ssize_t count  # copy_binary's columns
+    Py_ssize_t width  # the template's columns
+    Py_ssize_t* index  # per column, its place in the tuple, or -1: not there, NULL
+    Py_ssize_t* offset  # per place in the tuple, where its value's bytes begin, or -1: NULL
+    Py_ssize_t* length
+
+
+cdef int _wire_columns(_WireColumns* wire, dict template, tuple columns) except -1:
+    """Map the columns to their places in the template's tuples."""
+    cdef Py_ssize_t i, j, width = len(template)
+    cdef PyObject* column
+    names = list(template)
+    free(wire.index)
+    free(wire.offset)
+    free(wire.length)
+    wire.index = <Py_ssize_t*>malloc(sizeof(Py_ssize_t) * (wire.count + 1))
+    wire.offset = <Py_ssize_t*>malloc(sizeof(Py_ssize_t) * (width + 1))
+    wire.length = <Py_ssize_t*>malloc(sizeof(Py_ssize_t) * (width + 1))
+    if wire.index == NULL or wire.offset == NULL or wire.length == NULL:
+        raise MemoryError()
+    for i in range(wire.count):
+        column = PyTuple_GET_ITEM(columns, i)
+        wire.index[i] = -1
+        for j in range(width):
+            if _same_name(PyList_GET_ITEM(names, j), column):
+                wire.index[i] = j
+                break
+    wire.width = width
+    wire.template = <PyObject*>template
+    return 0
+
+
+cdef bint _wire_fields(_Buffer* buffer, _WireColumns* wire, WireRow row, int* codes) except -1:
+    """The columns' fields of a WireRow, read from its tuple. False if a parser does not
+    take a value (the caller COPYs text); ValueError if the tuple is not its template's."""
+    cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(row.data)
+    cdef Py_ssize_t size = PyBytes_GET_SIZE(row.data), pos = row.start, j, at, length
+    if pos < 0 or pos + 2 > size or <short>((p[pos] << 8) | p[pos + 1]) != wire.width:
+        raise ValueError("a WireRow whose tuple is not its template's")
+    pos += 2
+    for j in range(wire.width):
+        if pos < size and p[pos] == 110:  # 'n'
+            wire.offset[j] = -1
+            pos += 1
+            continue
+        if pos + 5 > size or p[pos] != 116:
+            raise ValueError("a WireRow whose tuple is not its template's")
+        length = _be32(p + pos + 1)
+        if length < 0 or pos + 5 + length > size:
+            raise ValueError("a WireRow whose tuple is not its template's")
+        wire.offset[j] = pos + 5
+        wire.length[j] = length
+        pos += 5 + length
+    for j in range(wire.count):
+        at = wire.index[j]
+        if at < 0 or wire.offset[at] < 0:
+            _put_be(buffer, 0xFFFFFFFF, 4)
+        elif not _field(buffer, codes[j], <const char*>p + wire.offset[at], wire.length[at]):
+            return False
+    return True
+
+
 def copy_binary(list rows, tuple columns, tuple kinds, tuple tail):
-    """Rows of text values, [({column: str or None}, lsn), ...], as a binary COPY, in a
+    """Rows of text values, [({column: str or None} or a WireRow, lsn), ...], as a binary COPY, in a
     bytearray: the columns' values converted by their kinds (BINARY_KINDS' names), the LSN
     as int8, then `tail`'s fields (each already a binary value). A missing column is NULL.
     None if a value is not text or one of the parsers does not accept it: the caller COPYs
@@ -873,12 +1024,17 @@ def copy_binary(list rows, tuple columns, tuple kinds, tuple tail):
     cdef _Buffer buffer
     cdef PyObject* value
     cdef _RowWalk walk
+    cdef _WireColumns wire
     cdef const char* text
     cdef Py_ssize_t length, i, count = len(columns)
     cdef int* codes
     cdef long long lsn
     if len(kinds) != count:
         raise ValueError("one kind per column")
+    wire.template = NULL
+    wire.count = count
+    wire.width = 0
+    wire.index = wire.offset = wire.length = NULL
     codes = <int*>malloc(sizeof(int) * (count + 1))
     if codes == NULL:
         raise MemoryError()
@@ -894,17 +1050,23 @@ def copy_binary(list rows, tuple columns, tuple kinds, tuple tail):
         _put_be(&buffer, 0, 4)  # header extension length
         for row, lsn in rows:
             _put_be(&buffer, <unsigned long long>(count + 1 + len(tail)), 2)
-            _start_walk(&walk, row)
-            for i in range(count):
-                value = _walk_to(&walk, row, PyTuple_GET_ITEM(columns, i))
-                if value == NULL or <object>value is None:
-                    _put_be(&buffer, 0xFFFFFFFF, 4)
-                elif type(<object>value) is str:
-                    text = PyUnicode_AsUTF8AndSize(<object>value, &length)
-                    if not _field(&buffer, codes[i], text, length):
-                        return None
-                else:
+            if type(row) is WireRow:
+                if <PyObject*>(<WireRow>row).template != wire.template:
+                    _wire_columns(&wire, (<WireRow>row).template, columns)
+                if not _wire_fields(&buffer, &wire, <WireRow>row, codes):
                     return None
+            else:
+                _start_walk(&walk, row)
+                for i in range(count):
+                    value = _walk_to(&walk, row, PyTuple_GET_ITEM(columns, i))
+                    if value == NULL or <object>value is None:
+                        _put_be(&buffer, 0xFFFFFFFF, 4)
+                    elif type(<object>value) is str:
+                        text = PyUnicode_AsUTF8AndSize(<object>value, &length)
+                        if not _field(&buffer, codes[i], text, length):
+                            return None
+                    else:
+                        return None
             _put_be(&buffer, 8, 4)
             _put_be(&buffer, <unsigned long long>lsn, 8)
             for field in tail:
@@ -915,6 +1077,9 @@ def copy_binary(list rows, tuple columns, tuple kinds, tuple tail):
         return payload
     finally:
         free(codes)
+        free(wire.index)
+        free(wire.offset)
+        free(wire.length)
 
 
 def set_last_fields(bytearray payload, bytes value not None):
@@ -974,10 +1139,11 @@ def group_by_unchanged(dict upserts):
         row = (<tuple>change)[0]
         position = 0
         found = False
-        while PyDict_Next(row, &position, &c_name, &c_value):
-            if c_value == unchanged:
-                found = True
-                break
+        if type(row) is not WireRow:  # a WireRow holds no UNCHANGED value
+            while PyDict_Next(row, &position, &c_name, &c_value):
+                if c_value == unchanged:
+                    found = True
+                    break
         if found:
             key = frozenset([column for column, text in row.items() if text is UNCHANGED])
             groups.setdefault(key, []).append(change)

@@ -99,7 +99,8 @@ class TableChanges:
     relation: Relation  # the newest shape seen in the batch
     target_table: str
     truncated: bool = False
-    # key tuple (values of relation.key_columns) -> (row as {column: value}, commit LSN).
+    # key tuple (values of relation.key_columns) -> (row as {column: value}, commit LSN);
+    # the row may be a WireRow instead (wire_rows).
     # A value may be UNCHANGED; a column missing from the dict did not exist yet
     # when the change was made (a column added mid-batch): write NULL.
     upserts: dict[tuple, tuple[dict, int]] = field(default_factory=dict)
@@ -114,6 +115,10 @@ class TableChanges:
     # writer need not look.
     fresh: set = field(default_factory=set)
     text_values: bool = False
+    # Some rows in `upserts` are WireRows (engine/_fastfold.pyx), not dicts: the compiled
+    # fold kept them as pgoutput's bytes for a writer that reads them so
+    # (Writer.reads_wire_rows). Whatever else reads rows calls materialize() first.
+    wire_rows: bool = False
     # Columns of `relation` added on the source with a value for the rows that
     # existed then (from the source catalog): the writer gives existing rows that
     # value when it adds the column. See ColumnFill.
@@ -126,6 +131,18 @@ class TableChanges:
     deleted: int = 0
     # What the writer's prepare_batch made of these changes ahead of apply_batch.
     prepared: object = None
+
+    def materialize(self) -> None:
+        """Make the rows kept as pgoutput's bytes (wire_rows) into the dicts the fold
+        would have made, in place. A writer that reads WireRows in its binary COPY keeps
+        them only while it does not read them otherwise."""
+        if not self.wire_rows:
+            return
+        upserts = self.upserts
+        for key, (row, lsn) in upserts.items():  # a value replaced, no key added: allowed
+            if type(row) is not dict:
+                upserts[key] = (row.as_dict(), lsn)
+        self.wire_rows = False
 
 
 @dataclass

@@ -23,7 +23,7 @@ text_row = pgoutput.text_row
 # What engine/_fastfold.pyx's INTERFACE must say: a module built from an older source (a
 # pull without scripts/setup.sh, a build that failed and left the old one) lacks functions
 # that the fold, the stream and the writers call, so it is not used at all.
-FASTFOLD_INTERFACE = 6
+FASTFOLD_INTERFACE = 7
 
 
 def usable_fastfold(module) -> bool:
@@ -177,6 +177,11 @@ class BatchBuilder:
     # (schema, partition) -> the parent's TableSpec, for changes published under a
     # partition's name (a publication without publish_via_partition_root).
     partitions: dict[tuple[str, str], TableSpec] = field(default_factory=dict)
+
+    # Keep the rows of the compiled fast path as pgoutput's bytes (engine/_fastfold.pyx
+    # WireRow) instead of dicts, for a writer that reads them so (Writer.reads_wire_rows);
+    # see TableChanges.materialize.
+    wire_rows: bool = False
 
     # How Insert/Update/Delete with text values are read: "compiled" (engine/_fastfold.pyx,
     # when built; else "python"), "python" (_fast_change), or "none" (every message through
@@ -424,6 +429,8 @@ class BatchBuilder:
                 # Changed earlier in this batch: that row has the value the
                 # destination does not have yet.
                 previous_row = previous[0]
+                if type(previous_row) is not dict:  # kept as pgoutput's bytes (wire_rows)
+                    previous_row = previous_row.as_dict()
                 for name, value in new.items():
                     if value is UNCHANGED and previous_row.get(name, UNCHANGED) is not UNCHANGED:
                         new[name] = previous_row[name]

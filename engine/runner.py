@@ -340,6 +340,8 @@ class Engine:
         }
         checkpoint = self.writer.read_checkpoint(self.pipeline_key)
         text_values = getattr(self.writer, "accepts_text_values", False)
+        # rows kept as pgoutput's bytes pay only where prepare_batch makes their payloads
+        wire_rows = getattr(self.writer, "reads_wire_rows", False)
         if not self.source.streaming(self.slot):
             self._relations = {}  # a new stream sends every relation again
         part_size = self.max_changes_per_transaction
@@ -363,6 +365,7 @@ class Engine:
                         text_values=text_values,
                         relations=self._relations,
                         partitions=self.partition_of,
+                        wire_rows=wire_rows,
                     )
                     want = part_size if max_changes is None else min(part_size, max_changes - messages)
                     try:
@@ -501,6 +504,7 @@ class Engine:
         in the WAL and will be applied too, so the result converges."""
         for table_key, keys in moved_keys.items():
             changes = batch.tables[table_key]
+            changes.materialize()
             relation = changes.relation
             key_columns = relation.key_columns
             missing = sorted(
@@ -560,6 +564,7 @@ class Engine:
                     )
             if not values:
                 continue
+            changes.materialize()
             for key, (row, _) in changes.upserts.items():
                 for name, value in values.items():
                     if name not in row:
@@ -575,6 +580,7 @@ class Engine:
         copied_below = self.tables[key].copied_below_lsn
         if not replaced or not copied_below:
             return
+        changes.materialize()
         for key, (row, lsn) in changes.upserts.items():
             if lsn < copied_below:
                 for name in replaced:

@@ -126,6 +126,11 @@ class Writer:
     # of the decoding time. Writers that need typed Python values leave it False.
     accepts_text_values = False
 
+    # True: apply_batch and prepare_batch also take rows the fold kept as pgoutput's bytes
+    # (TableChanges.wire_rows), and make them into dicts (TableChanges.materialize) before
+    # reading them any other way than the compiled binary COPY does.
+    reads_wire_rows = False
+
     # Fault injection for crash-safety tests (set by tests, None in production):
     # apply_batch calls it inside its transaction, after the batch's rows are
     # written, just before the commit (PostgreSQL's writes the checkpoint in

@@ -14,7 +14,9 @@ from engine.batch import UNCHANGED, Column
 from engine.fold import BatchBuilder, TableSpec
 from pipelines.tests.test_pgoutput import peek
 
-PATHS = ["none", "python", "compiled"]
+# "wire": the compiled path keeping rows as pgoutput's bytes (BatchBuilder.wire_rows), made
+# into dicts (TableChanges.materialize) before they are compared
+PATHS = ["none", "python", "compiled", "wire"]
 SPECS = {
     ("public", "k"): TableSpec("public", "k", "k"),
     ("public", "c"): TableSpec("public", "c", "c"),
@@ -76,6 +78,11 @@ def cases(pg_cluster):
         conn.execute("DELETE FROM k WHERE id = 201")
         conn.execute("UPDATE k SET id = 201 WHERE id = 200")  # big stays UNCHANGED
     cases["moved"] = peek(conn, slot="fold_paths")
+    with conn.transaction():  # a column added between two inserts: two shapes of k in one batch
+        conn.execute("INSERT INTO k VALUES (300, 'before', NULL)")
+        conn.execute("ALTER TABLE k ADD COLUMN w text")
+        conn.execute("INSERT INTO k VALUES (301, 'after', NULL, 'w')")
+    cases["altered"] = peek(conn, slot="fold_paths")
     conn.close()
     yield cases
     with psycopg.connect(pg_cluster.dsn(), autocommit=True) as admin:
@@ -83,12 +90,20 @@ def cases(pg_cluster):
         admin.execute(f"DROP DATABASE {dbname} WITH (FORCE)")
 
 
-def folded(raw, fast_path: str, checkpoint: int = 0, specs=SPECS):
+def builder_for(path: str, checkpoint: int = 0, specs=SPECS) -> BatchBuilder:
+    if path == "wire":
+        return BatchBuilder(checkpoint, specs, text_values=True, wire_rows=True)
+    return BatchBuilder(checkpoint, specs, text_values=True, fast_path=path)
+
+
+def folded(raw, path: str, checkpoint: int = 0, specs=SPECS):
     """Everything a fold produces that a run uses, comparable across paths."""
-    builder = BatchBuilder(checkpoint, specs, text_values=True, fast_path=fast_path)
+    builder = builder_for(path, checkpoint, specs)
     for data in raw:
         builder.feed(data)
     batch = builder.finish()
+    for changes in batch.tables.values():
+        changes.materialize()
     tables = {
         key: (
             changes.relation,
@@ -132,7 +147,7 @@ def test_a_builder_is_freed_without_the_garbage_collector(cases):
     gc.disable()
     try:
         for path in PATHS:
-            builder = BatchBuilder(0, SPECS, text_values=True, fast_path=path)
+            builder = builder_for(path)
             for data in cases["changes"]:
                 builder.feed(data)
             gone = weakref.ref(builder.finish())
@@ -266,3 +281,60 @@ def test_a_key_whose_row_needs_the_destinations_value_is_not_fresh(cases):
         assert tables == reference[0], path
         assert dict(tables[("public", "k")][2])[("201",)][0]["big"] is UNCHANGED, path
         assert fresh_keys(tables, "k") == [], path
+
+
+def test_rows_kept_as_pgoutputs_bytes_copy_as_their_dicts_do(cases):
+    """The compiled fold keeps a writer's rows as pgoutput's bytes (wire_rows): copy_binary
+    reads them where they are, to the same payload as from their dicts; a reader that
+    needs a dict refuses them instead of reading every column as missing."""
+    if fold._fastfold is None:
+        pytest.skip("engine/_fastfold is not built")
+    builder = builder_for("wire")
+    for data in cases["changes"]:
+        builder.feed(data)
+    changes = builder.finish().tables[("public", "k")]
+    rows = list(changes.upserts.values())
+    wire = [row for row, _ in rows if type(row) is fold._fastfold.WireRow]
+    assert changes.wire_rows and len(wire) >= 3  # the inserts and updates of whole rows
+    columns, kinds = ("id", "v", "big"), ("int4", "text", "text")
+    tail = (b"\x00" * 8,)
+    payload = fold._fastfold.copy_binary(rows, columns, kinds, tail)
+    for order in (("big", "id", "v"), ("v", "missing", "id")):  # other orders, a column not there
+        reordered = fold._fastfold.copy_binary(rows, order, ("text",) * len(order), tail)
+        expected = fold._fastfold.copy_binary(
+            [(row if type(row) is dict else row.as_dict(), lsn) for row, lsn in rows],
+            order,
+            ("text",) * len(order),
+            tail,
+        )
+        assert reordered == expected
+    with pytest.raises(TypeError, match="materialize"):
+        fold._fastfold.copy_text(rows, columns, "")
+    assert fold._fastfold.copy_binary(rows, columns, ("int4", "int4", "text"), tail) is None  # 'v' is no int
+
+    changes.materialize()
+    assert not changes.wire_rows
+    assert all(type(row) is dict for row, _ in changes.upserts.values())
+    assert fold._fastfold.copy_binary(list(changes.upserts.values()), columns, kinds, tail) == payload
+    assert fold._fastfold.copy_text(list(changes.upserts.values()), columns, "") is not None
+
+
+def test_rows_of_two_shapes_of_a_table_copy_as_their_dicts_do(cases):
+    if fold._fastfold is None:
+        pytest.skip("engine/_fastfold is not built")
+    assert folded(cases["altered"], "wire") == folded(cases["altered"], "none")
+    builder = builder_for("wire")
+    for data in cases["altered"]:
+        builder.feed(data)
+    changes = builder.finish().tables[("public", "k")]
+    rows = list(changes.upserts.values())
+    assert [type(row) for row, _ in rows] == [fold._fastfold.WireRow] * 2
+    assert rows[0][0].template.keys() != rows[1][0].template.keys()
+    columns, kinds = ("id", "v", "big", "w"), ("int4", "text", "text", "text")
+    dicts = [(row.as_dict(), lsn) for row, lsn in rows]
+    assert [row for row, _ in dicts] == [
+        {"id": "300", "v": "before", "big": None},
+        {"id": "301", "v": "after", "big": None, "w": "w"},
+    ]
+    payload = fold._fastfold.copy_binary(rows, columns, kinds, ())
+    assert payload is not None and payload == fold._fastfold.copy_binary(dicts, columns, kinds, ())
