@@ -218,6 +218,14 @@ cdef object _key_of(list values, tuple positions):
     return key
 
 
+cdef inline Py_ssize_t _values_at(const unsigned char* p, Py_ssize_t size, Py_ssize_t pos, list names) noexcept:
+    """Where the values of the TupleData at pos begin, if it has the relation's column count;
+    else -1 (the general path reports what is wrong)."""
+    if pos < 0 or pos + 2 > size or <short>((p[pos] << 8) | p[pos + 1]) != PyList_GET_SIZE(names):
+        return -1
+    return pos + 2
+
+
 cdef tuple _row_and_key(bytes data, Py_ssize_t pos, list names, dict template, tuple positions):
     """An Insert's or Update's new tuple read straight into its row dict (a copy of the
     relation's template, whose keys are the column names: no value list, no zip) and its
@@ -227,12 +235,10 @@ cdef tuple _row_and_key(bytes data, Py_ssize_t pos, list names, dict template, t
     cdef Py_ssize_t size = PyBytes_GET_SIZE(data)
     cdef Py_ssize_t count, i, k, key_count = PyTuple_GET_SIZE(positions)
     cdef PyObject* found
-    if pos < 0 or pos + 2 > size:
+    pos = _values_at(p, size, pos, names)
+    if pos < 0:
         return None
-    count = <short>((p[pos] << 8) | p[pos + 1])
-    if count != PyList_GET_SIZE(names):
-        return None
-    pos += 2
+    count = PyList_GET_SIZE(names)
     row = PyDict_Copy(template)
     for i in range(count):
         value = _read_value(p, size, &pos)
@@ -283,12 +289,10 @@ cdef tuple _wire_row_and_key(bytes data, Py_ssize_t pos, list names, dict templa
     cdef Py_ssize_t start = pos, count, i, k, length, key_count = PyTuple_GET_SIZE(positions)
     cdef unsigned char kind
     cdef WireRow row
-    if pos < 0 or pos + 2 > size:
+    pos = _values_at(p, size, pos, names)
+    if pos < 0:
         return None
-    count = <short>((p[pos] << 8) | p[pos + 1])
-    if count != PyList_GET_SIZE(names):
-        return None
-    pos += 2
+    count = PyList_GET_SIZE(names)
     values = [None] * key_count  # the key's values, in the key's order
     for i in range(count):
         if pos >= size:
