@@ -7,7 +7,6 @@ import psycopg
 import pytest
 
 from engine.fold import BatchBuilder, TableSpec, _fastfold
-from engine.writers.postgres import PostgresWriter
 from pipelines.tests.test_pgoutput import peek
 
 pytestmark = pytest.mark.skipif(
@@ -29,11 +28,9 @@ def source(source_conn):
 
 
 @pytest.fixture
-def writer(pg_destination):
-    writer = PostgresWriter(pg_destination)
-    writer.binary_copy_min_rows = 0  # the binary COPY, as a run's parts of thousands of rows take
-    yield writer
-    writer.close()
+def writer(pg_writer):
+    pg_writer.binary_copy_min_rows = 0  # the binary COPY, as a run's parts of thousands of rows take
+    return pg_writer
 
 
 def fold(source, checkpoint: int = 0):
