@@ -112,7 +112,7 @@ class PostgresWriter(Writer):
     def reads_wire_rows(self) -> bool:
         """The binary COPY reads rows kept as pgoutput's bytes where they are: no dict and no
         str per value to make, read and free (bench/README.md: the fold of the bench's backlog
-        in 0.84-1.01 s of CPU instead of 1.42-1.54 s). A table whose rows go otherwise is
+        in 0.84-1.18 s of CPU instead of 1.33-1.44 s). A table whose rows go otherwise is
         materialized first (prepare_batch, _apply_table)."""
         return self.binary_copy and _fastfold is not None
 
